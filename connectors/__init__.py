@@ -1,0 +1,1 @@
+"""Sources: each yields chunks of records for a window, and nothing else."""

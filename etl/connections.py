@@ -1,0 +1,136 @@
+"""Connections by id: Airflow Connections inside Airflow, ``AIRFLOW_CONN_<ID>`` from the environment.
+
+The CLI and the DAGs resolve a spec's connection ids the same way Airflow does: an environment
+variable ``AIRFLOW_CONN_<ID>`` holding a URI (``postgresql://user:pass@host:5432/db``,
+``mysql://root@127.0.0.1:3306/test``, ``sqlite:////abs/path.db``) or Airflow's JSON form. Inside an
+Airflow task, ids that have no such variable are looked up in Airflow's Connections.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy import URL, make_url
+
+from etl.errors import ConnectionNotFound
+
+# Airflow conn_type / URI scheme -> SQLAlchemy driver name.
+DRIVERS = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+    "mysql+pymysql": "mysql+pymysql",
+    "sqlite": "sqlite",
+}
+
+_fallback: Callable[[str], dict[str, Any]] | None = None
+
+
+def use_lookup(lookup: Callable[[str], dict[str, Any]] | None) -> None:
+    """Set how ids without an ``AIRFLOW_CONN_<ID>`` variable are found (the DAGs pass Airflow's)."""
+    global _fallback
+    _fallback = lookup
+
+
+def env_var_name(conn_id: str) -> str:
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def _url_from_fields(conn_id: str, fields: dict[str, Any]) -> URL:
+    conn_type = str(fields.get("conn_type") or "").lower()
+    driver = DRIVERS.get(conn_type)
+    if driver is None:
+        raise ConnectionNotFound(
+            f"connection {conn_id!r}: type {conn_type or '(none)'!r} is not a SQL database driftless "
+            f"can use (expected one of: postgres, mysql, sqlite)"
+        )
+    if driver == "sqlite":
+        path = fields.get("host") or fields.get("schema") or ""
+        return URL.create("sqlite", database=path or None)
+    extra = fields.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra) if extra.strip() else {}
+    return URL.create(
+        driver,
+        username=fields.get("login") or None,
+        password=fields.get("password") or None,
+        host=fields.get("host") or None,
+        port=int(fields["port"]) if fields.get("port") else None,
+        database=fields.get("schema") or None,
+        query={k: str(v) for k, v in extra.items() if isinstance(v, str | int)},
+    )
+
+
+def _url_from_uri(conn_id: str, uri: str) -> URL:
+    scheme = urlsplit(uri).scheme.lower()
+    driver = DRIVERS.get(scheme)
+    if driver is None:
+        raise ConnectionNotFound(
+            f"connection {conn_id!r} ({env_var_name(conn_id)}): URI scheme {scheme or '(none)'!r} is not "
+            "supported (expected postgresql://, mysql:// or sqlite:///)"
+        )
+    if driver == "sqlite":
+        path = unquote(uri.split(":", 1)[1].removeprefix("///")) if "://" in uri else ""
+        return URL.create("sqlite", database=path or None)
+    url = make_url(uri)
+    return url.set(drivername=driver)
+
+
+def resolve_url(conn_id: str) -> URL:
+    """The SQLAlchemy URL of a connection id; raises ``ConnectionNotFound`` naming where it looked."""
+    raw = os.environ.get(env_var_name(conn_id))
+    if raw:
+        raw = raw.strip()
+        if raw.startswith("{"):
+            try:
+                return _url_from_fields(conn_id, json.loads(raw))
+            except json.JSONDecodeError as exc:
+                raise ConnectionNotFound(
+                    f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON ({exc.msg})"
+                ) from None
+        return _url_from_uri(conn_id, raw)
+    if _fallback is not None:
+        try:
+            fields = _fallback(conn_id)
+        except Exception as exc:  # Airflow raises its own not-found types
+            raise ConnectionNotFound(
+                f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
+                f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
+            ) from None
+        return _url_from_fields(conn_id, fields)
+    raise ConnectionNotFound(
+        f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
+        f"postgresql://user@127.0.0.1:5432/db (or define an Airflow Connection {conn_id!r})"
+    )
+
+
+def airflow_lookup(conn_id: str) -> dict[str, Any]:
+    """Fetch a connection's fields from Airflow (only inside an Airflow task)."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    return {
+        "conn_type": conn.conn_type,
+        "host": conn.host,
+        "login": conn.login,
+        "password": conn.password,
+        "port": conn.port,
+        "schema": conn.schema,
+        "extra": conn.extra,
+    }
+
+
+def redact(url: URL | str) -> str:
+    """The URL as text with its password hidden, for logs and errors."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except Exception:
+            return "<unparseable url>"
+    return url.render_as_string(hide_password=True)

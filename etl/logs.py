@@ -1,0 +1,33 @@
+"""Structured, quiet-by-default logging: ``key=value`` lines, INFO only when asked for."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+
+class KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        return f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname.lower()} {record.name}: " \
+               f"{record.getMessage()}{' ' + extra if extra else ''}"
+
+
+def configure(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    root = logging.getLogger("etl")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.propagate = False
+    conn_log = logging.getLogger("connectors")
+    conn_log.handlers[:] = [handler]
+    conn_log.setLevel(root.level)
+    conn_log.propagate = False
+
+
+def event(logger: logging.Logger, message: str, **fields: Any) -> None:
+    """Log at INFO with structured fields."""
+    logger.info(message, extra={"fields": fields})

@@ -1,0 +1,88 @@
+"""Staging files: a window's extracted records as Parquet, between the extract and load steps.
+
+Large data travels between Airflow tasks as files; XCom carries only the small manifest
+(paths, counts, watermarks). One directory per pipeline, window and run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.errors import LoadError
+
+MANIFEST = "_manifest.json"
+
+
+def staging_root() -> Path:
+    """``$DRIFTLESS_STAGING_DIR``, or ``.staging`` in the working directory."""
+    return Path(os.environ.get("DRIFTLESS_STAGING_DIR") or Path.cwd() / ".staging")
+
+
+@dataclass
+class Manifest:
+    """What an extraction produced: the files, how many records, and the highest cursor value seen."""
+
+    pipeline: str
+    window_start: str
+    window_end: str
+    directory: str
+    files: list[str] = field(default_factory=list)
+    records: int = 0
+    max_cursor: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Manifest:
+        return cls(**data)
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Manifest:
+        path = Path(directory) / MANIFEST
+        if not path.is_file():
+            raise LoadError(
+                f"staging files of this window are missing ({path}); re-run the extract step for the window"
+            )
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def tables(self) -> Iterator[pa.Table]:
+        """The staged chunks, one Arrow table per file, in extraction order."""
+        for name in self.files:
+            path = Path(self.directory) / name
+            try:
+                yield pq.read_table(path)
+            except (OSError, pa.ArrowException) as exc:
+                raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from None
+
+
+class StagingWriter:
+    """Writes a window's chunks into a fresh directory; the manifest is written last, atomically."""
+
+    def __init__(self, directory: str | Path, pipeline: str, window_start: str, window_end: str) -> None:
+        self.directory = Path(directory)
+        if self.directory.exists():
+            shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True)
+        self.manifest = Manifest(pipeline, window_start, window_end, str(self.directory))
+
+    def write(self, chunk: pa.Table) -> None:
+        name = f"part-{len(self.manifest.files):05d}.parquet"
+        pq.write_table(chunk, self.directory / name)
+        self.manifest.files.append(name)
+        self.manifest.records += chunk.num_rows
+
+    def close(self, max_cursor: str | None) -> Manifest:
+        self.manifest.max_cursor = max_cursor
+        tmp = self.directory / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(self.manifest.to_dict(), indent=1))
+        tmp.replace(self.directory / MANIFEST)
+        return self.manifest

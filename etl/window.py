@@ -1,0 +1,66 @@
+"""The extraction window: the unit of work of every sync."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from etl.errors import DriftlessError
+
+
+def parse_instant(value: str | datetime, what: str = "timestamp") -> datetime:
+    """Parse an ISO-8601 string (or take a datetime) as an aware UTC datetime.
+
+    A value without a time zone is taken to be UTC.
+    """
+    if isinstance(value, datetime):
+        dt = value
+    else:
+        text = str(value).strip()
+        if text.endswith("Z"):
+            text = text[:-1] + "+00:00"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise DriftlessError(
+                f"{what}: {value!r} is not an ISO-8601 date or timestamp (expected e.g. 2025-01-31 or "
+                "2025-01-31T00:00:00Z)"
+            ) from None
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    """A half-open interval of time, ``[start, end)``, in UTC.
+
+    A window selects the source rows whose cursor column is ``>= start`` and ``< end``.
+    """
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "start", parse_instant(self.start, "window start"))
+        object.__setattr__(self, "end", parse_instant(self.end, "window end"))
+        if not self.start < self.end:
+            raise DriftlessError(
+                f"window start {self.start.isoformat()} must be before window end {self.end.isoformat()}"
+            )
+
+    @classmethod
+    def parse(cls, start: str | datetime, end: str | datetime) -> Window:
+        return cls(parse_instant(start, "--start"), parse_instant(end, "--end"))
+
+    def widened(self, lag: timedelta) -> Window:
+        """The window extended backwards by ``lag`` (to catch late-arriving rows)."""
+        return Window(self.start - lag, self.end)
+
+    @property
+    def key(self) -> str:
+        """A filesystem- and log-friendly name of the window."""
+        return f"{self.start:%Y%m%dT%H%M%SZ}_{self.end:%Y%m%dT%H%M%SZ}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
