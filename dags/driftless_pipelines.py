@@ -1,0 +1,87 @@
+"""One Airflow DAG per pipeline spec in ``dags/pipelines/``.
+
+This file only wires the library: each task body is one call into ``etl``. At parse time it reads
+the spec files and nothing else (no database, no network).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+
+from etl.spec import PipelineSpec, load_spec, spec_files
+
+SPECS_DIR = Path(os.environ.get("DRIFTLESS_SPECS_DIR") or Path(__file__).parent / "pipelines")
+
+DEFAULT_ARGS = {
+    "owner": "driftless",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=30),
+}
+
+
+def target_asset(spec: PipelineSpec) -> Asset:
+    """The target table as an Airflow Asset (``driftless://<connection>/<schema>/<table>``)."""
+    schema = spec.target.db_schema or "default"
+    return Asset(
+        name=f"{spec.target.connection}.{schema}.{spec.target.table}",
+        uri=f"driftless://{spec.target.connection}/{schema}/{spec.target.table}",
+    )
+
+
+def build_dag(spec_path: Path):
+    spec = load_spec(spec_path)
+    start = spec.start_date
+    if not isinstance(start, datetime):
+        start = datetime(start.year, start.month, start.day, tzinfo=UTC)
+
+    @dag(
+        dag_id=spec.name,
+        description=spec.description or None,
+        schedule=CronDataIntervalTimetable(spec.schedule, timezone="UTC"),
+        start_date=start,
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
+        params={
+            "start": Param(None, type=["null", "string"], format="date-time",
+                           description="Override the window start (ISO-8601); empty: the run's data interval"),
+            "end": Param(None, type=["null", "string"], format="date-time",
+                         description="Override the window end (exclusive); empty: the run's data interval"),
+        },
+        doc_md=f"Sync `{spec.source.table or 'query'}` into `{spec.target.table}` window by window. "
+        f"Spec: `{spec_path.name}`.",
+    )
+    def pipeline():
+        @task
+        def extract(**context) -> dict:
+            from etl import airflow_tasks
+
+            return airflow_tasks.extract(str(spec_path), context)
+
+        @task(outlets=[target_asset(spec)])
+        def load(manifest: dict, **context) -> dict:
+            from etl import airflow_tasks
+
+            return airflow_tasks.load(str(spec_path), manifest, context)
+
+        @task
+        def reconcile(result: dict) -> dict:
+            from etl import airflow_tasks
+
+            return airflow_tasks.reconcile(str(spec_path), result)
+
+        reconcile(load(extract()))
+
+    return pipeline()
+
+
+for _path in spec_files(SPECS_DIR):
+    _dag = build_dag(_path)
+    globals()[_dag.dag_id] = _dag
