@@ -229,7 +229,13 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
             msg = "unknown field" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
         got = err.get("input")
         shown = "" if err["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"{source}: {_field_path(err['loc'])}: {msg}{shown}")
+        path = _field_path(err["loc"])
+        # Cross-field checks raise from the model with the field path as the message's prefix.
+        prefixed = re.match(r"^([\w.\[\]]+): (.*)$", msg, re.S)
+        if prefixed and prefixed[1].split(".")[0] in PipelineSpec.model_fields:
+            path = f"{path}.{prefixed[1]}" if err["loc"] else prefixed[1]
+            msg = prefixed[2]
+        lines.append(f"{source}: {path}: {msg}{shown}")
     return "\n".join(lines)
 
 

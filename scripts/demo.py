@@ -63,7 +63,7 @@ def main() -> None:
     for name in PIPELINES:
         spec = load_spec(REPO / "dags" / "pipelines" / f"{name}.yaml")
         snapshots = []
-        for attempt in (1, 2):
+        for _run in (1, 2):
             sh("airflow", "dags", "test", name, LOGICAL_DATE, "--conf", json.dumps(WINDOW), env=env)
             fp = table_fingerprint(engine, spec.target.table, spec.source.primary_key)
             state = read_state(engine, spec.name)

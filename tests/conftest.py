@@ -1,0 +1,116 @@
+"""Shared fixtures: real databases, made fresh per test and dropped afterwards.
+
+PostgreSQL (127.0.0.1:5432) and MariaDB (127.0.0.1:3306) tests skip with the reason when the
+server is unreachable, except under ``CI=true``, where they fail: CI must run them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import URL, create_engine, text
+
+from etl.demo import prepare_source
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
+                      host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),
+                      port=int(os.environ.get("DRIFTLESS_PG_PORT", "5432")), database="postgres")
+MARIADB_ADMIN = URL.create("mysql+pymysql", username=os.environ.get("DRIFTLESS_MARIADB_USER", "root"),
+                           host=os.environ.get("DRIFTLESS_MARIADB_HOST", "127.0.0.1"),
+                           port=int(os.environ.get("DRIFTLESS_MARIADB_PORT", "3306")), database="test")
+
+
+def unavailable(service: str, exc: Exception) -> None:
+    reason = f"{service} unreachable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if IN_CI:
+        pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
+    pytest.skip(reason)
+
+
+def airflow_uri(url: URL) -> str:
+    """A URL as an ``AIRFLOW_CONN_<ID>`` value."""
+    if url.get_backend_name() == "sqlite":
+        return f"sqlite:///{url.database}"
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[URL]:
+    """A fresh PostgreSQL database, dropped after the test."""
+    name = f"driftless_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        unavailable("PostgreSQL at 127.0.0.1:5432", exc)
+    yield PG_ADMIN.set(database=name)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[URL]:
+    """A fresh MariaDB database, dropped after the test."""
+    name = f"driftless_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(MARIADB_ADMIN)
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
+    except Exception as exc:  # noqa: BLE001
+        admin.dispose()
+        unavailable("MariaDB at 127.0.0.1:3306", exc)
+    yield MARIADB_ADMIN.set(database=name)
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> URL:
+    return URL.create("sqlite", database=str(tmp_path / "warehouse.db"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target_url(request: pytest.FixtureRequest) -> URL:
+    """Each target dialect the skeleton supports, as a fresh empty database."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    request.applymarker(pytest.mark.integration)
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
+def chinook_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's source database (Chinook with updated_at cursors), prepared once."""
+    return prepare_source(tmp_path_factory.mktemp("chinook") / "source.db")
+
+
+@pytest.fixture
+def chinook_copy(chinook_source: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo source that a test may modify."""
+    path = tmp_path / "source.db"
+    shutil.copyfile(chinook_source, path)
+    return path
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch):
+    """Define connection ids as AIRFLOW_CONN_<ID> for the test: ``connections(chinook=url, ...)``."""
+
+    def define(**urls: URL | str | Path) -> None:
+        for conn_id, url in urls.items():
+            value = f"sqlite:///{url}" if isinstance(url, Path) else (
+                airflow_uri(url) if isinstance(url, URL) else url)
+            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
+
+    return define
