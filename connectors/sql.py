@@ -32,7 +32,7 @@ class SqlSource:
         self.engine = engine or create_engine(resolve_url(self.source.connection))
 
     def _selectable(self):
-        cols = [column(c.source_name, sql_type(c.type)) for c in self.spec.columns]
+        cols = [column(c.source_name, sql_type(c.type)) for c in self.spec.source_columns]
         if self.source.table:
             schema, _, name = self.source.table.rpartition(".")
             return table(name, *cols, schema=schema or None)
@@ -51,7 +51,7 @@ class SqlSource:
             start, end = start.date(), end.date()
         key_cols = [src.c[self.spec.column(k).source_name] for k in self.source.primary_key]
         return (
-            select(*[src.c[c.source_name].label(c.name) for c in self.spec.columns])
+            select(*[src.c[c.source_name].label(c.name) for c in self.spec.source_columns])
             .where(cursor >= bindparam("window_start", start, type_=bound_type))
             .where(cursor < bindparam("window_end", end, type_=bound_type))
             .order_by(cursor, *key_cols)
@@ -60,7 +60,7 @@ class SqlSource:
     def read(self, window: Window) -> Iterator[pd.DataFrame]:
         """Yield the window's rows as DataFrames of at most ``chunk_size`` rows."""
         stmt = self.statement(window)
-        names = self.spec.column_names
+        names = [c.name for c in self.spec.source_columns]
         try:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=self.spec.chunk_size).execute(stmt)

@@ -2,6 +2,8 @@
 
 etl run PIPELINE --start 2025-01-01 --end 2025-01-02
 etl specs check [DIR]
+etl quarantine list PIPELINE
+etl quarantine replay PIPELINE
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ def _cmd_specs_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quarantine(args: argparse.Namespace) -> int:
+    from etl.quarantine import quarantine_command
+
+    return quarantine_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etl", description="driftless: declarative, idempotent data syncs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (rows, chunks, elapsed)")
@@ -53,6 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
     check = specs_sub.add_parser("check", help="validate every spec of a directory")
     check.add_argument("dir", nargs="?", help="directory (default: dags/pipelines)")
     check.set_defaults(func=_cmd_specs_check)
+
+    quarantine = sub.add_parser("quarantine", help="rows that failed validation (kept in etl_quarantine)")
+    q_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)
+    q_list = q_sub.add_parser("list", help="print the pipeline's quarantined records, one JSON line each")
+    q_replay = q_sub.add_parser("replay", help="validate quarantined records again (current spec) and load "
+                                "those that pass, exactly once")
+    for q in (q_list, q_replay):
+        q.add_argument("pipeline", help="pipeline name or spec file path")
+        q.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    q_list.add_argument("--limit", type=int, help="at most this many records")
+    q_replay.add_argument("--run-id", help="id recorded in etl_runs (default: generated)")
+    quarantine.set_defaults(func=_cmd_quarantine)
     return parser
 
 

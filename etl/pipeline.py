@@ -6,17 +6,20 @@ transaction) -> reconcile (counts). The CLI calls ``run_window``; the DAG tasks 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow.compute as pc
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,10 +29,11 @@ from etl.errors import DriftlessError, LoadError, ReconciliationFailed
 from etl.faults import failpoint
 from etl.load import loader_for
 from etl.logs import event
-from etl.schema import frame_to_arrow, target_table
+from etl.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
+from etl.schema import target_table
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter, staging_root
-from etl.state import advance_state, record_run
+from etl.state import advance_state, ensure_state_tables, record_run
 from etl.window import Window
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,9 @@ class WindowResult:
     extracted: int = 0
     loaded: int = 0
     written: int = 0
+    quarantined: int = 0
+    deduplicated: int = 0
+    schema_changes: list[str] = field(default_factory=list)
     watermark: datetime | None = None
     duration_s: float = 0.0
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -74,6 +81,9 @@ class WindowResult:
             "extracted": self.extracted,
             "loaded": self.loaded,
             "written": self.written,
+            "quarantined": self.quarantined,
+            "deduplicated": self.deduplicated,
+            "schema_changes": self.schema_changes,
             "duration_s": round(self.duration_s, 3),
             "watermark": self.watermark.isoformat() if self.watermark else None,
             "run_id": self.run_id,
@@ -104,22 +114,29 @@ def _as_datetime(value: Any) -> datetime | None:
     return None
 
 
-def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path | None = None) -> Manifest:
-    """Read the window from the source into staging files; returns their manifest."""
+def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path | None = None,
+                   frames: Iterable[pd.DataFrame] | None = None) -> Manifest:
+    """Read the window from the source into staging files; returns their manifest.
+
+    ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read.
+    """
     started = time.monotonic()
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
                            window.start.isoformat(), window.end.isoformat())
+    staged = ValidatingWriter(spec, writer)  # transform + validate; rejects staged for quarantine
     max_cursor: datetime | None = None
-    for frame in source_for(spec).read(window):
-        chunk = frame_to_arrow(frame, spec)
-        writer.write(chunk)
+    for frame in source_for(spec).read(window) if frames is None else frames:
+        chunk = staged.write(frame)
+        if chunk.num_rows == 0:
+            continue
         chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
         if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
             max_cursor = chunk_max
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
-    manifest = writer.close(max_cursor.isoformat() if max_cursor else None)
-    event(log, "extract done", pipeline=spec.name, window=window.key, rows=manifest.records)
+    manifest = staged.close(max_cursor.isoformat() if max_cursor else None)
+    event(log, "extract done", pipeline=spec.name, window=window.key, rows=manifest.records,
+          quarantined=manifest.quarantined, deduplicated=manifest.deduplicated)
     return manifest
 
 
@@ -131,10 +148,13 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     loader = loader_for(url)
     target = target_table(spec)
     schema = spec.target.db_schema
-    result = WindowResult(spec.name, window, run_id, extracted=manifest.records)
+    extracted = manifest.records if manifest.extracted is None else manifest.extracted
+    result = WindowResult(spec.name, window, run_id, extracted=extracted, deduplicated=manifest.deduplicated)
     max_cursor = datetime.fromisoformat(manifest.max_cursor) if manifest.max_cursor else None
     try:
-        loader.ensure_tables(target)
+        check_reject_ratio(spec, window, manifest)  # above max_reject_ratio: fail before any write
+        result.schema_changes = loader.ensure_tables(target)
+        ensure_quarantine_table(loader.engine, schema)
         with loader.transaction(target) as conn:
             for chunk in manifest.tables():
                 result.written += loader.stage(conn, target, chunk)
@@ -146,12 +166,20 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                     f"staging holds {result.loaded} records but the extract reported {manifest.records}; "
                     "re-run the extract step"
                 )
+            result.quarantined = write_quarantine(conn, spec, window, run_id, manifest)
+            if result.extracted != result.loaded + result.quarantined + result.deduplicated:
+                raise LoadError(
+                    f"extracted {result.extracted} records but loaded {result.loaded} + quarantined "
+                    f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
+                )
             result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor, run_id,
                                              schema)
             result.duration_s = time.monotonic() - t0
             record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
                        window_end=window.end, status="success", extracted=result.extracted,
                        loaded=result.loaded, written=result.written, watermark=result.watermark,
+                       quarantined=result.quarantined, deduplicated=result.deduplicated,
+                       schema_changes=json.dumps(result.schema_changes) if result.schema_changes else None,
                        started_at=started_at, finished_at=datetime.now(UTC), duration_s=result.duration_s)
             failpoint("before_commit")
     except (DriftlessError, SQLAlchemyError) as exc:
@@ -173,6 +201,7 @@ def _record_failure(loader, spec, window, run_id, started_at, extracted, message
     """Best effort: a failed attempt leaves a run record (the data transaction was rolled back)."""
     try:
         with loader.engine.begin() as conn:
+            ensure_state_tables(conn, spec.target.db_schema)
             record_run(conn, spec.target.db_schema, run_id=run_id, pipeline=spec.name,
                        window_start=window.start, window_end=window.end, status="failed", extracted=extracted,
                        loaded=0, written=0, started_at=started_at, finished_at=datetime.now(UTC),
@@ -186,8 +215,9 @@ def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
     checks = [{
         "check": "extracted_equals_loaded",
         "source": result.extracted,
-        "target": result.loaded,
-        "status": "PASS" if result.extracted == result.loaded else "FAIL",
+        # Every extracted record is loaded, quarantined (with its reasons) or an in-window duplicate.
+        "target": result.loaded + result.quarantined + result.deduplicated,
+        "status": "PASS" if result.extracted == result.loaded + result.quarantined + result.deduplicated else "FAIL",
     }]
     source = source_for(spec)
     count = getattr(source, "count", None)  # sources that cannot count a window cheaply skip this check

@@ -90,7 +90,9 @@ def target_table(spec: PipelineSpec, metadata: MetaData | None = None) -> Table:
     """The target table as SQLAlchemy Core sees it: spec columns and the primary key."""
     metadata = metadata or MetaData()
     columns = [
-        Column(c.name, sql_type(c.type), nullable=c.nullable and c.name not in spec.source.primary_key)
+        # autoincrement=False: a single integer key is the source's value, never SERIAL/AUTO_INCREMENT.
+        Column(c.name, sql_type(c.type), nullable=c.nullable and c.name not in spec.source.primary_key,
+               autoincrement=False)
         for c in spec.columns
     ]
     return Table(

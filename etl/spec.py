@@ -45,6 +45,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ColumnChecks(_Strict):
+    """Checks on a column's values (after transforms and type conversion); nulls are not checked here.
+
+    ``min``/``max`` are inclusive bounds (numbers, or ISO dates/timestamps for date and timestamp
+    columns); ``allowed`` lists the accepted values; ``regex`` must match the whole text;
+    ``min_length``/``max_length`` bound the length of text (``varchar(n)`` already implies ``max_length: n``).
+    """
+
+    min: float | int | str | date | datetime | None = None
+    max: float | int | str | date | datetime | None = None
+    allowed: list[Any] | None = Field(None, min_length=1)
+    regex: str | None = None
+    min_length: int | None = Field(None, ge=0)
+    max_length: int | None = Field(None, ge=0)
+
+    @field_validator("regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
+
+
 class ColumnSpec(_Strict):
     """One column of the records, as the target table will hold it."""
 
@@ -53,6 +79,8 @@ class ColumnSpec(_Strict):
     type: str = Field(description="smallint, integer, bigint, text, varchar(n), numeric(p,s), float, "
                       "double, boolean, timestamp (UTC, no zone), timestamptz, date or json")
     nullable: bool = True
+    unique: bool = Field(False, description="values must be unique within a chunk (keys are deduplicated instead)")
+    checks: ColumnChecks | None = Field(None, description="value checks; a row failing one is quarantined")
 
     _name = field_validator("name")(check_identifier)
     _source = field_validator("source")(check_identifier)
@@ -138,6 +166,67 @@ class TargetSpec(_Strict):
     _schema = field_validator("db_schema")(check_identifier)
 
 
+FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+
+
+def check_reference(value: str | None) -> str | None:
+    """Accept ``module.path:attribute`` (a function or class importable from the Python path)."""
+    if value is not None and not FUNCTION_REF.match(value):
+        raise ValueError(f"{value!r} is not a reference of the form 'package.module:name'")
+    return value
+
+
+class DeriveSpec(_Strict):
+    """A column computed from others: ``expr`` is a pandas ``DataFrame.eval`` expression over columns."""
+
+    name: Identifier
+    expr: str = Field(min_length=1, description="e.g. 'quantity * unit_price' (arithmetic, comparisons, and/or)")
+
+    _name = field_validator("name")(check_identifier)
+
+
+class TransformSpec(_Strict):
+    """Per-chunk transforms, applied in this order: rename, cast, derive, function, drop.
+
+    * ``rename``: ``{field_in_records: column}``, for sources whose field names differ from column names.
+    * ``cast``: ``{column: type}``: convert before deriving (values that do not convert are left as they
+      are, and validation quarantines the row with the reason).
+    * ``derive``: columns computed from others; a derived column is listed in ``columns`` and not read from
+      the source.
+    * ``function``: ``package.module:function`` taking and returning a DataFrame with the same rows (index).
+    * ``drop``: fields removed from the records (fields not listed in ``columns`` are never loaded anyway).
+    """
+
+    rename: dict[str, Identifier] = Field(default_factory=dict)
+    cast: dict[Identifier, str] = Field(default_factory=dict)
+    derive: list[DeriveSpec] = Field(default_factory=list)
+    function: str | None = None
+    drop: list[str] = Field(default_factory=list)
+
+    _function = field_validator("function")(check_reference)
+
+    @field_validator("cast")
+    @classmethod
+    def _cast(cls, value: dict[str, str]) -> dict[str, str]:
+        return {check_identifier(k): ColumnSpec._type(v) for k, v in value.items()}
+
+
+class DedupSpec(_Strict):
+    """How rows with one primary key within a window are reduced to one.
+
+    Rows are ordered by ``order_by`` (default: the cursor), ties by arrival; ``keep: last`` keeps the
+    latest row, ``keep: first`` the earliest. The number of rows dropped is reported per window.
+    """
+
+    order_by: list[Identifier] = Field(default_factory=list)
+    keep: Literal["last", "first"] = "last"
+
+    @field_validator("order_by", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
 class PipelineSpec(_Strict):
     """One pipeline: a source stream synced window by window into one target table."""
 
@@ -150,8 +239,15 @@ class PipelineSpec(_Strict):
     source: SqlSourceSpec
     target: TargetSpec
     columns: list[ColumnSpec] = Field(min_length=1)
+    transforms: TransformSpec = Field(default_factory=TransformSpec)
+    schema_model: str | None = Field(None, description="a pandera DataFrameModel, 'package.module:Class', "
+                                     "validated in addition to the column checks")
+    max_reject_ratio: float | None = Field(None, ge=0, le=1, description="fail the window (load nothing) when "
+                                           "more than this share of its records fails validation")
+    dedup: DedupSpec = Field(default_factory=DedupSpec)
 
     _name = field_validator("name")(check_identifier)
+    _model = field_validator("schema_model")(check_reference)
 
     @field_validator("schedule")
     @classmethod
@@ -180,11 +276,27 @@ class PipelineSpec(_Strict):
                 f"source.cursor: column {cursor.name!r} has type {cursor.type!r}; a cursor must be one of "
                 f"{sorted(CURSOR_TYPES)}"
             )
+        for i, derived in enumerate(self.transforms.derive):
+            if derived.name not in by_name:
+                raise ValueError(f"transforms.derive[{i}].name: column {derived.name!r} is not listed in columns")
+        for name in self.transforms.drop:
+            if name in by_name:
+                raise ValueError(f"transforms.drop: {name!r} is a column of the target; remove it from columns "
+                                 "instead")
+        for name in self.dedup.order_by:
+            if name not in by_name:
+                raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
         return self
 
     @property
     def column_names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def source_columns(self) -> list[ColumnSpec]:
+        """The columns read from the source: all but those that ``transforms.derive`` computes."""
+        derived = {d.name for d in self.transforms.derive}
+        return [c for c in self.columns if c.name not in derived]
 
     def column(self, name: str) -> ColumnSpec:
         return next(c for c in self.columns if c.name == name)

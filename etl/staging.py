@@ -37,6 +37,13 @@ class Manifest:
     files: list[str] = field(default_factory=list)
     records: int = 0
     max_cursor: str | None = None
+    # Validation (etl.quarantine): records read from the source, rejected ones (staged in
+    # quarantine_files), in-window duplicates dropped, and rejected rows per "column: check".
+    extracted: int | None = None
+    quarantined: int = 0
+    deduplicated: int = 0
+    quarantine_files: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

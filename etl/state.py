@@ -76,6 +76,10 @@ def state_tables(schema: str | None = None) -> tuple[Table, Table]:
         Column("finished_at", _TS, nullable=False),
         Column("duration_s", Float),
         Column("message", Text),
+        # Validation (etl.quarantine): extracted = loaded + quarantined + deduplicated for each window.
+        Column("quarantined", BigInteger),
+        Column("deduplicated", BigInteger),
+        Column("schema_changes", Text),  # JSON list of the target DDL this run made (etl.load.evolution)
     )
     return state, runs
 
@@ -108,6 +112,10 @@ def ensure_state_tables(conn: Connection, schema: str | None = None) -> None:
     for table in (state, runs):
         if table.name not in existing:
             table.create(conn, checkfirst=True)
+    if runs.name in existing:  # made by an older version: add the columns it lacks
+        from etl.load.evolution import add_missing_nullable_columns
+
+        add_missing_nullable_columns(conn, runs)
 
 
 def read_state(bind: Engine | Connection, pipeline: str, schema: str | None = None) -> PipelineState | None:

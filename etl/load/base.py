@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import URL, Connection, Engine, Table, create_engine, inspect
+from sqlalchemy import URL, Connection, Engine, Table, create_engine
 
-from etl.errors import LoadError
+from etl.load.evolution import evolve
 from etl.state import ensure_state_tables
 
 
@@ -36,21 +36,15 @@ class Loader(ABC):
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def ensure_tables(self, target: Table) -> None:
-        """Create the state tables and the target table if absent; refuse a target lacking spec columns."""
+    def ensure_tables(self, target: Table) -> list[str]:
+        """Create the state tables, and create or evolve the target (``etl.load.evolution``).
+
+        New nullable spec columns are added; incompatible changes raise ``LoadError`` before any write.
+        Returns the schema changes made, for the run record.
+        """
         with self.engine.begin() as conn:
             ensure_state_tables(conn, target.schema)
-            insp = inspect(conn)
-            if not insp.has_table(target.name, schema=target.schema):
-                target.create(conn)
-                return
-            existing = {c["name"] for c in insp.get_columns(target.name, schema=target.schema)}
-        missing = [c.name for c in target.columns if c.name not in existing]
-        if missing:
-            raise LoadError(
-                f"target table {target.fullname!r} exists but lacks column(s) {missing}; add them "
-                "(ALTER TABLE ... ADD COLUMN) or point the spec at a new table"
-            )
+            return evolve(conn, target)
 
     @abstractmethod
     @contextmanager

@@ -1,0 +1,436 @@
+"""Quarantine: rows that fail validation are kept, with their reasons, and can be loaded once fixed.
+
+Extract (``ValidatingWriter``): each chunk is validated; good rows go to the staging files as before,
+rejected rows to ``quarantine-*.parquet`` files in the same staging directory and manifest. At the end
+of the window, rows with one primary key are reduced to one (the latest by ``dedup.order_by``, default
+the cursor; ties by arrival), so every extracted row is exactly one of: loaded, quarantined, deduplicated.
+
+Load (``write_quarantine``): inside the load transaction, rejected rows are upserted into
+``etl_quarantine`` in the target database (one entry per pipeline and primary key, or per record when
+the key itself is invalid; ``first_seen``/``last_seen``/``times_seen`` track repeats).
+
+Replay (``replay``): re-runs transforms and validation on a pipeline's quarantined records under the
+current spec; the rows that pass are loaded and removed from quarantine in one transaction, so a second
+replay finds nothing to load. A quarantined row older than the target's row for the same key (by the
+cursor) is removed as superseded instead of overwriting newer data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    inspect,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects import mysql
+
+from etl.errors import LoadError, ValidationFailed
+from etl.spec import PipelineSpec
+from etl.staging import Manifest, StagingWriter
+from etl.state import _TS
+from etl.validate import ChunkResult, Validator
+from etl.window import Window
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_TABLE = "etl_quarantine"
+BATCH = 500
+TOP_REASONS = 5
+
+
+
+def quarantine_table(schema: str | None = None) -> Table:
+    """``etl_quarantine``: one row per rejected record (per pipeline and key) with the reasons."""
+    return Table(
+        QUARANTINE_TABLE,
+        MetaData(schema=schema),
+        Column("id", Integer().with_variant(BigInteger(), "postgresql", "mysql", "mariadb"), primary_key=True,
+               autoincrement=True),
+        Column("pipeline", String(128), nullable=False),
+        Column("entry_key", String(64), nullable=False, comment="sha256 of the key values (or of the record)"),
+        Column("record_key", Text, comment="JSON list of the primary key values; null when the key is invalid"),
+        Column("run_id", String(255), nullable=False),
+        Column("window_start", _TS, nullable=False),
+        Column("window_end", _TS, nullable=False),
+        Column("record", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False,
+               comment="the record as extracted, JSON"),
+        Column("errors", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False,
+               comment="JSON list of {column, check, message}"),
+        Column("first_seen", _TS, nullable=False),
+        Column("last_seen", _TS, nullable=False),
+        Column("times_seen", Integer, nullable=False),
+        UniqueConstraint("pipeline", "entry_key", name="uq_etl_quarantine_entry"),
+    )
+
+
+def ensure_quarantine_table(engine: Engine, schema: str | None = None) -> None:
+    with engine.begin() as conn:
+        if not inspect(conn).has_table(QUARANTINE_TABLE, schema=schema):
+            quarantine_table(schema).create(conn, checkfirst=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Extract side
+# ---------------------------------------------------------------------------------------------------------
+
+
+def dedup_losers(index: pd.DataFrame, keys: list[str], order: list[str], keep: str) -> np.ndarray:
+    """Rows of ``index`` that another row with the same identity supersedes (see ``ChunkResult.index``)."""
+    losers = np.zeros(len(index), dtype=bool)
+    valid = index["_ident"].isna().to_numpy()
+    by_key = index[valid]
+    if len(by_key) and by_key.duplicated(subset=keys).any():
+        ordered = by_key.sort_values([*order, "_seq"], na_position="first", kind="stable")
+        losers[ordered.index[ordered.duplicated(subset=keys, keep=keep)].to_numpy()] = True
+    by_record = index[~valid]
+    if len(by_record):
+        losers[by_record.index[by_record.duplicated(subset=["_ident"], keep=keep)].to_numpy()] = True
+    return losers
+
+
+class ValidatingWriter:
+    """Validates chunks and writes them to staging: good rows as ``part-*``, rejects as ``quarantine-*``.
+
+    Usage (what ``extract_window`` does)::
+
+        staged = ValidatingWriter(spec, StagingWriter(...))
+        for frame in source.read(window):
+            good = staged.write(frame)      # the Arrow chunk to be loaded
+        manifest = staged.close(max_cursor)
+    """
+
+    def __init__(self, spec: PipelineSpec, writer: StagingWriter) -> None:
+        self.spec = spec
+        self.writer = writer
+        self.validator = Validator(spec)
+        self.manifest = writer.manifest
+        self.manifest.extracted = 0
+        self._indices: list[pd.DataFrame] = []
+        self._seq = 0
+
+    def write(self, frame: pd.DataFrame) -> pa.Table:
+        result: ChunkResult = self.validator.validate(frame)
+        m = self.manifest
+        m.extracted = (m.extracted or 0) + len(frame)
+        index = result.index
+        index["_part"] = -1
+        if result.good.num_rows:
+            index.loc[index["_good"], "_part"] = len(m.files)
+            self.writer.write(result.good)
+        if len(result.rejects):
+            index.loc[~index["_good"], "_part"] = len(m.quarantine_files)
+            name = f"quarantine-{len(m.quarantine_files):05d}.parquet"
+            pq.write_table(pa.Table.from_pandas(result.rejects, preserve_index=False), self.writer.directory / name)
+            m.quarantine_files.append(name)
+            m.quarantined += len(result.rejects)
+            for reason, count in result.reasons.items():
+                m.reasons[reason] = m.reasons.get(reason, 0) + count
+        index["_seq"] = np.arange(self._seq, self._seq + len(index))
+        self._seq += len(index)
+        self._indices.append(index)
+        return result.good
+
+    def close(self, max_cursor: str | None) -> Manifest:
+        self._deduplicate()
+        m = self.manifest
+        if m.extracted != m.records + m.quarantined + m.deduplicated:
+            raise LoadError(f"pipeline {self.spec.name!r}: extracted {m.extracted} records but staged "
+                            f"{m.records} + quarantined {m.quarantined} + deduplicated {m.deduplicated}")
+        return self.writer.close(max_cursor)
+
+    def _deduplicate(self) -> None:
+        if not self._indices:
+            return
+        index = pd.concat(self._indices, ignore_index=True)
+        self._indices = []
+        keys = list(self.spec.source.primary_key)
+        order = self.validator.order
+        losers = dedup_losers(index, keys, order, self.spec.dedup.keep)
+        if not losers.any():
+            return
+        m = self.manifest
+        gone = index[losers]
+        for (good, part), rows in gone.groupby(["_good", "_part"]):
+            names = m.files if good else m.quarantine_files
+            path = Path(self.writer.directory) / names[int(part)]
+            table = pq.read_table(path)
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[rows["_pos"].to_numpy(dtype=int)] = False
+            pq.write_table(table.filter(pa.array(keep)), path)
+        good_gone = int(gone["_good"].sum())
+        m.records -= good_gone
+        m.quarantined -= len(gone) - good_gone
+        m.deduplicated = len(gone)
+        if len(gone) - good_gone:
+            m.reasons = dict(_reasons_of(Path(self.writer.directory), m.quarantine_files))
+
+
+def _reasons_of(directory: Path, files: list[str]) -> Counter:
+    reasons: Counter = Counter()
+    for name in files:
+        for errors in pq.read_table(directory / name, columns=["errors"]).column("errors").to_pylist():
+            for e in json.loads(errors):
+                reasons[f"{e['column'] or '(row)'}: {e['check']}"] += 1
+    return reasons
+
+
+def top_reasons(reasons: dict[str, int], n: int = TOP_REASONS) -> str:
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return "; ".join(f"{reason} ({count})" for reason, count in ranked)
+
+
+def check_reject_ratio(spec: PipelineSpec, window: Window, manifest: Manifest) -> None:
+    """Raise ``ValidationFailed`` when the window's share of rejected records exceeds ``max_reject_ratio``."""
+    limit = spec.max_reject_ratio
+    extracted = manifest.extracted or 0
+    if limit is None or extracted == 0:
+        return
+    ratio = manifest.quarantined / extracted
+    if ratio > limit:
+        files = ", ".join(str(Path(manifest.directory) / f) for f in manifest.quarantine_files[:3])
+        raise ValidationFailed(
+            f"pipeline {spec.name!r}, window {window.key}: {manifest.quarantined} of {extracted} records "
+            f"({ratio:.1%}) failed validation, above max_reject_ratio {limit:g}; nothing was loaded and the "
+            f"watermark stays. Top reasons: {top_reasons(manifest.reasons)}. The rejected records are in "
+            f"{files}. Fix the source data or the spec (or raise max_reject_ratio), then run the window again"
+        )
+
+
+def quarantined_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for name in manifest.quarantine_files:
+        path = Path(manifest.directory) / name
+        try:
+            rows += pq.read_table(path).to_pylist()
+        except (OSError, pa.ArrowException) as exc:
+            raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from None
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Load side
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _upsert_entries(conn: Connection, spec: PipelineSpec, rows: list[dict[str, Any]], run_id: str,
+                    window_start: datetime, window_end: datetime, now: datetime) -> None:
+    """Insert new entries; refresh (record, errors, last_seen, times_seen) of entries seen before.
+
+    Portable on purpose (select, then update or insert): the caller holds the target's load lock.
+    """
+    q = quarantine_table(spec.target.db_schema)
+    for start in range(0, len(rows), BATCH):
+        batch = {r["entry_key"]: r for r in rows[start:start + BATCH]}
+        existing = dict(conn.execute(
+            select(q.c.entry_key, q.c.id).where(q.c.pipeline == spec.name, q.c.entry_key.in_(list(batch)))
+        ).all())
+        updates = [{"b_id": existing[k], "record": r["record"], "errors": r["errors"], "record_key": r["record_key"],
+                    "run_id": run_id, "window_start": window_start, "window_end": window_end, "last_seen": now}
+                   for k, r in batch.items() if k in existing]
+        inserts = [{"pipeline": spec.name, "entry_key": k, "record_key": r["record_key"], "run_id": run_id,
+                    "window_start": window_start, "window_end": window_end, "record": r["record"],
+                    "errors": r["errors"], "first_seen": now, "last_seen": now, "times_seen": 1}
+                   for k, r in batch.items() if k not in existing]
+        if updates:
+            conn.execute(
+                update(q).where(q.c.id == bindparam("b_id")).values(
+                    record=bindparam("record"), errors=bindparam("errors"), record_key=bindparam("record_key"),
+                    run_id=bindparam("run_id"), window_start=bindparam("window_start"),
+                    window_end=bindparam("window_end"), last_seen=bindparam("last_seen"),
+                    times_seen=q.c.times_seen + 1),
+                updates,
+            )
+        if inserts:
+            conn.execute(insert(q), inserts)
+
+
+def write_quarantine(conn: Connection, spec: PipelineSpec, window: Window, run_id: str, manifest: Manifest) -> int:
+    """Upsert the window's rejected records into ``etl_quarantine`` (in the load transaction); returns them."""
+    rows = quarantined_rows(manifest)
+    if len(rows) != manifest.quarantined:
+        raise LoadError(f"staging holds {len(rows)} quarantined records but the extract reported "
+                        f"{manifest.quarantined}; re-run the extract step")
+    if rows:
+        _upsert_entries(conn, spec, rows, run_id, window.start, window.end, datetime.now(UTC))
+    return len(rows)
+
+
+def list_quarantine(engine: Engine, spec: PipelineSpec, limit: int | None = None) -> list[dict[str, Any]]:
+    """The pipeline's quarantined records, oldest first (errors and record decoded from JSON)."""
+    schema = spec.target.db_schema
+    if not inspect(engine).has_table(QUARANTINE_TABLE, schema=schema):
+        return []
+    q = quarantine_table(schema)
+    stmt = select(q).where(q.c.pipeline == spec.name).order_by(q.c.id)
+    if limit:
+        stmt = stmt.limit(limit)
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(stmt).mappings()]
+    for row in rows:
+        row["record"] = json.loads(row["record"])
+        row["errors"] = json.loads(row["errors"])
+        row["record_key"] = json.loads(row["record_key"]) if row["record_key"] else None
+    return rows
+
+
+@dataclass
+class ReplayResult:
+    """What a replay did: entries considered, loaded, still failing, superseded (dropped as stale)."""
+
+    pipeline: str
+    run_id: str
+    considered: int = 0
+    loaded: int = 0
+    still_failing: int = 0
+    superseded: int = 0
+    written: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _newer_in_target(conn: Connection, target: Table, spec: PipelineSpec, good: pa.Table) -> np.ndarray:
+    """Which rows of ``good`` the target already holds in a newer version (by the cursor)."""
+    keys = list(spec.source.primary_key)
+    cursor = spec.source.cursor
+    frame = good.select([*keys, cursor]).to_pandas()
+    newer = np.zeros(len(frame), dtype=bool)
+    if frame.empty:
+        return newer
+    key_cols = [target.c[k] for k in keys]
+    found: dict[tuple, Any] = {}
+    values = [tuple(v.item() if hasattr(v, "item") else v for v in row) for row in frame[keys].itertuples(index=False)]
+    for start in range(0, len(values), BATCH):
+        batch = values[start:start + BATCH]
+        cond = key_cols[0].in_([v[0] for v in batch]) if len(keys) == 1 else tuple_(*key_cols).in_(batch)
+        for row in conn.execute(select(*key_cols, target.c[cursor]).where(cond)):
+            found[tuple(row[:-1])] = row[-1]
+    for i, key in enumerate(values):
+        if key in found and found[key] is not None and pd.notna(frame[cursor].iat[i]):
+            mine = pd.Timestamp(frame[cursor].iat[i])
+            theirs = pd.Timestamp(found[key])
+            mine = mine.tz_localize("UTC") if mine.tzinfo is None else mine.tz_convert("UTC")
+            theirs = theirs.tz_localize("UTC") if theirs.tzinfo is None else theirs.tz_convert("UTC")
+            newer[i] = theirs > mine
+    return newer
+
+
+def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
+    """Re-validate the pipeline's quarantined records under the current spec and load those that pass.
+
+    Loading, removing the loaded entries from quarantine and the run record commit in one transaction;
+    an entry changed by a concurrent load meanwhile aborts the replay (run it again).
+    """
+    from etl.connections import resolve_url
+    from etl.load import loader_for
+    from etl.schema import target_table
+    from etl.state import record_run
+
+    run_id = run_id or f"replay__{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
+    result = ReplayResult(spec.name, run_id)
+    url = resolve_url(spec.target.connection)
+    loader = loader_for(url)
+    schema = spec.target.db_schema
+    started = datetime.now(UTC)
+    try:
+        entries = list_quarantine(loader.engine, spec)
+        result.considered = len(entries)
+        if not entries:
+            return result
+        target = target_table(spec)
+        changes = loader.ensure_tables(target)
+        frame = pd.DataFrame.from_records([e["record"] for e in entries])
+        checked = Validator(spec).validate(frame)
+        index = checked.index.copy()
+        index["_seq"] = np.arange(len(index))
+        losers = dedup_losers(index, list(spec.source.primary_key), list(spec.dedup.order_by or [spec.source.cursor]),
+                              spec.dedup.keep)
+        good_rows = np.flatnonzero(index["_good"].to_numpy())
+        with loader.transaction(target) as conn:
+            good_ids = [entries[i] for i in good_rows]
+            stale = losers[good_rows] | _newer_in_target(conn, target, spec, checked.good)
+            chunk = checked.good.filter(pa.array(~stale))
+            result.written = loader.stage(conn, target, chunk)
+            result.written += loader.merge(conn, target, spec.source.cursor)
+            result.loaded = chunk.num_rows
+            result.superseded = int(stale.sum())
+            q = quarantine_table(schema)
+            done = [{"b_id": e["id"], "b_seen": e["last_seen"]} for e in good_ids]
+            if done:
+                deleted = conn.execute(
+                    delete(q).where(and_(q.c.id == bindparam("b_id"), q.c.last_seen == bindparam("b_seen"))), done
+                ).rowcount
+                if deleted != len(done):
+                    raise LoadError(f"pipeline {spec.name!r}: quarantine entries changed during the replay "
+                                    "(a load ran meanwhile); nothing was replayed, run the replay again")
+            bad_rows = np.flatnonzero(~index["_good"].to_numpy())
+            refreshed = [{"b_id": entries[i]["id"], "errors": checked.rejects["errors"].iat[int(index["_pos"].iat[i])]}
+                         for i in bad_rows]
+            if refreshed:
+                conn.execute(update(q).where(q.c.id == bindparam("b_id")).values(errors=bindparam("errors")),
+                             refreshed)
+            result.still_failing = len(bad_rows)
+            record_run(conn, schema, run_id=run_id, pipeline=spec.name,
+                       window_start=min(e["window_start"] for e in entries),
+                       window_end=max(e["window_end"] for e in entries), status="replay",
+                       extracted=result.considered, loaded=result.loaded, written=result.written,
+                       quarantined=result.still_failing, deduplicated=result.superseded,
+                       schema_changes=json.dumps(changes) if changes else None,
+                       started_at=started, finished_at=datetime.now(UTC),
+                       duration_s=(datetime.now(UTC) - started).total_seconds(),
+                       message=f"replayed {result.considered} quarantined records")
+    finally:
+        loader.dispose()
+    return result
+
+
+def quarantine_command(args: Any) -> int:
+    """``etl quarantine list|replay PIPELINE`` (see ``etl.cli``)."""
+    from etl.connections import resolve_url
+    from etl.load import loader_for
+    from etl.spec import find_spec
+
+    spec = find_spec(args.pipeline, args.specs_dir)
+    if args.quarantine_command == "replay":
+        print(json.dumps(replay(spec, run_id=args.run_id).summary(), default=str))
+        return 0
+    loader = loader_for(resolve_url(spec.target.connection))
+    try:
+        entries = list_quarantine(loader.engine, spec, args.limit)
+    finally:
+        loader.dispose()
+    for entry in entries:
+        print(json.dumps({k: entry[k] for k in ("id", "record_key", "errors", "record", "run_id", "window_start",
+                                                 "window_end", "first_seen", "last_seen", "times_seen")},
+                         default=str))
+    print(f"{len(entries)} quarantined record(s) for pipeline {spec.name!r}", file=sys.stderr)
+    return 0
