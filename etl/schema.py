@@ -28,7 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects import mysql
+from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
 
 from etl.errors import SourceError
@@ -55,7 +55,8 @@ def sql_type(type_name: str) -> TypeEngine[Any]:
         "timestamp": DateTime(timezone=False).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
         "timestamptz": DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb"),
         "date": Date(),
-        "json": JSON(),
+        # JSONB on PostgreSQL: plain JSON has no equality operator, which the merge's IS DISTINCT FROM needs.
+        "json": JSON().with_variant(postgresql.JSONB(), "postgresql"),
     }[m["simple"]]
 
 

@@ -227,7 +227,7 @@ ALL_TYPES = [
 
 @pytest.mark.parametrize("dialect, expected", [
     (postgresql.dialect(), ["BIGINT NOT NULL", "NUMERIC(12, 3)", "VARCHAR(30)", "TEXT", "BOOLEAN",
-                            "TIMESTAMP WITH TIME ZONE NOT NULL", "DATE", "JSON", "SMALLINT"]),
+                            "TIMESTAMP WITH TIME ZONE NOT NULL", "DATE", "JSONB", "SMALLINT"]),
     (mysql.dialect(), ["BIGINT NOT NULL", "NUMERIC(12, 3)", "VARCHAR(30)", "TEXT", "BOOL", "DATETIME(6) NOT NULL",
                        "DATE", "JSON", "SMALLINT"]),
     (sqlite.dialect(), ["BIGINT NOT NULL", "NUMERIC(12, 3)", "VARCHAR(30)", "TEXT", "BOOLEAN", "DATETIME NOT NULL",

@@ -30,3 +30,10 @@ def explode_on_13(frame: pd.DataFrame) -> pd.DataFrame:
 
 def drop_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[1:]
+
+
+def round_amount(frame: pd.DataFrame) -> pd.DataFrame:
+    from decimal import ROUND_HALF_EVEN, Decimal
+
+    frame["amount"] = frame["amount"].map(lambda v: Decimal(str(v)).quantize(Decimal("0.01"), ROUND_HALF_EVEN))
+    return frame

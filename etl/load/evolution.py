@@ -109,7 +109,8 @@ def plan_changes(conn: Connection, target: Table) -> tuple[list[Any], list[str]]
                 problems.append(
                     f"column {column.name!r} is new and NOT NULL, but the table already has rows without it; "
                     f"declare it nullable: true (it is then added), or add it by hand with a default "
-                    f"(ALTER TABLE {target.fullname} ADD COLUMN {column.name} {ddl} NOT NULL DEFAULT ...)"
+                    f"(ALTER TABLE {target.fullname} ADD COLUMN {column.name} {ddl} NOT NULL DEFAULT ...), "
+                    "then run again"
                 )
             continue
         want, have = type_kind(column.type, dialect), type_kind(current["type"], dialect)

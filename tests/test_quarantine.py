@@ -1,0 +1,318 @@
+"""Quarantine end to end on real targets: every row loaded or quarantined, thresholds, replay, duplicates."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import uuid
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
+
+from etl.cli import main
+from etl.errors import LoadError, ValidationFailed
+from etl.pipeline import extract_window, load_window, new_run_id
+from etl.quarantine import list_quarantine, replay
+from etl.spec import parse_spec
+from etl.state import as_utc, read_runs
+from etl.window import Window
+from tests.helpers import INVOICES, fingerprint, invoices_spec
+
+WINDOW = Window.parse("2024-01-01", "2024-02-01")
+
+MESSY: dict = {
+    "name": "messy",
+    "source": {"type": "sql", "connection": "src", "table": "unused", "primary_key": ["id"], "cursor": "updated_at"},
+    "target": {"connection": "wh", "table": "messy"},
+    "columns": [
+        {"name": "id", "type": "integer", "nullable": False},
+        {"name": "tag", "type": "text", "nullable": False},
+        {"name": "amount", "type": "numeric(10,2)", "nullable": False},
+        {"name": "name", "type": "varchar(10)"},
+        {"name": "qty", "type": "integer"},
+        {"name": "happened_at", "type": "timestamptz"},
+        {"name": "day", "type": "date"},
+        {"name": "updated_at", "type": "timestamp", "nullable": False},
+    ],
+}
+
+
+def messy_spec(name: str, **overrides) -> object:
+    data = json.loads(json.dumps(MESSY))
+    data["name"] = name
+    data["target"]["table"] = name
+    data.update(overrides)
+    return parse_spec(data, "test")
+
+
+def load_frames(spec, frames, root: Path, window: Window = WINDOW):
+    run_id = new_run_id()
+    manifest = extract_window(spec, window, run_id, root, frames=frames)
+    return load_window(spec, window, manifest, run_id)
+
+
+# Each value is drawn with whether it is valid, so the test knows what must happen to its row.
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=10)
+ZONES = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))])
+GOOD_TS = st.datetimes(min_value=datetime(2024, 1, 1), max_value=datetime(2024, 1, 31), timezones=ZONES | st.none())
+
+VALUES = {
+    "id": st.one_of(st.tuples(st.just(True), st.integers(1, 6)),
+                    st.tuples(st.just(False), st.sampled_from([None, float("nan"), "abc", 1.5, 2**40]))),
+    "amount": st.one_of(
+        st.tuples(st.just(True), st.decimals(min_value=-10**6, max_value=10**6, places=2, allow_nan=False)),
+        st.tuples(st.just(True), st.sampled_from([1.5, "12.30", 7])),
+        st.tuples(st.just(False), st.sampled_from(["abc", Decimal("1.234"), 10**9, float("inf"), None, True]))),
+    "name": st.one_of(st.tuples(st.just(True), TEXT | st.none()),
+                      st.tuples(st.just(False), st.text(min_size=11, max_size=15) | st.just({"a": 1}) |
+                                st.just("nul\x00")),),
+    "qty": st.one_of(st.tuples(st.just(True), st.integers(-5, 5) | st.none() | st.just(float("nan"))),
+                     st.tuples(st.just(False), st.sampled_from(["x", 2.5, 2**33]))),
+    "happened_at": st.one_of(st.tuples(st.just(True), GOOD_TS),
+                             st.tuples(st.just(True), GOOD_TS.map(lambda d: d.isoformat())),
+                             st.tuples(st.just(False), st.sampled_from(["yesterday", "2024-13-45", 12345]))),
+    "day": st.one_of(st.tuples(st.just(True), st.dates(date(2000, 1, 1), date(2030, 1, 1)) | st.none()),
+                     st.tuples(st.just(False), st.sampled_from(["2023-02-29", "soon"]))),
+    "updated_at": st.one_of(st.tuples(st.just(True), st.datetimes(datetime(2024, 1, 1), datetime(2024, 1, 31))),
+                            st.tuples(st.just(False), st.sampled_from([None, "garbage"]))),
+}
+ROWS = st.lists(st.fixed_dictionaries(VALUES), min_size=1, max_size=25)
+
+
+def expected_outcome(rows):
+    """tag -> 'loaded' | 'quarantined' | 'deduplicated', computed independently of the implementation."""
+    outcome, latest = {}, {}
+    for seq, row in enumerate(rows):
+        tag = f"r{seq}"
+        valid = all(ok for ok, _ in row.values())
+        key_ok = row["id"][0]
+        if key_ok:
+            order_ok, cursor = row["updated_at"]
+            rank = (1, cursor, seq) if order_ok else (0, datetime.min, seq)
+            previous = latest.get(row["id"][1])
+            if previous is None or rank > previous[0]:
+                if previous is not None:
+                    outcome[previous[1]] = "deduplicated"
+                latest[row["id"][1]] = (rank, tag)
+            else:
+                outcome[tag] = "deduplicated"
+                continue
+        outcome[tag] = "loaded" if valid else "quarantined"
+    return outcome
+
+
+def to_frame(rows, chunk: int):
+    records = [{k: v for k, (_, v) in row.items()} | {"tag": f"r{i}"} for i, row in enumerate(rows)]
+    frames = [pd.DataFrame(records[i:i + chunk], dtype=object) for i in range(0, len(records), chunk)]
+    return frames, records
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=ROWS, chunk=st.integers(1, 10))
+def test_every_messy_row_is_loaded_or_quarantined_never_both(target_url, connections, tmp_path_factory, rows, chunk):
+    connections(wh=target_url)
+    spec = messy_spec(f"messy_{uuid.uuid4().hex[:8]}")
+    frames, records = to_frame(rows, chunk)
+    result = load_frames(spec, frames, tmp_path_factory.mktemp("staging"))
+
+    engine = create_engine(target_url)
+    try:
+        with engine.connect() as conn:
+            loaded = {r.tag: r for r in conn.execute(text(f"SELECT * FROM {spec.target.table}"))}
+        entries = list_quarantine(engine, spec)
+    finally:
+        engine.dispose()
+    quarantined = {e["record"]["tag"] for e in entries}
+    expected = expected_outcome(rows)
+
+    assert not set(loaded) & quarantined, "a row was both loaded and quarantined"
+    assert set(loaded) == {t for t, o in expected.items() if o == "loaded"}
+    assert quarantined == {t for t, o in expected.items() if o == "quarantined"}
+    assert result.deduplicated == sum(o == "deduplicated" for o in expected.values())
+    assert result.extracted == len(rows) == result.loaded + result.quarantined + result.deduplicated
+    for entry in entries:
+        assert entry["errors"] and all(e["check"] and e["message"] for e in entry["errors"])
+    # loaded values are the exact, normalized ones
+    for tag, row in loaded.items():
+        raw = records[int(tag[1:])]
+        amount = raw["amount"]
+        assert Decimal(str(row.amount)) == Decimal(repr(amount) if isinstance(amount, float) else str(amount))
+        if raw["happened_at"] is not None:
+            want = pd.Timestamp(raw["happened_at"])
+            want = want.tz_localize("UTC") if want.tzinfo is None else want.tz_convert("UTC")
+            assert as_utc(row.happened_at) == want.to_pydatetime()
+        if raw["qty"] is None or (isinstance(raw["qty"], float) and math.isnan(raw["qty"])):
+            assert row.qty is None
+
+
+def good_rows(n: int, start: int = 1, amount: str = "10.00"):
+    return pd.DataFrame({
+        "id": range(start, start + n),
+        "tag": [f"t{i}" for i in range(start, start + n)],
+        "amount": [Decimal(amount)] * n,
+        "name": ["ok"] * n,
+        "qty": [1] * n,
+        "happened_at": [datetime(2024, 1, 5, tzinfo=UTC)] * n,
+        "day": [date(2024, 1, 5)] * n,
+        "updated_at": [datetime(2024, 1, 5, 12) + timedelta(minutes=i) for i in range(n)],
+    })
+
+
+def test_above_max_reject_ratio_nothing_changes(target_url, connections, tmp_path):
+    connections(wh=target_url)
+    spec = messy_spec("ratio", max_reject_ratio=0.2)
+    load_frames(spec, [good_rows(10)], tmp_path / "a", Window.parse("2023-12-01", "2024-01-01"))
+    before = fingerprint(target_url, spec)
+
+    bad = good_rows(10, start=5)
+    bad.loc[0:3, "amount"] = "not money"
+    bad.loc[4:5, "name"] = "far too long for ten"
+    with pytest.raises(ValidationFailed) as err:
+        load_frames(spec, [bad], tmp_path / "b")
+    message = str(err.value)
+    assert "6 of 10 records (60.0%) failed validation, above max_reject_ratio 0.2" in message
+    assert "amount: type(numeric(10,2)) (4); name: str_length(None, 10) (2)" in message
+    assert "watermark stays" in message
+    assert fingerprint(target_url, spec) == before
+    engine = create_engine(target_url)
+    try:
+        assert list_quarantine(engine, spec) == []
+        runs = read_runs(engine, spec.name)
+    finally:
+        engine.dispose()
+    assert [r["status"] for r in runs] == ["success", "failed"]
+
+    at_limit = messy_spec("ratio", max_reject_ratio=0.6)  # 60% is not above 0.6: the window loads
+    result = load_frames(at_limit, [bad], tmp_path / "c")
+    assert (result.loaded, result.quarantined) == (4, 6)
+
+
+def test_duplicates_reduced_to_latest_across_chunks(target_url, connections, tmp_path):
+    connections(wh=target_url)
+    spec = messy_spec("dups")
+    first = good_rows(3)                       # ids 1, 2, 3 at 12:00, 12:01, 12:02
+    second = good_rows(2, start=2, amount="99.00")
+    second["updated_at"] = [datetime(2024, 1, 6), datetime(2024, 1, 4)]  # id 2 newer, id 3 older
+    result = load_frames(spec, [first, second], tmp_path / "a")
+    assert (result.extracted, result.loaded, result.deduplicated) == (5, 3, 2)
+    engine = create_engine(target_url)
+    with engine.connect() as conn:
+        amounts = dict(conn.execute(text("SELECT id, amount FROM dups ORDER BY id")).all())
+    engine.dispose()
+    assert {k: Decimal(str(v)) for k, v in amounts.items()} == {1: Decimal("10"), 2: Decimal("99"), 3: Decimal("10")}
+
+    keep_first = messy_spec("dups_first", dedup={"keep": "first"})
+    result = load_frames(keep_first, [first, second], tmp_path / "b")
+    engine = create_engine(target_url)
+    with engine.connect() as conn:
+        amounts = dict(conn.execute(text("SELECT id, amount FROM dups_first ORDER BY id")).all())
+    engine.dispose()
+    assert {k: Decimal(str(v)) for k, v in amounts.items()} == {1: Decimal("10"), 2: Decimal("10"), 3: Decimal("99")}
+
+
+def test_newer_bad_row_supersedes_older_good_one(sqlite_url, connections, tmp_path):
+    connections(wh=sqlite_url)
+    spec = messy_spec("supersede")
+    rows = good_rows(2)
+    newer = good_rows(1)
+    newer["updated_at"] = [datetime(2024, 1, 20)]
+    newer["amount"] = ["garbage"]
+    result = load_frames(spec, [rows, newer], tmp_path)
+    assert (result.loaded, result.quarantined, result.deduplicated) == (1, 1, 1)
+    engine = create_engine(sqlite_url)
+    (entry,) = list_quarantine(engine, spec)
+    engine.dispose()
+    assert entry["record_key"] == [1] and entry["record"]["amount"] == "garbage"
+
+
+def write_spec(directory: Path, data: dict) -> Path:
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{data['name']}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.slow
+def test_replay_after_fixing_the_spec_loads_once(target_url, connections, chinook_copy, tmp_path, capsys):
+    """Through the real SQL source and the CLI: quarantine, list, fix the spec, replay twice."""
+    with sqlite3.connect(chinook_copy) as db:
+        db.execute("UPDATE Invoice SET Total = -Total WHERE InvoiceId IN (3, 7)")
+        db.execute("UPDATE Invoice SET BillingCity = 'A city with a name longer than forty characters' "
+                   "WHERE InvoiceId = 9")
+    connections(src=chinook_copy, wh=target_url)
+    data = json.loads(json.dumps(INVOICES))
+    data["columns"][4]["checks"] = {"min": 0}
+    data["max_reject_ratio"] = 0.05
+    specs = tmp_path / "specs"
+    path = write_spec(specs, data)
+
+    assert main(["run", str(path), "--start", "2021-01-01", "--end", "2026-01-01"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["extracted"], summary["loaded"], summary["quarantined"]) == (412, 409, 3)
+    assert main(["quarantine", "list", str(path)]) == 0
+    out = capsys.readouterr()
+    listed = [json.loads(line) for line in out.out.splitlines()]
+    assert sorted(e["record_key"][0] for e in listed) == [3, 7, 9]
+    assert "3 quarantined record(s)" in out.err
+    by_id = {e["record_key"][0]: e for e in listed}
+    assert by_id[9]["errors"][0]["check"] == "str_length(None, 40)"
+    assert Decimal(by_id[3]["record"]["total"]) < 0  # decimals are kept as exact text in the record
+
+    before = fingerprint(target_url, invoices_spec())
+    # Fix 1: negative totals are credit notes, allowed now. The long city still fails.
+    data["columns"][4]["checks"] = None
+    write_spec(specs, data)
+    assert main(["quarantine", "replay", str(path)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["considered"], first["loaded"], first["still_failing"]) == (3, 2, 1)
+    after = fingerprint(target_url, invoices_spec())
+    assert after["rows"] == before["rows"] + 2 and after["watermark"] == before["watermark"]
+
+    assert main(["quarantine", "replay", str(path)]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert (second["considered"], second["loaded"]) == (1, 0)
+    assert fingerprint(target_url, invoices_spec()) == after
+
+    engine = create_engine(target_url)
+    try:
+        (left,) = list_quarantine(engine, invoices_spec())
+        runs = read_runs(engine, "invoices_test")
+    finally:
+        engine.dispose()
+    assert left["record_key"] == [9]
+    assert [r["status"] for r in runs] == ["success", "replay", "replay"]
+    assert runs[0]["quarantined"] == 3 and runs[0]["deduplicated"] == 0
+
+
+def test_replay_does_not_overwrite_newer_rows(sqlite_url, connections, tmp_path):
+    connections(wh=sqlite_url)
+    spec = messy_spec("stale", transforms={})
+    old = good_rows(1)
+    old["amount"] = ["1.234"]  # too many decimals: quarantined
+    load_frames(spec, [old], tmp_path / "a")
+    newer = good_rows(1, amount="5.00")
+    newer["updated_at"] = [datetime(2024, 1, 25)]
+    load_frames(spec, [newer], tmp_path / "b")
+    fixed = messy_spec("stale", columns=[dict(c, type="numeric(12,3)") if c["name"] == "amount" else c
+                                         for c in MESSY["columns"]])
+    # numeric(10,2) -> numeric(12,3) is a type change: refused before anything is written
+    with pytest.raises(LoadError, match=r"'amount' was widened from NUMERIC\(10, 2\)"):
+        replay(fixed)
+    # a transform that rounds the amount is the fix that needs no DDL; but the target holds a newer row
+    rounded = messy_spec("stale", transforms={"function": "tests.validate_models:round_amount"})
+    result = replay(rounded)
+    assert (result.considered, result.loaded, result.superseded) == (1, 0, 1)
+    engine = create_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT amount FROM stale")).scalar_one() == 5
+    assert list_quarantine(engine, spec) == []
+    engine.dispose()
