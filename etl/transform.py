@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from etl.errors import SpecError
 from etl.spec import TYPE_PATTERN, PipelineSpec
@@ -164,6 +165,17 @@ def _decimal_value(value: Any, quantum: Decimal, int_digits: int) -> Decimal | N
 
 def _to_decimal(series: pd.Series, precision: int, scale: int) -> Conversion:
     missing = series.isna().to_numpy()
+    reason = (f"expected numeric({precision},{scale}): at most {precision - scale} digits before and {scale} after "
+              "the decimal point, exactly")
+    if series.dtype == object:
+        # Fast path (C): Arrow accepts only Decimal and int values, and refuses any that would need rounding
+        # or more digits than the precision; one refusal sends the chunk down the exact per-value path.
+        try:
+            pa.array(series, type=pa.decimal128(precision, scale), from_pandas=True)  # refuses booleans too
+            values = series.where(~missing, None) if missing.any() else series
+            return Conversion(values, np.zeros(len(series), dtype=bool), reason)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            pass
     quantum = Decimal(1).scaleb(-scale)
     int_digits = precision - scale
     out = np.empty(len(series), dtype=object)
@@ -176,9 +188,7 @@ def _to_decimal(series: pd.Series, precision: int, scale: int) -> Conversion:
         if converted is None:
             bad[i] = True
         out[i] = converted
-    return Conversion(pd.Series(out, index=series.index, dtype=object), bad,
-                      f"expected numeric({precision},{scale}): at most {int_digits} digits before and "
-                      f"{scale} after the decimal point, exactly")
+    return Conversion(pd.Series(out, index=series.index, dtype=object), bad, reason)
 
 
 def _text_value(value: Any) -> tuple[str | None, bool]:
