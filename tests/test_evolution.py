@@ -134,3 +134,28 @@ def test_nullable_in_spec_but_not_null_in_target_is_refused(sqlite_url, connecti
             loader.ensure_tables(target_table(spec_of(COLUMNS)))
     finally:
         loader.dispose()
+
+
+def test_runs_table_of_an_older_version_gets_the_new_columns(url, tmp_path):
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "CREATE TABLE etl_runs (id INTEGER PRIMARY KEY, run_id VARCHAR(255) NOT NULL, "
+                "pipeline VARCHAR(128) NOT NULL, window_start TIMESTAMP NOT NULL, window_end TIMESTAMP NOT NULL, "
+                "status VARCHAR(16) NOT NULL, extracted BIGINT, loaded BIGINT, written BIGINT, watermark TIMESTAMP, "
+                "started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP NOT NULL, duration_s FLOAT, message TEXT)"
+            )
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as conn:
+                conn.exec_driver_sql("CREATE SEQUENCE etl_runs_id_seq OWNED BY etl_runs.id")
+                conn.exec_driver_sql("ALTER TABLE etl_runs ALTER COLUMN id SET DEFAULT nextval('etl_runs_id_seq')")
+        elif engine.dialect.name in ("mysql", "mariadb"):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE etl_runs MODIFY id INTEGER NOT NULL AUTO_INCREMENT")
+        result = run(spec_of(COLUMNS), rows(1, 2), tmp_path)
+        runs = read_runs(engine, "evolving")
+    finally:
+        engine.dispose()
+    assert result.loaded == 2
+    assert runs[-1]["quarantined"] == 0 and runs[-1]["deduplicated"] == 0

@@ -316,3 +316,46 @@ def test_replay_does_not_overwrite_newer_rows(sqlite_url, connections, tmp_path)
         assert conn.execute(text("SELECT amount FROM stale")).scalar_one() == 5
     assert list_quarantine(engine, spec) == []
     engine.dispose()
+
+
+@pytest.fixture(params=["sqlite_url", pytest.param("pg_url", marks=pytest.mark.integration),
+                        pytest.param("mariadb_url", marks=pytest.mark.integration)])
+def any_url(request, connections):
+    url = request.getfixturevalue(request.param)
+    connections(wh=url)
+    return url
+
+
+def test_repeated_failures_update_one_entry_and_replay(any_url, tmp_path):
+    spec = messy_spec("repeat")
+    rows = good_rows(3)
+    rows.loc[1, "name"] = "🦀 crab named Ferris"   # 4-byte UTF-8, longer than varchar(10)
+    rows.loc[2, "id"] = None                        # invalid key: the entry is keyed by the record
+    first = load_frames(spec, [rows], tmp_path / "a")
+    assert (first.loaded, first.quarantined) == (1, 2)
+    second = load_frames(spec, [rows], tmp_path / "b")   # the same window again
+    assert (second.loaded, second.quarantined) == (1, 2)
+    engine = create_engine(any_url)
+    try:
+        entries = {json.dumps(e["record_key"]): e for e in list_quarantine(engine, spec)}
+    finally:
+        engine.dispose()
+    assert set(entries) == {"[2]", "null"}
+    crab = entries["[2]"]
+    assert crab["record"]["name"] == "🦀 crab named Ferris"
+    assert crab["times_seen"] == 2 and as_utc(crab["last_seen"]) >= as_utc(crab["first_seen"])
+    assert crab["errors"] == [{"column": "name", "check": "str_length(None, 10)",
+                               "message": "column 'name' failed str_length(None, 10); got '🦀 crab named Ferris'"}]
+
+    wider = messy_spec("repeat", transforms={"function": "tests.validate_models:shorten_name"})
+    result = replay(wider)
+    assert (result.considered, result.loaded, result.still_failing) == (2, 1, 1)
+    engine = create_engine(any_url)
+    try:
+        with engine.connect() as conn:
+            table = engine.dialect.identifier_preparer.quote("repeat")  # a reserved word in MariaDB
+            assert conn.execute(text(f"SELECT name FROM {table} WHERE id = 2")).scalar_one() == "🦀 crab"
+        (left,) = list_quarantine(engine, spec)
+    finally:
+        engine.dispose()
+    assert left["record_key"] is None and left["errors"][0]["check"] == "not_nullable"

@@ -37,3 +37,8 @@ def round_amount(frame: pd.DataFrame) -> pd.DataFrame:
 
     frame["amount"] = frame["amount"].map(lambda v: Decimal(str(v)).quantize(Decimal("0.01"), ROUND_HALF_EVEN))
     return frame
+
+
+def shorten_name(frame: pd.DataFrame) -> pd.DataFrame:
+    frame["name"] = frame["name"].map(lambda v: v[:6] if isinstance(v, str) else v)
+    return frame
