@@ -12,7 +12,8 @@ the key itself is invalid; ``first_seen``/``last_seen``/``times_seen`` track rep
 Replay (``replay``): re-runs transforms and validation on a pipeline's quarantined records under the
 current spec; the rows that pass are loaded and removed from quarantine in one transaction, so a second
 replay finds nothing to load. A quarantined row older than the target's row for the same key (by the
-cursor) is removed as superseded instead of overwriting newer data.
+cursor) is removed as superseded instead of overwriting newer data; so is an entry whose key a later
+window loads with a cursor at least as recent (the row was fixed at the source).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    func,
     insert,
     inspect,
     select,
@@ -57,6 +59,7 @@ from etl.errors import LoadError, ValidationFailed
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter
 from etl.state import _TS
+from etl.transform import convert_column
 from etl.validate import ChunkResult, Validator
 from etl.window import Window
 
@@ -64,6 +67,7 @@ log = logging.getLogger(__name__)
 
 QUARANTINE_TABLE = "etl_quarantine"
 BATCH = 500
+RESOLVE_MAX = 50_000
 TOP_REASONS = 5
 
 
@@ -281,7 +285,48 @@ def write_quarantine(conn: Connection, spec: PipelineSpec, window: Window, run_i
                         f"{manifest.quarantined}; re-run the extract step")
     if rows:
         _upsert_entries(conn, spec, rows, run_id, window.start, window.end, datetime.now(UTC))
+    resolved = resolve_loaded(conn, spec, manifest)
+    if resolved:
+        log.info("pipeline %s: %d quarantined record(s) resolved by rows loaded in this window", spec.name, resolved)
     return len(rows)
+
+
+def resolve_loaded(conn: Connection, spec: PipelineSpec, manifest: Manifest) -> int:
+    """Remove quarantine entries whose key this window loaded with a cursor at least as recent.
+
+    Such an entry was fixed at the source (a good version of the row arrived); keeping it would only
+    offer a stale record for replay. Skipped when the pipeline has more than ``RESOLVE_MAX`` entries.
+    """
+    q = quarantine_table(spec.target.db_schema)
+    has_key = and_(q.c.pipeline == spec.name, q.c.record_key.is_not(None))
+    count = conn.execute(select(func.count()).select_from(q).where(has_key)).scalar_one()
+    if count == 0 or manifest.records == 0:
+        return 0
+    if count > RESOLVE_MAX:
+        log.warning("pipeline %s: %d quarantined records; not checking which of them this window resolved",
+                    spec.name, count)
+        return 0
+    keys, cursor = list(spec.source.primary_key), spec.source.cursor
+    types = {c.name: c.type for c in spec.columns}
+    entries = conn.execute(select(q.c.id, q.c.record_key, q.c.record).where(has_key)).all()
+    wanted = pd.DataFrame([json.loads(e.record_key) for e in entries], columns=keys)
+    wanted["_id"] = [e.id for e in entries]
+    wanted["_cursor"] = [json.loads(e.record).get(cursor) for e in entries]
+    for name in keys:
+        wanted[name] = convert_column(wanted[name].astype(object), types[name]).values
+    wanted["_cursor"] = convert_column(wanted["_cursor"].astype(object), types[cursor]).values
+    resolved: set[int] = set()
+    for name in manifest.files:
+        staged = pq.read_table(Path(manifest.directory) / name, columns=list(dict.fromkeys([*keys, cursor])))
+        frame = staged.to_pandas()
+        loaded = pd.DataFrame({k: convert_column(frame[k], types[k]).values for k in keys})
+        loaded["_loaded_cursor"] = convert_column(frame[cursor], types[cursor]).values
+        hits = wanted.merge(loaded, on=keys, how="inner")
+        newer = hits["_cursor"].isna() | (hits["_loaded_cursor"] >= hits["_cursor"])
+        resolved.update(int(i) for i in hits.loc[newer.fillna(False), "_id"])
+    if resolved:
+        conn.execute(delete(q).where(q.c.id.in_(sorted(resolved))))
+    return len(resolved)
 
 
 def list_quarantine(engine: Engine, spec: PipelineSpec, limit: int | None = None) -> list[dict[str, Any]]:

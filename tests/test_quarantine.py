@@ -359,3 +359,24 @@ def test_repeated_failures_update_one_entry_and_replay(any_url, tmp_path):
     finally:
         engine.dispose()
     assert left["record_key"] is None and left["errors"][0]["check"] == "not_nullable"
+
+
+def test_a_fixed_row_loaded_later_resolves_its_entry(target_url, connections, tmp_path):
+    connections(wh=target_url)
+    spec = messy_spec("resolve")
+    bad = good_rows(2)
+    bad["amount"] = ["oops", "1.5"]
+    bad["updated_at"] = [datetime(2024, 1, 10), datetime(2024, 1, 10)]
+    assert load_frames(spec, [bad], tmp_path / "a").quarantined == 1
+    older = good_rows(1)                        # a backfill brings an older good version of id 1
+    older["updated_at"] = [datetime(2024, 1, 3)]
+    load_frames(spec, [older], tmp_path / "b")
+    engine = create_engine(target_url)
+    try:
+        assert [e["record_key"] for e in list_quarantine(engine, spec)] == [[1]]  # still the newest version
+        fixed = good_rows(1)
+        fixed["updated_at"] = [datetime(2024, 1, 12)]
+        load_frames(spec, [fixed], tmp_path / "c")
+        assert list_quarantine(engine, spec) == []
+    finally:
+        engine.dispose()
