@@ -296,12 +296,12 @@ def test_replay_after_fixing_the_spec_loads_once(target_url, connections, chinoo
 def test_replay_does_not_overwrite_newer_rows(sqlite_url, connections, tmp_path):
     connections(wh=sqlite_url)
     spec = messy_spec("stale", transforms={})
-    old = good_rows(1)
-    old["amount"] = ["1.234"]  # too many decimals: quarantined
-    load_frames(spec, [old], tmp_path / "a")
     newer = good_rows(1, amount="5.00")
     newer["updated_at"] = [datetime(2024, 1, 25)]
     load_frames(spec, [newer], tmp_path / "b")
+    old = good_rows(1)  # a backfill of an older window: an older version of id 1, with a bad amount
+    old["amount"] = ["1.234"]  # too many decimals: quarantined
+    assert load_frames(spec, [old], tmp_path / "a").quarantined == 1
     fixed = messy_spec("stale", columns=[dict(c, type="numeric(12,3)") if c["name"] == "amount" else c
                                          for c in MESSY["columns"]])
     # numeric(10,2) -> numeric(12,3) is a type change: refused before anything is written
