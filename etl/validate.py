@@ -57,7 +57,9 @@ class ChunkResult:
 
 def _bound(column: ColumnSpec, value: Any) -> Any:
     """A check bound (from YAML) in the column's converted representation."""
-    if TYPE_PATTERN.match(column.type)["numeric"] and isinstance(value, int | float):
+    m = TYPE_PATTERN.match(column.type)
+    assert m, column.type  # the spec validated it
+    if m["numeric"] and isinstance(value, int | float):
         value = repr(value)  # as text, so the bound reads exactly as written (0 -> Decimal('0.00'))
     conv = convert_column(pd.Series([value], dtype=object), column.type)
     if conv.bad[0]:
