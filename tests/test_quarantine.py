@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from etl.cli import main
 from etl.errors import LoadError, ValidationFailed
-from etl.pipeline import extract_window, load_window, new_run_id
+from etl.pipeline import extract_window, load_window, new_run_id, run_window
 from etl.quarantine import list_quarantine, replay
 from etl.spec import parse_spec
 from etl.state import as_utc, read_runs
@@ -380,3 +380,21 @@ def test_a_fixed_row_loaded_later_resolves_its_entry(target_url, connections, tm
         assert list_quarantine(engine, spec) == []
     finally:
         engine.dispose()
+
+
+def test_derived_columns_through_the_sql_source(sqlite_url, connections, chinook_source):
+    connections(src=chinook_source, wh=sqlite_url)
+    data = json.loads(json.dumps(INVOICES))
+    data["columns"] += [{"name": "total_cents", "type": "numeric(12,0)"}, {"name": "city", "type": "varchar(40)"}]
+    data["transforms"] = {"derive": [{"name": "total_cents", "expr": "total * 100"},
+                                     {"name": "city", "expr": "upper(coalesce(billing_city, '?'))"}]}
+    spec = parse_spec(data, "test")
+    result = run_window(spec, Window.parse("2021-01-01", "2026-01-01"))
+    assert (result.extracted, result.loaded, result.quarantined) == (412, 412, 0)
+    engine = create_engine(sqlite_url)
+    with engine.connect() as conn:
+        sql = "SELECT total, total_cents, billing_city, city FROM invoices WHERE invoice_id = 1"
+        row = conn.execute(text(sql)).one()
+    engine.dispose()
+    assert Decimal(str(row.total)) * 100 == Decimal(str(row.total_cents))
+    assert row.city == row.billing_city.upper()
