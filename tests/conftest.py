@@ -42,20 +42,32 @@ def airflow_uri(url: URL) -> str:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[URL]:
-    """A fresh PostgreSQL database, dropped after the test."""
-    name = f"driftless_t_{uuid.uuid4().hex[:10]}"
+def pg_databases() -> Iterator:
+    """A factory of fresh PostgreSQL databases, all dropped after the test."""
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        unavailable("PostgreSQL at 127.0.0.1:5432", exc)
-    yield PG_ADMIN.set(database=name)
+    made: list[str] = []
+
+    def make() -> URL:
+        name = f"driftless_t_{uuid.uuid4().hex[:10]}"
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # noqa: BLE001
+            unavailable("PostgreSQL at 127.0.0.1:5432", exc)
+        made.append(name)
+        return PG_ADMIN.set(database=name)
+
+    yield make
     with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        for name in made:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_databases) -> URL:
+    """A fresh PostgreSQL database, dropped after the test."""
+    return pg_databases()
 
 
 @pytest.fixture
@@ -87,6 +99,18 @@ def target_url(request: pytest.FixtureRequest) -> URL:
         return request.getfixturevalue("sqlite_url")
     request.applymarker(pytest.mark.integration)
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def another_target(request: pytest.FixtureRequest, target_url: URL, tmp_path: Path):
+    """A factory of further empty databases of the same dialect as ``target_url``."""
+
+    def make() -> URL:
+        if target_url.get_backend_name() == "sqlite":
+            return target_url.set(database=str(tmp_path / f"other_{uuid.uuid4().hex[:6]}.db"))
+        return request.getfixturevalue("pg_databases")()
+
+    return make
 
 
 @pytest.fixture(scope="session")
