@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,13 @@ from sqlalchemy import URL, create_engine, text
 from etl.demo import prepare_source
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Tests get an Airflow home of their own (never the demo's .airflow), set before anything imports Airflow.
+AIRFLOW_TEST_HOME = Path(tempfile.mkdtemp(prefix="driftless-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_TEST_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["DRIFTLESS_STAGING_DIR"] = str(AIRFLOW_TEST_HOME / "staging")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
                       host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),
@@ -25,6 +35,16 @@ PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_P
 MARIADB_ADMIN = URL.create("mysql+pymysql", username=os.environ.get("DRIFTLESS_MARIADB_USER", "root"),
                            host=os.environ.get("DRIFTLESS_MARIADB_HOST", "127.0.0.1"),
                            port=int(os.environ.get("DRIFTLESS_MARIADB_PORT", "3306")), database="test")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """Airflow's metadata database (SQLite in the tests' Airflow home), migrated once per session."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    yield AIRFLOW_TEST_HOME
+    shutil.rmtree(AIRFLOW_TEST_HOME, ignore_errors=True)
 
 
 def unavailable(service: str, exc: Exception) -> None:
