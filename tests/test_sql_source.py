@@ -46,7 +46,7 @@ def pg_orders(pg_url):
             "ELSE 'st' || (g % 3) END, g * 1.25, :t0 + g * interval '1 minute' FROM generate_series(1, 2500) g"
         ), {"t0": T0})
         # A session in another time zone must not shift the window.
-        conn.execute(text("ALTER DATABASE \"%s\" SET timezone TO 'America/New_York'" % pg_url.database))
+        conn.execute(text(f"ALTER DATABASE \"{pg_url.database}\" SET timezone TO 'America/New_York'"))
     engine.dispose()
     return pg_url
 
