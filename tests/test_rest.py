@@ -558,3 +558,38 @@ def test_demo_spec_is_valid():
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "dags" / "pipelines" / "chinook_customers_api.yaml")
     assert spec.source.type == "rest" and spec.source.paginator.type == "cursor"
+
+
+def test_demo_api_server_end_to_end(connections, sqlite_url):
+    """The shipped demo API (a subprocess) through the shipped spec: all 59 Chinook customers, twice."""
+    import subprocess
+    import sys
+
+    from etl.spec import load_spec
+
+    repo = Path(__file__).resolve().parent.parent
+    token = "demo-token-for-test"
+    proc = subprocess.Popen([sys.executable, str(repo / "demo" / "api_server.py")], text=True, stdout=subprocess.PIPE,
+                            env={"DRIFTLESS_DEMO_API_TOKEN": token, "PATH": ""})
+    try:
+        url = proc.stdout.readline().strip().removeprefix("listening on ")
+        connections(chinook_api=url.replace("http://", f"http://:{token}@"), warehouse=sqlite_url)
+        spec = load_spec(repo / "dags" / "pipelines" / "chinook_customers_api.yaml")
+        window = Window.parse("2021-01-01T00:00:00Z", "2026-01-01T00:00:00Z")
+        first = run_window(spec, window)
+        second = run_window(spec, window)
+        half = run_window(spec, Window.parse("2021-01-01T00:00:00Z", "2021-03-01T00:00:00Z"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert first.extracted == 59 and first.written == 59 and second.written == 0
+    assert first.metrics["pages"] == 3  # 25 per page, starting_after the last id
+    assert 0 < half.extracted < 59
+    engine = create_engine(sqlite_url)
+    try:
+        with engine.connect() as conn:
+            query = "SELECT first_name, country, updated_at FROM customers WHERE customer_id = 1"
+            row = conn.execute(text(query)).one()
+    finally:
+        engine.dispose()
+    assert row[0] == "Luís" and row[1] == "Brazil" and str(row[2]).startswith("20")
