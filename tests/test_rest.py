@@ -358,9 +358,11 @@ def test_circuit_breaker_opens_fails_fast_then_probes(api, sqlite_url):
         run_window(spec, WINDOW)
     assert f"circuit breaker for {api.url} is open after 2 consecutive failures (last: HTTP 500)" in str(err.value)
     assert len(api.requests) == 2  # the third attempt failed fast without reaching the server
+    source = RestSource(spec)
     with pytest.raises(SourceError, match="circuit breaker"):  # still open: no request at all
-        run_window(spec, WINDOW)
+        list(source.read(WINDOW))
     assert len(api.requests) == 2
+    assert source.metrics["requests"] == 0 and source.metrics["breaker_trips"] == 0
     state["down"] = False
     time.sleep(0.6)
     result = run_window(spec, WINDOW)  # the probe succeeds and closes the breaker
@@ -466,6 +468,32 @@ def test_auth_styles_send_credentials_from_the_connection(api, connections, sqli
     assert loaded(sqlite_url) == EXPECTED
 
 
+def test_breaker_trip_is_counted(api):
+    api.handler = lambda req: Reply(500, "down")
+    source = RestSource(rest_spec({"breaker": {"failures": 2, "cooldown": 30},
+                                   "retries": {"max_attempts": 5, "backoff": 0.01, "max_backoff": 0.02}}))
+    with pytest.raises(SourceError, match="circuit breaker"):
+        list(source.read(WINDOW))
+    assert source.metrics["breaker_trips"] == 1 and source.metrics["requests"] == 2
+    assert source.metrics["retries"] == 2 and source.metrics["status"] == {"500": 2}
+
+
+def test_api_key_echoed_in_next_url_is_not_kept(api, connections, tmp_path):
+    def handle(req):
+        start = int(req.query.get("after", 0))
+        nxt = f"/items?after={start + 5}&api_key={req.query['api_key']}" if start + 5 < len(RECORDS) else None
+        return json_reply({"items": RECORDS[start:start + 5], "next": nxt})
+    api.handler = handle
+    connections(api=json.dumps({"conn_type": "http", "host": api.url, "password": CANARY}))
+    spec = rest_spec({"records": "items", "paginator": "next_url", "params": {},
+                      "auth": {"type": "api_key", "name": "api_key", "location": "query"}}, chunk_size=5)
+    manifest = extract_window(spec, WINDOW, "r", tmp_path)
+    assert manifest.records == 23
+    assert all(r.query["api_key"] == CANARY for r in api.requests)  # sent once per request, not twice
+    for path in tmp_path.rglob("*.json"):
+        assert CANARY not in path.read_text()
+
+
 def test_canary_secret_never_leaks(api, connections, sqlite_url, caplog, tmp_path, monkeypatch):
     """Logs, errors, manifest, run records and summary never hold the secret, even when the API echoes it."""
     monkeypatch.setenv("DRIFTLESS_STAGING_DIR", str(tmp_path / "staging"))
@@ -546,6 +574,10 @@ def test_retried_extract_resumes_from_last_staged_page_and_loads_once(api, sqlit
     ({"auth": {"type": "bearer", "token": "x"}}, "test: source.auth.token: unknown field"),
     ({"rate_limit": {"requests_per_second": 0}}, "test: source.rate_limit.requests_per_second: Input should be "
                                                  "greater than 0"),
+    ({"connection": "my api"}, "test: source.connection: 'my api' is not a valid identifier"),
+    ({"records": "data..x"}, "test: source.records: 'data..x' is not a JSON path"),
+    ({"paginator": {"cursor_param": "after"}}, "test: source.paginator.type: Field required (expected one of: "
+                                               "'offset', 'page_number', 'cursor'"),
 ])
 def test_rest_spec_errors_name_the_field(mutate, expected):
     with pytest.raises(SpecError) as err:

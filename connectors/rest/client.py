@@ -234,9 +234,21 @@ class RestClient:
             event(log, "page", url=self.redact.url(response.url), page=number, records=len(records))
             yield Page(records, state, number, response)
             try:
-                state = self.paginator.advance(state, response, body, records)
+                state = self._scrub(self.paginator.advance(state, response, body, records))
             except SourceError as exc:
                 raise SourceError(self._describe(response, str(exc))) from None
+
+    def _scrub(self, state: State | None) -> State | None:
+        """Drop a query-parameter API key that an API echoed into its next-page URL.
+
+        States are checkpointed to disk and named in errors; the auth adds the key to every request anyway.
+        """
+        name = getattr(self.auth, "name", None) if getattr(self.auth, "location", None) == "query" else None
+        if state is None or name is None or not isinstance(state.get("url"), str):
+            return state
+        parts = urlsplit(state["url"])
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
+        return {**state, "url": urlunsplit((*parts[:3], urlencode(query), parts.fragment))}
 
     def _no_records(self, response: requests.Response, body: Any) -> list[Any]:
         keys = sorted(body)[:10] if isinstance(body, dict) else type(body).__name__

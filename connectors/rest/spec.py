@@ -10,7 +10,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _identifier(value: str) -> str:
+    from etl.spec import check_identifier  # etl.spec imports this module: import at call time
+
+    return check_identifier(value)
 
 
 class _Strict(BaseModel):
@@ -200,15 +206,20 @@ class RestSourceSpec(_Strict):
             raise ValueError("must not be negative")
         return value
 
-    @model_validator(mode="after")
-    def _check(self) -> RestSourceSpec:
-        from etl.spec import check_identifier
+    _ids = field_validator("connection", "cursor")(_identifier)
 
-        check_identifier(self.connection)
-        for key in self.primary_key:
-            check_identifier(key)
-        check_identifier(self.cursor)
-        return self
+    @field_validator("primary_key")
+    @classmethod
+    def _pk(cls, value: list[str]) -> list[str]:
+        return [_identifier(v) for v in value]
+
+    @field_validator("records")
+    @classmethod
+    def _records(cls, value: str) -> str:
+        from connectors.rest.jsonpath import parse_path
+
+        parse_path(value)
+        return value
 
     @property
     def table(self) -> None:
