@@ -200,7 +200,7 @@ def _tag(model: type[BaseModel]) -> Any:
     field = model.model_fields.get("type")
     if field is None or get_origin(field.annotation) is not Literal:
         return None
-    return field.annotation.__args__[0]
+    return getattr(field.annotation, "__args__", (None,))[0]
 
 
 def _resolve(loc: tuple[Any, ...]) -> tuple[list[Any], list[type[BaseModel]]]:

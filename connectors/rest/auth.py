@@ -48,7 +48,7 @@ class ApiKeyAuth(AuthBase):
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         if self.location == "query":
-            r.prepare_url(r.url, {self.name: self.key})
+            r.prepare_url(r.url or "", {self.name: self.key})
         else:
             r.headers[self.name] = self.key
         return r
@@ -159,7 +159,7 @@ def auth_from_connection(conn_id: str, spec: AuthSpec | None, fields: dict[str, 
     """Build the auth strategy named by the spec (or inferred) from the connection's secret fields."""
     extra = fields.get("extra") or {}
     kind = spec.type if spec else infer_auth_type(fields)
-    spec = spec or AuthSpec(type=kind)
+    spec = spec or AuthSpec.model_validate({"type": kind})
     if kind == "none":
         return NoAuth()
     if kind == "bearer":

@@ -274,7 +274,7 @@ class RestClient:
         jitter = tenacity.wait_random_exponential(multiplier=retries.backoff, max=retries.max_backoff)
 
         def wait(rs: tenacity.RetryCallState) -> float:
-            exc = rs.outcome.exception() if rs.outcome else None
+            exc = rs.outcome.exception() if rs.outcome is not None else None  # type: ignore[union-attr]
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is not None:
                 return min(retry_after, retries.max_retry_after)
@@ -293,7 +293,7 @@ class RestClient:
             self.metrics.retries += 1
             self.metrics.retry_wait_s += rs.upcoming_sleep
             log.warning("retrying %s in %.2fs (attempt %d of %d): %s", self.redact.url(url), rs.upcoming_sleep,
-                        rs.attempt_number + 1, retries.max_attempts, rs.outcome.exception())
+                        rs.attempt_number + 1, retries.max_attempts, rs.outcome.exception())  # type: ignore[union-attr]
 
         retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception_type(TransientError),
                                      before_sleep=before_sleep, reraise=True)

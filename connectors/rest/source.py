@@ -22,6 +22,7 @@ import requests
 
 from connectors.rest.client import RestClient
 from connectors.rest.paginators import State
+from connectors.rest.spec import RestSourceSpec
 from etl.connections import connection_fields
 from etl.errors import SourceError
 from etl.spec import PipelineSpec
@@ -83,7 +84,9 @@ class RestSource:
 
     def __init__(self, spec: PipelineSpec, session: requests.Session | None = None) -> None:
         self.spec = spec
-        self.source = spec.source
+        if not isinstance(spec.source, RestSourceSpec):
+            raise TypeError(f"pipeline {spec.name!r}: RestSource needs a source of type 'rest'")
+        self.source: RestSourceSpec = spec.source
         self.session = session
         self.metrics: dict[str, Any] = {}
         self.checkpoint: dict[str, Any] | None = None
@@ -122,7 +125,7 @@ class RestSource:
                 continue
             key = tuple(str(record.get(k)) for k in key_fields)
             old = seen.get(key, _NEVER)
-            if old is not _NEVER and (cursor is None or old is None or cursor <= old):
+            if old is not _NEVER and (cursor is None or old is None or cursor <= old):  # type: ignore[operator]
                 duplicates += 1
                 continue
             seen[key] = cursor

@@ -169,9 +169,9 @@ class RestSourceSpec(_Strict):
         False, description="drop records whose cursor lies outside the window (for APIs that cannot filter)"
     )
     rate_limit: RateLimitSpec | None = None
-    timeouts: TimeoutsSpec = TimeoutsSpec()
-    retries: RetriesSpec = RetriesSpec()
-    breaker: BreakerSpec = BreakerSpec()
+    timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
+    retries: RetriesSpec = Field(default_factory=RetriesSpec)
+    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
     max_pages: int = Field(10_000, gt=0, description="more pages than this in one window is an error")
     max_records: int = Field(10_000_000, gt=0, description="more records than this in one window is an error")
     deadline: timedelta = Field(timedelta(hours=1), description="the whole window must be read within this")
