@@ -494,7 +494,7 @@ def test_api_key_echoed_in_next_url_is_not_kept(api, connections, tmp_path):
     assert CANARY not in str(err.value) and "api_key=***" in str(err.value)
     assert all(r.query["api_key"] == CANARY for r in api.requests)
     progress = next(tmp_path.rglob("_progress.json")).read_text()
-    assert "after=10" in progress and CANARY not in progress  # the checkpointed next-page URL, without the key
+    assert "after=15" in progress and CANARY not in progress  # the checkpointed next-page URL, without the key
 
 
 def test_canary_secret_never_leaks(api, connections, sqlite_url, caplog, tmp_path, monkeypatch):
@@ -537,7 +537,10 @@ def test_canary_secret_never_leaks(api, connections, sqlite_url, caplog, tmp_pat
 
 # ---- resume ----
 
-def test_retried_extract_resumes_from_last_staged_page_and_loads_once(api, sqlite_url, tmp_path):
+@pytest.mark.parametrize(("chunk_size", "resumed_at", "first_page"), [(5, ["15", "20"], 4), (7, ["10", "15", "20"], 3)],
+                         ids=["chunks_end_on_pages", "chunk_ends_mid_page"])
+def test_retried_extract_resumes_from_last_staged_page_and_loads_once(api, sqlite_url, tmp_path, chunk_size,
+                                                                      resumed_at, first_page):
     healthy = cursor_api()
     state = {"fail_after": 3}  # pages 1-3 succeed, page 4 fails for good
 
@@ -547,7 +550,7 @@ def test_retried_extract_resumes_from_last_staged_page_and_loads_once(api, sqlit
             return Reply(500, "crashed")
         return healthy(req)
     api.handler = handle
-    spec = rest_spec({"retries": {"max_attempts": 1}}, chunk_size=5)
+    spec = rest_spec({"retries": {"max_attempts": 1}}, chunk_size=chunk_size)
     root = tmp_path / "staging"
     with pytest.raises(SourceError, match="HTTP 500"):
         extract_window(spec, WINDOW, "run-A", root)
@@ -555,10 +558,13 @@ def test_retried_extract_resumes_from_last_staged_page_and_loads_once(api, sqlit
     state["fail_after"] = None
     api.requests.clear()
     manifest = extract_window(spec, WINDOW, "run-A", root)
-    # The retry starts at the page of the last staged chunk (page 3, starting_after=10), not at page one.
-    assert [r.query.get("starting_after") for r in api.requests] == ["10", "15", "20"]
-    assert manifest.metrics["resumed_from_page"] == 3
-    assert manifest.records == 23 and len(manifest.files) == 5
+    # Pages 1-3 were read. With 5-record chunks all of page 3 was staged: the retry starts at page 4
+    # (starting_after=15). With 7-record chunks one record of page 3 was not: page 3 is fetched again and
+    # its four staged records are recognised by key. Never page one.
+    assert [r.query.get("starting_after") for r in api.requests] == resumed_at
+    assert manifest.metrics["resumed_from_page"] == first_page
+    assert manifest.metrics["duplicates_dropped"] == (0 if chunk_size == 5 else 4)
+    assert manifest.records == 23 and len(manifest.files) == -(-23 // chunk_size)
     result = load_window(spec, WINDOW, manifest, "run-A")
     again = load_window(spec, WINDOW, manifest, "run-A")
     assert loaded(sqlite_url) == EXPECTED

@@ -156,12 +156,13 @@ for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connectio
 
 @dataclass
 class Page:
-    """One response of the loop: its records, the paginator state that fetched it, its number in the window."""
+    """One response of the loop: its records, the state that fetched it, its number, the next page's state."""
 
     records: list[Any]
     state: State
     number: int
     response: requests.Response
+    next_state: State | None = None
 
 
 class RestClient:
@@ -232,11 +233,12 @@ class RestClient:
                                   f"max_records={self.spec.max_records} records in window {window.key}; raise "
                                   "source.max_records if this is expected")
             event(log, "page", url=self.redact.url(response.url), page=number, records=len(records))
-            yield Page(records, state, number, response)
             try:
-                state = self._scrub(self.paginator.advance(state, response, body, records))
+                next_state = self._scrub(self.paginator.advance(state, response, body, records))
             except SourceError as exc:
                 raise SourceError(self._describe(response, str(exc))) from None
+            yield Page(records, state, number, response, next_state)
+            state = next_state
 
     def _scrub(self, state: State | None) -> State | None:
         """Drop a query-parameter API key that an API echoed into its next-page URL.

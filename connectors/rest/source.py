@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import requests
 
-from connectors.rest.client import RestClient
+from connectors.rest.client import Page, RestClient
 from connectors.rest.paginators import State
 from connectors.rest.spec import RestSourceSpec
 from etl.connections import connection_fields
@@ -179,12 +179,14 @@ class RestSource:
             buffered -= limit - need
             return self._frame(parts)
 
-        def snapshot(state: State, number: int) -> dict[str, Any]:
-            # Resume point: the page holding the oldest record not yet yielded (or the last page read).
-            # On resume that page is fetched again; records already staged are dropped as repeats.
+        def snapshot(page: Page) -> dict[str, Any]:
+            # Resume point: the page holding the oldest record not yet yielded; its records that were
+            # staged already are dropped as repeats when it is fetched again. Else the next page.
             if buffer:
-                state, number = buffer[0][0], buffer[0][1]
-            return {"state": state, "page": number}
+                return {"state": buffer[0][0], "page": buffer[0][1]}
+            if page.next_state is None:
+                return {"state": None, "page": page.number, "done": True}
+            return {"state": page.next_state, "page": page.number + 1}
 
         try:
             for page in client.pages(window, start, first):
@@ -196,7 +198,7 @@ class RestSource:
                     buffered += len(frame)
                 while buffered >= size:
                     chunk = cut(size)
-                    self.checkpoint = snapshot(page.state, page.number)
+                    self.checkpoint = snapshot(page)
                     yield chunk
             if buffered:
                 chunk = cut(buffered)
