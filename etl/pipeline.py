@@ -70,7 +70,7 @@ class WindowResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        return {**({"metrics": self.metrics} if self.metrics else {}),
+        return {
             "pipeline": self.pipeline,
             "window": self.window.as_dict(),
             "status": self.status,
@@ -81,6 +81,7 @@ class WindowResult:
             "watermark": self.watermark.isoformat() if self.watermark else None,
             "run_id": self.run_id,
             "checks": self.checks,
+            **({"metrics": self.metrics} if self.metrics else {}),  # what a REST source's request loop did
         }
 
     def to_xcom(self) -> dict[str, Any]:

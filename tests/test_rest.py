@@ -634,3 +634,31 @@ def test_demo_api_server_end_to_end(connections, sqlite_url):
     finally:
         engine.dispose()
     assert row[0] == "Luís" and row[1] == "Brazil" and str(row[2]).startswith("20")
+
+
+@pytest.mark.parametrize(("value", "base", "secret"), [
+    ("https://me:p%40ss@api.example.com:8443/v1?token=abc", "https://api.example.com:8443/v1/", "abc"),
+    (json.dumps({"conn_type": "http", "host": "api.example.com", "schema": "https", "extra": '{"token": "t1"}'}),
+     "https://api.example.com/", "t1"),
+    (json.dumps({"conn_type": "http", "host": "http://127.0.0.1:5000", "extra": {"token": "t2"}}),
+     "http://127.0.0.1:5000/", "t2"),
+])
+def test_connection_fields_and_base_url(monkeypatch, value, base, secret):
+    from connectors.rest.client import base_url
+    from etl.connections import connection_fields
+
+    monkeypatch.setenv("AIRFLOW_CONN_SOME_API", value)
+    fields = connection_fields("some_api")
+    assert base_url(fields) == base
+    assert fields["extra"]["token"] == secret
+    if value.startswith("https://me"):
+        assert fields["login"] == "me" and fields["password"] == "p@ss"
+
+
+def test_missing_connection_is_named(monkeypatch):
+    from etl.connections import connection_fields
+    from etl.errors import ConnectionNotFound
+
+    monkeypatch.delenv("AIRFLOW_CONN_NOPE", raising=False)
+    with pytest.raises(ConnectionNotFound, match="connection 'nope' is not defined: set AIRFLOW_CONN_NOPE"):
+        connection_fields("nope")
