@@ -662,3 +662,57 @@ def test_missing_connection_is_named(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_NOPE", raising=False)
     with pytest.raises(ConnectionNotFound, match="connection 'nope' is not defined: set AIRFLOW_CONN_NOPE"):
         connection_fields("nope")
+
+
+# ---- paginators on bare responses (no server) ----
+
+def bare_response(url: str = "https://api.example.com/items", link: str | None = None):
+    import requests
+
+    response = requests.Response()
+    response.url, response.status_code = url, 200
+    if link:
+        response.headers["Link"] = link
+    return response
+
+
+def paginator(config):
+    from connectors.rest.paginators import paginator_for
+
+    return paginator_for(rest_spec({"paginator": config}).source.paginator)
+
+
+def test_paginators_on_bare_responses():
+    resp = bare_response()
+    cursor = paginator("cursor")
+    assert cursor.advance({"cursor": None}, resp, {"has_more": True}, [{"id": 7}]) == {"cursor": 7}
+    assert cursor.advance({"cursor": 7}, resp, {"has_more": False}, [{"id": 9}]) is None
+    assert cursor.prepare({"cursor": 7}, "u", {"limit": 5}) == ("u", {"limit": 5, "starting_after": 7})
+    with pytest.raises(SourceError, match="'has_more' not found in the response body"):
+        cursor.advance({"cursor": None}, resp, {}, [{"id": 1}])
+    with pytest.raises(SourceError, match="says more pages follow .* but gave no cursor"):
+        paginator({"type": "cursor", "cursor_path": "meta.next"}).advance({"cursor": None}, resp,
+                                                                          {"has_more": True, "meta": {}}, [{"id": 1}])
+    link = paginator("link_header")
+    nxt = bare_response(link='<https://api.example.com/items?page=3>; rel="next", <https://x/1>; rel="prev"')
+    assert link.advance({"url": None}, nxt, [], [{}]) == {"url": "https://api.example.com/items?page=3"}
+    assert link.advance({"url": None}, resp, [], [{}]) is None
+    nu = paginator({"type": "next_url", "next_url_path": "paging.next"})
+    assert nu.advance({"url": None}, resp, {"paging": {"next": "?cursor=abc"}}, [{}]) == \
+        {"url": "https://api.example.com/items?cursor=abc"}
+    assert nu.advance({"url": None}, resp, {"paging": {"next": None}}, [{}]) is None
+    offset = paginator({"type": "offset", "limit": 10, "stop_on_short_page": True})
+    assert offset.advance({"offset": 0}, resp, {}, [{}] * 10) == {"offset": 10}
+    assert offset.advance({"offset": 10}, resp, {}, [{}] * 3) is None
+    pages = paginator({"type": "page_number", "start_page": 0, "total_pages_path": "pages"})
+    assert pages.advance({"page": 0}, resp, {"pages": 2}, [{}]) == {"page": 1}
+    assert pages.advance({"page": 1}, resp, {"pages": 2}, [{}]) is None
+
+
+def test_jsonpath_selector():
+    from connectors.rest.jsonpath import MISSING, select
+
+    body = {"data": {"items": [{"id": 1}, {"id": 2}]}}
+    assert select(body, "$") is body
+    assert select(body, "$.data.items[1].id") == 2 and select(body, "data.items") == [{"id": 1}, {"id": 2}]
+    assert select(body, "data.nope") is MISSING and select(body, "data.items[5]", None) is None
