@@ -716,3 +716,25 @@ def test_jsonpath_selector():
     assert select(body, "$") is body
     assert select(body, "$.data.items[1].id") == 2 and select(body, "data.items") == [{"id": 1}, {"id": 2}]
     assert select(body, "data.nope") is MISSING and select(body, "data.items[5]", None) is None
+
+
+@pytest.mark.parametrize("filter_by_cursor", [False, True])
+def test_bad_cursor_value_is_named(api, sqlite_url, filter_by_cursor):
+    bad = [*RECORDS[:3], {**RECORDS[3], "updated_at": "yesterday"}]
+    api.handler = lambda req: json_reply({"data": bad})
+    spec = rest_spec({"paginator": "single_page", "filter_by_cursor": filter_by_cursor})
+    with pytest.raises(SourceError, match="updated_at.*yesterday"):
+        run_window(spec, WINDOW)
+    assert_nothing_committed(sqlite_url, spec)
+
+
+def test_records_not_objects_or_not_a_list(api, sqlite_url):
+    api.handler = lambda req: json_reply({"data": [1, 2]})
+    with pytest.raises(SourceError, match="page 1: expected records to be JSON objects, got int"):
+        run_window(rest_spec({"paginator": "single_page"}), WINDOW)
+    api.handler = lambda req: json_reply({"data": {"id": 1}})
+    with pytest.raises(SourceError, match=r"records path 'data' holds dict, expected a list"):
+        run_window(rest_spec({"paginator": "single_page"}), WINDOW)
+    api.handler = lambda req: json_reply({"rows": []})
+    with pytest.raises(SourceError, match=r"records path 'data' not found in the body \(top-level keys: \['rows'\]\)"):
+        run_window(rest_spec({"paginator": "single_page"}), WINDOW)

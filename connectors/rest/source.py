@@ -91,7 +91,8 @@ class RestSource:
         self.metrics: dict[str, Any] = {}
         self.checkpoint: dict[str, Any] | None = None
         self._start: dict[str, Any] | None = None
-        self._seen: dict[tuple[str, ...], datetime | None] = {}
+        # key (text; a tuple for compound keys) -> its cursor value as received (parsed on demand)
+        self._seen: dict[Any, Any] = {}
         self._columns = [(c.name, c.source_name, c.type) for c in spec.columns]
 
     def resume_from(self, checkpoint: dict[str, Any] | None,
@@ -103,52 +104,65 @@ class RestSource:
             for table in staged():
                 columns = [table.column(k).to_pylist() for k in keys]
                 for key, value in zip(zip(*columns, strict=True), table.column(cursor).to_pylist(), strict=True):
-                    self._seen[tuple(str(v) for v in key)] = parse_cursor(value)
+                    self._seen[str(key[0]) if len(key) == 1 else tuple(str(v) for v in key)] = value
+
+    def _cursor(self, value: Any, page: int) -> datetime | None:
+        try:
+            return parse_cursor(value)
+        except (ValueError, TypeError, OverflowError, OSError):
+            raise SourceError(f"pipeline {self.spec.name!r}: page {page}: cursor {self.source.cursor!r} is "
+                              f"{value!r}, expected an ISO-8601 timestamp or epoch seconds") from None
 
     def _keep(self, records: list[Any], page: int, bounds: Window | None) -> tuple[list[dict], int, int]:
-        """The records of a page that lie in the window and were not seen before in it (plain Python: fast)."""
+        """The records of a page that lie in the window and were not seen before in it.
+
+        Plain Python over the records, once each: the cursor is parsed only when the window filters
+        client-side or when a key repeats (then the newer cursor value wins).
+        """
         key_fields = [self.spec.column(k).source_name for k in self.source.primary_key]
+        single = key_fields[0] if len(key_fields) == 1 else None
         cursor_field = self.spec.column(self.source.cursor).source_name
         seen, kept, filtered, duplicates = self._seen, [], 0, 0
         for record in records:
-            if not isinstance(record, dict):
+            if type(record) is not dict:
                 raise SourceError(f"pipeline {self.spec.name!r}: page {page}: expected records to be JSON objects, "
                                   f"got {type(record).__name__}: {str(record)[:100]!r}")
-            try:
-                cursor = parse_cursor(record.get(cursor_field))
-            except (ValueError, TypeError, OverflowError, OSError):
-                raise SourceError(f"pipeline {self.spec.name!r}: page {page}: cursor field {cursor_field!r} is "
-                                  f"{record.get(cursor_field)!r}, expected an ISO-8601 timestamp or epoch "
-                                  "seconds") from None
-            if bounds is not None and (cursor is None or not bounds.start <= cursor < bounds.end):
-                filtered += 1
-                continue
-            key = tuple(str(record.get(k)) for k in key_fields)
+            cursor = record.get(cursor_field)
+            if bounds is not None:
+                cursor = self._cursor(cursor, page)
+                if cursor is None or not bounds.start <= cursor < bounds.end:
+                    filtered += 1
+                    continue
+            key = str(record.get(single)) if single else tuple(str(record.get(k)) for k in key_fields)
             old = seen.get(key, _NEVER)
-            if old is not _NEVER and (cursor is None or old is None or cursor <= old):  # type: ignore[operator]
-                duplicates += 1
-                continue
+            if old is not _NEVER:
+                new, before = self._cursor(cursor, page), self._cursor(old, page)
+                if new is None or before is None or new <= before:
+                    duplicates += 1
+                    continue
             seen[key] = cursor
             kept.append(record)
         return kept, filtered, duplicates
 
     def _frame(self, records: list[dict]) -> pd.DataFrame:
-        """A chunk of records as a frame of the spec's columns, values made fit for ``frame_to_arrow``."""
-        frame = pd.DataFrame.from_records(records, columns=[src for _, src, _ in self._columns])
-        frame.columns = [name for name, _, _ in self._columns]
-        for name, _, kind in self._columns:
-            col = frame[name]
-            # List comprehensions, not Series.map: several times faster on arrow-backed strings.
+        """A chunk of records as a frame of the spec's columns, values made fit for ``frame_to_arrow``.
+
+        Built column by column as Python objects: 2-3x faster than ``DataFrame.from_records``, and a
+        missing integer stays ``None`` instead of turning the column into floats.
+        """
+        data = {}
+        for name, src, kind in self._columns:
+            values = [r.get(src) for r in records]
             if kind.startswith(("numeric", "decimal")):
-                frame[name] = pd.Series([_decimal(v) for v in col.tolist()], index=frame.index, dtype=object)
+                values = [_decimal(v) for v in values]
             elif kind in ("timestamp", "timestamptz", "date"):
-                if pd.api.types.is_numeric_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
-                    frame[name] = pd.to_datetime(col, unit="s", utc=True)  # epoch seconds
+                if any(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+                    values = [parse_cursor(v) if isinstance(v, int | float) else v for v in values]  # epoch
             elif kind == "text" or kind.startswith(("varchar", "string")):
-                if not pd.api.types.is_string_dtype(col.dtype) or (
-                        col.dtype == object and not all(v is None or isinstance(v, str) for v in col.tolist())):
-                    frame[name] = pd.Series([_text(v) for v in col.tolist()], index=frame.index, dtype=object)
-        return frame
+                if not all(v is None or type(v) is str for v in values):
+                    values = [_text(v) for v in values]
+            data[name] = pd.Series(values, dtype=object)
+        return pd.DataFrame(data)
 
     def read(self, window: Window) -> Iterator[pd.DataFrame]:
         """Yield the window's records as DataFrames of ``chunk_size`` rows (the last one may be shorter)."""
