@@ -435,6 +435,17 @@ def test_oauth2_token_cached_and_refreshed_once_on_401(api, connections, sqlite_
     assert result.metrics["status"]["401"] == 1 and result.metrics["token_requests"] == 2
 
 
+def test_token_endpoint_outage_is_retried(api, connections, sqlite_url):
+    handler, issued = oauth_server(api, expire_first=False)
+    failures = [Reply(503, {"error": "token service down"})]
+    api.handler = lambda req: failures.pop() if req.path == "/oauth/token" and failures else handler(req)
+    connections(api=json.dumps({"conn_type": "http", "host": api.url, "login": "driftless", "password": CANARY,
+                                "extra": {"token_url": f"{api.url}/oauth/token"}}))
+    result = run_window(rest_spec({"auth": "oauth2_client_credentials"}), WINDOW)
+    assert loaded(sqlite_url) == EXPECTED
+    assert issued == ["tok-1"] and result.metrics["retries"] == 1 and result.metrics["token_requests"] == 2
+
+
 def test_401_after_refresh_is_terminal(api, connections, sqlite_url):
     def handle(req):
         if req.path == "/oauth/token":

@@ -14,6 +14,7 @@ from typing import Any
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
+from connectors.rest.reliability import TransientError, parse_retry_after
 from connectors.rest.spec import AuthSpec
 from etl.errors import SourceError
 
@@ -111,7 +112,11 @@ class OAuth2ClientCredentials(AuthBase):
             resp = self.session.post(self.token_url, data=data, auth=auth, timeout=self.timeout,
                                      headers={"Accept": "application/json"})
         except requests.RequestException as exc:
-            raise SourceError(f"POST {self.token_url} (OAuth2 token) failed: {type(exc).__name__}") from None
+            raise TransientError(f"POST {self.token_url} (OAuth2 token) failed: {type(exc).__name__}") from None
+        if resp.status_code == 429 or resp.status_code >= 500:  # retried like any page request
+            raise TransientError(f"POST {self.token_url} (OAuth2 token) failed: HTTP {resp.status_code} "
+                                 f"{resp.reason}: {resp.text[:200]!r}",
+                                 retry_after=parse_retry_after(resp.headers.get("Retry-After")))
         if resp.status_code != 200:
             raise SourceError(f"POST {self.token_url} (OAuth2 token) failed: HTTP {resp.status_code} "
                               f"{resp.reason}: {resp.text[:200]!r}")

@@ -339,6 +339,10 @@ class RestClient:
                                                 timeout=timeout)
             except SourceError as exc:  # raised by an auth strategy (token endpoint)
                 raise SourceError(self.redact.text(str(exc))) from None
+            except TransientError as exc:  # the token endpoint is down or throttling: retried
+                self.metrics.token_requests = getattr(self.auth, "token_requests", 0)
+                self._last_failure = self.redact.text(str(exc))
+                raise TransientError(self._last_failure, exc.retry_after, exc.host_failure) from None
             except requests.Timeout as exc:
                 self.metrics.response(None, time.monotonic() - started, 0)
                 self._last_failure = f"timeout ({type(exc).__name__}, connect {timeout[0]:g}s / read {timeout[1]:g}s)"
