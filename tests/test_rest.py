@@ -749,3 +749,19 @@ def test_records_not_objects_or_not_a_list(api, sqlite_url):
     api.handler = lambda req: json_reply({"rows": []})
     with pytest.raises(SourceError, match=r"records path 'data' not found in the body \(top-level keys: \['rows'\]\)"):
         run_window(rest_spec({"paginator": "single_page"}), WINDOW)
+
+
+def test_cli_summary_carries_metrics(api, tmp_path, capsys):
+    from etl.cli import main
+
+    api.handler = cursor_api()
+    data = copy.deepcopy(SPEC)
+    spec_file = tmp_path / "rest_test.yaml"
+    spec_file.write_text(json.dumps(data))  # JSON is YAML
+    assert main(["run", str(spec_file), "--start", "2025-01-01", "--end", "2025-01-02"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["extracted"] == 23 and summary["status"] == "success"
+    metrics = summary["metrics"]
+    assert metrics["requests"] == 5 and metrics["pages"] == 5 and metrics["records"] == 23
+    assert metrics["bytes"] > 0 and set(metrics["latency_ms"]) == {"p50", "p95", "p99"}
+    assert metrics["status"] == {"200": 5} and metrics["retries"] == 0 and metrics["throttled_waits"] == 0
