@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow.compute as pc
 from sqlalchemy.exc import SQLAlchemyError
 
+from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl.connections import redact, resolve_url
 from etl.errors import DriftlessError, LoadError, ReconciliationFailed
@@ -38,7 +39,7 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"sql": SqlSource}
+SOURCES = {"sql": SqlSource, "rest": RestSource}
 
 
 def new_run_id() -> str:
@@ -72,6 +73,7 @@ class WindowResult:
     watermark: datetime | None = None
     duration_s: float = 0.0
     checks: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -88,6 +90,7 @@ class WindowResult:
             "watermark": self.watermark.isoformat() if self.watermark else None,
             "run_id": self.run_id,
             "checks": self.checks,
+            **({"metrics": self.metrics} if self.metrics else {}),  # what a REST source's request loop did
         }
 
     def to_xcom(self) -> dict[str, Any]:
@@ -121,20 +124,27 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read.
     """
     started = time.monotonic()
+    source = source_for(spec) if frames is None else None
+    # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.
+    resumable = getattr(source, "resumable", False)
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
-                           window.start.isoformat(), window.end.isoformat())
+                           window.start.isoformat(), window.end.isoformat(), resume=resumable)
     staged = ValidatingWriter(spec, writer)  # transform + validate; rejects staged for quarantine
-    max_cursor: datetime | None = None
-    for frame in source_for(spec).read(window) if frames is None else frames:
+    progress = writer.checkpoint or {}
+    max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
+    if resumable:
+        source.resume_from(progress.get("source"), writer.manifest.tables)
+    for frame in source.read(window) if source is not None else frames:
         chunk = staged.write(frame)
-        if chunk.num_rows == 0:
-            continue
-        chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
-        if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
-            max_cursor = chunk_max
+        if chunk.num_rows:
+            chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
+            if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
+                max_cursor = chunk_max
+        if resumable:  # resume point, written after the chunk it covers
+            staged.save_progress({"source": source.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
-    manifest = staged.close(max_cursor.isoformat() if max_cursor else None)
+    manifest = staged.close(max_cursor.isoformat() if max_cursor else None, getattr(source, "metrics", None))
     event(log, "extract done", pipeline=spec.name, window=window.key, rows=manifest.records,
           quarantined=manifest.quarantined, deduplicated=manifest.deduplicated)
     return manifest
@@ -149,7 +159,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     target = target_table(spec)
     schema = spec.target.db_schema
     extracted = manifest.records if manifest.extracted is None else manifest.extracted
-    result = WindowResult(spec.name, window, run_id, extracted=extracted, deduplicated=manifest.deduplicated)
+    result = WindowResult(spec.name, window, run_id, extracted=extracted, deduplicated=manifest.deduplicated,
+                          metrics=manifest.metrics)
     max_cursor = datetime.fromisoformat(manifest.max_cursor) if manifest.max_cursor else None
     try:
         check_reject_ratio(spec, window, manifest)  # above max_reject_ratio: fail before any write
@@ -180,7 +191,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                        loaded=result.loaded, written=result.written, watermark=result.watermark,
                        quarantined=result.quarantined, deduplicated=result.deduplicated,
                        schema_changes=json.dumps(result.schema_changes) if result.schema_changes else None,
-                       started_at=started_at, finished_at=datetime.now(UTC), duration_s=result.duration_s)
+                       started_at=started_at, finished_at=datetime.now(UTC), duration_s=result.duration_s,
+                       metrics=json.dumps(result.metrics) if result.metrics else None)
             failpoint("before_commit")
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)

@@ -137,9 +137,51 @@ class ValidatingWriter:
         self.writer = writer
         self.validator = Validator(spec)
         self.manifest = writer.manifest
-        self.manifest.extracted = 0
+        self.manifest.extracted = self.manifest.records
         self._indices: list[pd.DataFrame] = []
         self._seq = 0
+        saved = (writer.checkpoint or {}).get("validation")
+        if saved is not None or self.manifest.files:
+            self._resume(saved or {})
+
+    def _resume(self, saved: dict[str, Any]) -> None:
+        """Continue an interrupted extraction (resumable sources): restore counts, rebuild the dedup index.
+
+        Rows staged before the interruption take part in deduplication by key when they were loaded and
+        by quarantine identity when they were rejected; a key rejected before and loaded after the
+        interruption is not reduced (both outcomes stay, each counted once).
+        """
+        m = self.manifest
+        m.quarantine_files = list(saved.get("quarantine_files", []))
+        m.quarantined = int(saved.get("quarantined", 0))
+        m.reasons = dict(saved.get("reasons", {}))
+        m.extracted = m.records + m.quarantined
+        for leftover in Path(self.writer.directory).glob("quarantine-*.parquet"):
+            if leftover.name not in m.quarantine_files:
+                leftover.unlink()
+        keys = list(self.spec.source.primary_key)
+        columns = list(dict.fromkeys([*keys, *self.validator.order]))
+        types = {c.name: c.type for c in self.spec.columns}
+        for part, name in enumerate(m.files):
+            frame = pq.read_table(Path(self.writer.directory) / name, columns=columns).to_pandas()
+            index = pd.DataFrame({c: convert_column(frame[c], types[c]).values for c in columns})
+            self._add_index(index.assign(_good=True, _pos=np.arange(len(index)), _ident=None, _part=part))
+        for part, name in enumerate(m.quarantine_files):
+            idents = pq.read_table(Path(self.writer.directory) / name, columns=["entry_key"]).column("entry_key")
+            index = pd.DataFrame({c: pd.Series([None] * len(idents), dtype=object) for c in columns})
+            self._add_index(index.assign(_good=False, _pos=np.arange(len(index)), _ident=idents.to_pylist(),
+                                         _part=part))
+
+    def _add_index(self, index: pd.DataFrame) -> None:
+        index["_seq"] = np.arange(self._seq, self._seq + len(index))
+        self._seq += len(index)
+        self._indices.append(index)
+
+    def save_progress(self, checkpoint: dict[str, Any]) -> None:
+        """Record a resume point after the chunks staged so far (what ``StagingWriter`` resumes from)."""
+        m = self.manifest
+        state = {"quarantine_files": m.quarantine_files, "quarantined": m.quarantined, "reasons": m.reasons}
+        self.writer.save_progress(checkpoint | {"validation": state})
 
     def write(self, frame: pd.DataFrame) -> pa.Table:
         result: ChunkResult = self.validator.validate(frame)
@@ -158,18 +200,16 @@ class ValidatingWriter:
             m.quarantined += len(result.rejects)
             for reason, count in result.reasons.items():
                 m.reasons[reason] = m.reasons.get(reason, 0) + count
-        index["_seq"] = np.arange(self._seq, self._seq + len(index))
-        self._seq += len(index)
-        self._indices.append(index)
+        self._add_index(index)
         return result.good
 
-    def close(self, max_cursor: str | None) -> Manifest:
+    def close(self, max_cursor: str | None, metrics: dict | None = None) -> Manifest:
         self._deduplicate()
         m = self.manifest
         if m.extracted != m.records + m.quarantined + m.deduplicated:
             raise LoadError(f"pipeline {self.spec.name!r}: extracted {m.extracted} records but staged "
                             f"{m.records} + quarantined {m.quarantined} + deduplicated {m.deduplicated}")
-        return self.writer.close(max_cursor)
+        return self.writer.close(max_cursor, metrics)
 
     def _deduplicate(self) -> None:
         if not self._indices:

@@ -398,3 +398,28 @@ def test_derived_columns_through_the_sql_source(sqlite_url, connections, chinook
     engine.dispose()
     assert Decimal(str(row.total)) * 100 == Decimal(str(row.total_cents))
     assert row.city == row.billing_city.upper()
+
+
+def test_resumed_extraction_keeps_counts_and_deduplicates(tmp_path):
+    from etl.quarantine import ValidatingWriter
+    from etl.staging import StagingWriter
+
+    spec = messy_spec("resume")
+    first = good_rows(3)
+    first.loc[2, "amount"] = "bad"
+    directory = tmp_path / "stage"
+    staged = ValidatingWriter(spec, StagingWriter(directory, spec.name, "a", "b", resume=True))
+    staged.write(first)
+    staged.save_progress({"source": {"page": 2}})
+    staged.write(good_rows(2, start=10))   # staged after the last resume point: dropped on resume
+    # interrupted here: no manifest; a new attempt resumes after the first chunk
+    writer = StagingWriter(directory, spec.name, "a", "b", resume=True)
+    assert writer.checkpoint["source"] == {"page": 2}
+    resumed = ValidatingWriter(spec, writer)
+    again = good_rows(2, start=2)          # id 2 again, newer; id 3 again, now valid
+    again["updated_at"] = [datetime(2024, 1, 9), datetime(2024, 1, 9)]
+    resumed.write(again)
+    manifest = resumed.close(None)
+    assert (manifest.extracted, manifest.records, manifest.quarantined, manifest.deduplicated) == (5, 3, 1, 1)
+    assert sorted(manifest.tables().__next__().column("id").to_pylist()) == [1]
+    assert manifest.reasons == {"amount: type(numeric(10,2))": 1}
