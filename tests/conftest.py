@@ -159,3 +159,12 @@ def connections(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
 
     return define
+
+
+@pytest.fixture(autouse=True)
+def _reset_connection_lookup():
+    """Tests running DAG tasks in-process install Airflow's connection lookup; do not leak it."""
+    from etl import connections as conn_module
+
+    yield
+    conn_module.use_lookup(None)
