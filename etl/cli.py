@@ -13,7 +13,7 @@ import json
 import sys
 
 from etl import logs
-from etl.errors import DriftlessError
+from etl.errors import DriftlessError, SpecError
 from etl.spec import default_specs_dir, find_spec, load_specs, spec_files
 from etl.window import Window
 
@@ -31,6 +31,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_specs_check(args: argparse.Namespace) -> int:
     directory = args.dir or default_specs_dir()
     specs = load_specs(directory)
+    from etl.validate import check_code
+
+    problems = [f"{spec.name}: {problem}" for spec in specs for problem in check_code(spec)]
+    if problems:
+        raise SpecError("\n".join(problems))
     for path in spec_files(directory):
         print(f"ok  {path}")
     print(f"{len(specs)} spec(s) valid in {directory}")

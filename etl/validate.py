@@ -265,3 +265,30 @@ def _show(value: Any) -> str:
 def validate_chunk(spec: PipelineSpec, frame: pd.DataFrame) -> ChunkResult:
     """Validate one chunk (compiles the schema each call; use ``Validator`` for many chunks)."""
     return Validator(spec).validate(frame)
+
+
+def check_code(spec: PipelineSpec) -> list[str]:
+    """What ``etl specs check`` adds to the spec's own validation: its code references and expressions.
+
+    Imports ``transforms.function`` and ``schema_model``, parses the derive expressions and compiles the
+    column checks; returns the problems (empty when all is well).
+    """
+    from etl.transform import DeriveExpression
+
+    problems = []
+    try:
+        Validator(spec)
+    except SpecError as exc:
+        problems.append(str(exc))
+    for derived in spec.transforms.derive:
+        try:
+            DeriveExpression(derived.name, derived.expr)
+        except SpecError as exc:
+            problems.append(str(exc))
+    if spec.transforms.function:
+        try:
+            if not callable(load_reference(spec.transforms.function)):
+                problems.append(f"transforms.function: {spec.transforms.function!r} is not callable")
+        except SpecError as exc:
+            problems.append(f"transforms.function: {exc}")
+    return problems

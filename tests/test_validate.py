@@ -250,3 +250,23 @@ def test_spec_fields_have_clear_errors():
     with pytest.raises(SpecError, match=r"dedup.order_by: column 'nope' is not listed"):
         invoices_spec(dedup={"order_by": "nope"})
     assert datetime.now(UTC)  # keep UTC import used for readers of this module
+
+
+def test_specs_check_imports_code_references(tmp_path, capsys):
+    import yaml
+
+    from etl.cli import main
+
+    data = copy.deepcopy(INVOICES)
+    data["schema_model"] = "tests.validate_models:Nope"
+    data["transforms"] = {"function": "tests.validate_models:upper_city",
+                          "derive": [{"name": "total", "expr": "total +"}]}
+    (tmp_path / "invoices_test.yaml").write_text(yaml.safe_dump(data))
+    assert main(["specs", "check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "invoices_test: cannot import 'tests.validate_models:Nope'" in err
+    assert "transforms.derive 'total': cannot parse 'total +'" in err
+    data["schema_model"] = "tests.validate_models:InvoiceModel"
+    data["transforms"]["derive"] = [{"name": "total", "expr": "abs(total)"}]
+    (tmp_path / "invoices_test.yaml").write_text(yaml.safe_dump(data))
+    assert main(["specs", "check", str(tmp_path)]) == 0
