@@ -162,9 +162,10 @@ def connections(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture(autouse=True)
-def _reset_connection_lookup():
-    """Tests running DAG tasks in-process install Airflow's connection lookup; do not leak it."""
-    from etl import connections as conn_module
+def _no_airflow_connection_lookup():
+    """Airflow task bodies switch on Airflow's connection lookup in-process; keep it from leaking."""
+    from etl import connections as conns
 
+    conns.use_lookup(None)
     yield
-    conn_module.use_lookup(None)
+    conns.use_lookup(None)
