@@ -26,6 +26,7 @@ TYPE_PATTERN = re.compile(
     r"|(?P<numeric>numeric|decimal)\((?P<precision>\d+)\s*,\s*(?P<scale>\d+)\))$"
 )
 CURSOR_TYPES = {"timestamp", "timestamptz", "date"}
+NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric", "decimal", "float", "double"}
 
 
 def check_identifier(value: str) -> str:
@@ -138,6 +139,30 @@ class TargetSpec(_Strict):
     _schema = field_validator("db_schema")(check_identifier)
 
 
+class ReconcileSpec(_Strict):
+    """Checks run after each window's load, and how a repair treats rows the source no longer has."""
+
+    sum_columns: list[Identifier] = Field(
+        default_factory=list, description="numeric columns whose sums over the window must agree in source and target")
+    warn_ratio: float = Field(0.0, ge=0, description="relative difference |source - target| / max(|source|, 1) "
+                              "above which a sum check is WARN")
+    fail_ratio: float = Field(0.0, ge=0, description="relative difference above which a sum check is FAIL "
+                              "(the window's task fails)")
+    propagate_deletes: bool = Field(False, description="rows deleted in the source are deleted from the target "
+                                    "by a repair (otherwise extras are only reported)")
+
+    @field_validator("sum_columns")
+    @classmethod
+    def _sum_columns(cls, value: list[str]) -> list[str]:
+        return [check_identifier(v) for v in value]
+
+    @model_validator(mode="after")
+    def _ratios(self) -> ReconcileSpec:
+        if self.fail_ratio < self.warn_ratio:
+            raise ValueError(f"fail_ratio ({self.fail_ratio}) must not be below warn_ratio ({self.warn_ratio})")
+        return self
+
+
 class PipelineSpec(_Strict):
     """One pipeline: a source stream synced window by window into one target table."""
 
@@ -150,6 +175,7 @@ class PipelineSpec(_Strict):
     source: SqlSourceSpec
     target: TargetSpec
     columns: list[ColumnSpec] = Field(min_length=1)
+    reconcile: ReconcileSpec = Field(default_factory=ReconcileSpec)
 
     _name = field_validator("name")(check_identifier)
 
@@ -180,6 +206,13 @@ class PipelineSpec(_Strict):
                 f"source.cursor: column {cursor.name!r} has type {cursor.type!r}; a cursor must be one of "
                 f"{sorted(CURSOR_TYPES)}"
             )
+        for name in self.reconcile.sum_columns:
+            col = by_name.get(name)
+            if col is None:
+                raise ValueError(f"reconcile.sum_columns: column {name!r} is not listed in columns")
+            if col.type.split("(")[0] not in NUMERIC_TYPES:
+                raise ValueError(f"reconcile.sum_columns: column {name!r} has type {col.type!r}; "
+                                 f"only numeric columns can be summed ({sorted(NUMERIC_TYPES)})")
         return self
 
     @property

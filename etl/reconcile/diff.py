@@ -142,12 +142,13 @@ class _Side:
     def bind(self, kinds: list[str], key_kinds: list[str], scales: list[int]) -> None:
         """Build the SQL fragments once the logical kinds of all columns are known."""
         q = self.d.quote
-        self.canons = [self.d.canon(q(c), k, self.physical(c), s) for c, k, s in zip(self.columns, kinds, scales)]
+        self.canons = [self.d.canon(q(c), k, self.physical(c), s)
+                       for c, k, s in zip(self.columns, kinds, scales, strict=True)]
         key_idx = [self.columns.index(k) for k in self.keys]
         self.key_canons = [self.canons[i] for i in key_idx]
         self.key_kinds = key_kinds
         self.row_text = self.d.row_text(self.canons)
-        self.key_orders = [self.d.key_order(q(k), kind) for k, kind in zip(self.keys, key_kinds)]
+        self.key_orders = [self.d.key_order(q(k), kind) for k, kind in zip(self.keys, key_kinds, strict=False)]
 
     # -- predicates ---------------------------------------------------------------------------
     def _bound(self, op: str, bound: Key, prefix: str, params: dict[str, Any]) -> str:
@@ -413,7 +414,7 @@ class DeepDiff:
         step = max(1, math.ceil(len(keys) / SPLIT))
         cuts = [keys[i] for i in range(step, len(keys), step)]
         edges = [lo, *cuts, hi]
-        for a, b in zip(edges, edges[1:]):
+        for a, b in zip(edges, edges[1:], strict=False):
             (ca, ha), (cb, hb) = self._both(lambda s, a=a, b=b: s.checksum(a, b))
             if (ca, ha) != (cb, hb):
                 if len(edges) == 2:  # cannot split further: compare the rows
@@ -430,10 +431,10 @@ class DeepDiff:
         key_names = [m.name for m in self.key_maps]
 
         def key_dict(raw: Key) -> dict[str, Any]:
-            return {n: _jsonable(v) for n, v in zip(key_names, raw)}
+            return {n: _jsonable(v) for n, v in zip(key_names, raw, strict=False)}
 
         def row_dict(vals: tuple[str | None, ...]) -> dict[str, str | None]:
-            return dict(zip(names, vals))
+            return dict(zip(names, vals, strict=False))
 
         for ck in sorted(src.keys() - tgt.keys(), key=_sort_key):
             raw, vals = src[ck]
@@ -446,7 +447,7 @@ class DeepDiff:
         for ck in sorted(src.keys() & tgt.keys(), key=_sort_key):
             (raw, a), (_, b) = src[ck], tgt[ck]
             if a != b:
-                cols = {n: {"source": x, "target": y} for n, x, y in zip(names, a, b) if x != y}
+                cols = {n: {"source": x, "target": y} for n, x, y in zip(names, a, b, strict=False) if x != y}
                 self.result.changed.append({"key": key_dict(raw), "columns": cols})
                 self.result.source_keys.append(raw)
 
