@@ -278,7 +278,8 @@ class DeepDiff:
         keys_by_name = {m.name: m for m in maps}
         for k in key:
             if k not in keys_by_name:
-                raise ReconciliationFailed(f"key column {k!r} is not among the compared columns")
+                raise ReconciliationFailed(
+                    f"key column {k!r} must be a column of both tables (compared: {', '.join(keys_by_name)})")
         self.maps = maps
         self.key_maps = [keys_by_name[k] for k in key]
         self.src = _Side(source_url, source_table, source_schema, [m.source for m in maps],
@@ -305,6 +306,7 @@ class DeepDiff:
             side.bind(kinds, key_kinds, scales)
         self.int_key = len(self.key_maps) == 1 and key_kinds[0] == "int"
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deep-diff")
+        self.result = DiffResult(self.table_label)
 
     @staticmethod
     def _column_maps(source_url, source_table, source_schema, target_url, target_table, target_schema, key,
@@ -359,6 +361,10 @@ class DeepDiff:
         b = self.pool.submit(fn, self.tgt)
         self.result.queries += 2
         return a.result(), b.result()
+
+    def quick(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(count, hash sum)`` of the whole table on each side: equal pairs mean equal tables."""
+        return self._both(lambda s: s.checksum(None, None))
 
     def run(self) -> DiffResult:
         """Compare the whole table; returns what differs."""
