@@ -24,7 +24,7 @@ def bar_chart(runs: list[dict[str, Any]], width: int = 560, height: int = 170) -
     plot_w, plot_h = width - pad_l - 8, height - pad_b - pad_t
     top = max(max(r["extracted"], r["loaded"]) for r in runs) or 1
     step = plot_w / len(runs)
-    bar_w = max(2.0, step * 0.7)
+    bar_w = min(max(2.0, step * 0.7), 36.0)
     parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
              f'role="img" aria-label="rows per run">']
     for frac in (0, 0.5, 1):
@@ -146,7 +146,7 @@ TEMPLATE = """<!doctype html>
 {% for k, v in d.changed_columns.items() %}{{ k }} ({{ v }}){% if not loop.last %}, {% endif %}{% endfor %}{% endif %}
 {% if d.repair %}; repair upserted {{ d.repair.upserted }}, deleted {{ d.repair.deleted }},
 after repair: {{ d.repair.after.status }}{% endif %}</p>
-{% if d.samples %}<table><tr><th>difference</th><th>key</th><th>source</th><th>target</th></tr>
+{% if d.samples and (d.samples.missing_in_target or d.samples.extra_in_target or d.samples.changed) %}<table><tr><th>difference</th><th>key</th><th>source</th><th>target</th></tr>
 {% for s in d.samples.missing_in_target %}<tr><td>missing in target</td><td>{{ fmt(s.key) }}</td>
 <td class="src">{{ fmt(s.source) }}</td><td class="muted">(no row)</td></tr>{% endfor %}
 {% for s in d.samples.extra_in_target %}<tr><td>extra in target</td><td>{{ fmt(s.key) }}</td>
