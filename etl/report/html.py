@@ -146,7 +146,8 @@ TEMPLATE = """<!doctype html>
 {% for k, v in d.changed_columns.items() %}{{ k }} ({{ v }}){% if not loop.last %}, {% endif %}{% endfor %}{% endif %}
 {% if d.repair %}; repair upserted {{ d.repair.upserted }}, deleted {{ d.repair.deleted }},
 after repair: {{ d.repair.after.status }}{% endif %}</p>
-{% if d.samples and (d.samples.missing_in_target or d.samples.extra_in_target or d.samples.changed) %}<table><tr><th>difference</th><th>key</th><th>source</th><th>target</th></tr>
+{% if d.samples and (d.samples.missing_in_target or d.samples.extra_in_target
+ or d.samples.changed) %}<table><tr><th>difference</th><th>key</th><th>source</th><th>target</th></tr>
 {% for s in d.samples.missing_in_target %}<tr><td>missing in target</td><td>{{ fmt(s.key) }}</td>
 <td class="src">{{ fmt(s.source) }}</td><td class="muted">(no row)</td></tr>{% endfor %}
 {% for s in d.samples.extra_in_target %}<tr><td>extra in target</td><td>{{ fmt(s.key) }}</td>
