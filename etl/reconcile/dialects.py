@@ -144,6 +144,13 @@ class HashDialect:
 class PostgresHash(HashDialect):
     name = "postgresql"
 
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # md5(text) hashes the server encoding's bytes; convert_to(.., 'UTF8') costs as much as the md5
+        # itself, so it is only used when the database is not UTF-8 already.
+        with engine.connect() as conn:
+            self.utf8 = str(conn.exec_driver_sql("SHOW server_encoding").scalar()).upper() in ("UTF8", "UTF-8")
+
     @classmethod
     def create_engine(cls, url: URL) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
@@ -180,7 +187,8 @@ class PostgresHash(HashDialect):
 
     def row_hash(self, row_text: str) -> str:
         # The well-known PostgreSQL idiom: hex digits -> bit string -> integer.
-        return f"CAST(CAST(('x' || substr(md5(convert_to({row_text}, 'UTF8')), 1, 12)) AS bit(48)) AS bigint)"
+        data = row_text if self.utf8 else f"convert_to({row_text}, 'UTF8')"
+        return f"CAST(CAST(('x' || substr(md5({data}), 1, 12)) AS bit(48)) AS bigint)"
 
     def key_order(self, expr: str, kind: str) -> str:
         return f'({expr} COLLATE "C")' if kind == "text" else expr

@@ -32,6 +32,8 @@ from etl.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_
 from etl.spec import TYPE_PATTERN, check_identifier
 
 SPLIT = 16
+RANGES_PER_QUERY = 200
+MAX_BUCKETS = 65_536
 Key = tuple[Any, ...]
 
 
@@ -133,6 +135,7 @@ class _Side:
                 f"(it has: {', '.join(c.name for c in self.table.columns)})"
             )
         self.sql_table = self.d.table(table, schema)
+        self._conn = None
         self.columns = columns
         self.keys = keys
 
@@ -170,9 +173,11 @@ class _Side:
 
     # -- queries ------------------------------------------------------------------------------
     def execute(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        # One connection per side for the whole diff: dozens of small queries, no checkout per query.
         try:
-            with self.engine.connect() as conn:
-                return list(conn.execute(text(sql), params))
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            return list(self._conn.execute(text(sql), params))
         except SQLAlchemyError as exc:
             raise ReconciliationFailed(
                 f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}"
@@ -199,6 +204,28 @@ class _Side:
                f"WHERE {self.where((lo,), (hi,), params)} GROUP BY {bucket}")
         return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
 
+    def _ranges(self, ranges: list[tuple[int, int]], params: dict[str, Any]) -> str:
+        k = self.d.quote(self.keys[0])
+        parts = []
+        for i, (lo, hi) in enumerate(ranges):
+            params[f"r{i}lo"], params[f"r{i}hi"] = lo, hi
+            parts.append(f"({k} >= :r{i}lo AND {k} < :r{i}hi)")
+        return " OR ".join(parts)
+
+    def int_buckets_in(self, base: int, width: int, ranges: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
+        """Count and hash sum per bucket ``(key - base) DIV width``, over rows in any of ``ranges``."""
+        params: dict[str, Any] = {"base": base, "width": width}
+        k = self.d.quote(self.keys[0])
+        bucket = self.d.int_div(f"{k} - :base", ":width")
+        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.d.hash_sum(self.row_text)} FROM {self.sql_table} "
+               f"WHERE {self._ranges(ranges, params)} GROUP BY {bucket}")
+        return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
+
+    def rows_in(self, ranges: list[tuple[int, int]]) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
+        """Like ``rows`` for the rows in any of the integer ``ranges``."""
+        params: dict[str, Any] = {}
+        return self._rows(self._ranges(ranges, params), params)
+
     def range_keys(self, lo: Key | None, hi: Key | None) -> list[Key]:
         params: dict[str, Any] = {}
         q = ", ".join(self.d.quote(k) for k in self.keys)
@@ -209,9 +236,11 @@ class _Side:
     def rows(self, lo: Key | None, hi: Key | None) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
         """``(raw key, canonical key, canonical values)`` of every row in the range."""
         params: dict[str, Any] = {}
+        return self._rows(self.where(lo, hi, params), params)
+
+    def _rows(self, where: str, params: dict[str, Any]) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
         q = [self.d.quote(k) for k in self.keys]
-        sql = (f"SELECT {', '.join(q)}, {', '.join(self.canons)} FROM {self.sql_table} "
-               f"WHERE {self.where(lo, hi, params)}")
+        sql = f"SELECT {', '.join(q)}, {', '.join(self.canons)} FROM {self.sql_table} WHERE {where}"
         n = len(self.keys)
         out = []
         idx = [self.columns.index(k) for k in self.keys]
@@ -224,6 +253,9 @@ class _Side:
         return int(self.execute(f"SELECT COUNT(*) FROM {self.sql_table}", {})[0][0])
 
     def dispose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self.engine.dispose()
 
 
@@ -263,14 +295,16 @@ class DeepDiff:
         columns: compared columns as ``ColumnMap`` or target names; default: all columns both tables share.
         source_schema: schema of the source table.
         target_schema: schema of the target table.
-        bucket_rows: rows per range in the first pass (integer keys).
+        bucket_rows: rows per range in the first pass (integer keys); small ranges mean that one
+            hashing pass locates the differences (the count and sum per range are cheap to transfer),
+            up to ``MAX_BUCKETS`` ranges, then ranges are split level by level.
         leaf_rows: ranges of at most this many rows are fetched and compared row by row.
     """
 
     def __init__(self, source_url: URL, target_url: URL, source_table: str, key: Sequence[str],
                  columns: Sequence[ColumnMap | str] | None = None, target_table: str | None = None,
                  source_schema: str | None = None, target_schema: str | None = None,
-                 bucket_rows: int = 1024, leaf_rows: int = 256) -> None:
+                 bucket_rows: int = 128, leaf_rows: int = 128) -> None:
         self.bucket_rows, self.leaf_rows = bucket_rows, leaf_rows
         self.table_label = target_table or source_table
         maps = self._column_maps(source_url, source_table, source_schema, target_url,
@@ -376,8 +410,8 @@ class DeepDiff:
             bounds = [int(v) for v in (lo_s, hi_s, lo_t, hi_t) if v is not None]
             if bounds:
                 lo, hi = min(bounds), max(bounds) + 1
-                n = max(1, math.ceil(max(cs, ct) / self.bucket_rows))
-                self._int_range(lo, hi, max(1, math.ceil((hi - lo) / n)))
+                n = min(MAX_BUCKETS, max(1, math.ceil(max(cs, ct) / self.bucket_rows)))
+                self._int_levels(lo, hi, max(1, math.ceil((hi - lo) / n)))
         else:
             (cs, hs), (ct, ht) = self._both(lambda s: s.checksum(None, None))
             self.result.rows_source, self.result.rows_target = cs, ct
@@ -397,18 +431,27 @@ class DeepDiff:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _int_range(self, lo: int, hi: int, width: int) -> None:
-        sb, tb = self._both(lambda s: s.int_buckets(lo, hi, width))
-        for b in sorted(set(sb) | set(tb)):
-            a, c = sb.get(b, (0, 0)), tb.get(b, (0, 0))
-            if a == c:
-                continue
-            blo = lo + b * width
-            bhi = min(blo + width, hi)
-            if max(a[0], c[0]) <= self.leaf_rows or width == 1:
-                self._leaf((blo,), (bhi,))
-            else:
-                self._int_range(blo, bhi, max(1, math.ceil(width / SPLIT)))
+    def _int_levels(self, lo: int, hi: int, width: int) -> None:
+        """Integer keys, level by level: one GROUP BY query per side and level covers every open range."""
+        width = 1 << max(0, width.bit_length() - 1)  # a power of two, so that each level splits exactly
+        ranges, leaves = [(lo, hi)], []
+        while ranges:
+            next_ranges = []
+            for batch in _chunks(ranges, RANGES_PER_QUERY):
+                sb, tb = self._both(lambda s, batch=batch, width=width: s.int_buckets_in(lo, width, batch))
+                for b in sorted(set(sb) | set(tb)):
+                    a, c = sb.get(b, (0, 0)), tb.get(b, (0, 0))
+                    if a == c:
+                        continue
+                    rng = (lo + b * width, lo + (b + 1) * width)
+                    if max(a[0], c[0]) <= self.leaf_rows or width == 1:
+                        leaves.append(rng)
+                    else:
+                        next_ranges.append(rng)
+            ranges, width = _merge_ranges(next_ranges), max(1, width // SPLIT)
+        for batch in _chunks(_merge_ranges(leaves), RANGES_PER_QUERY):
+            src_rows, tgt_rows = self._both(lambda s, batch=batch: s.rows_in(batch))
+            self._compare(src_rows, tgt_rows)
 
     def _generic_range(self, lo: Key | None, hi: Key | None, cs: int, ct: int) -> None:
         if max(cs, ct) <= self.leaf_rows:
@@ -430,6 +473,10 @@ class DeepDiff:
 
     def _leaf(self, lo: Key | None, hi: Key | None) -> None:
         src_rows, tgt_rows = self._both(lambda s: s.rows(lo, hi))
+        self._compare(src_rows, tgt_rows)
+
+    def _compare(self, src_rows: list, tgt_rows: list) -> None:
+        """Compare fetched rows by canonical key: missing, extra, changed (with the differing columns)."""
         self.result.rows_fetched += len(src_rows) + len(tgt_rows)
         src = {ck: (raw, vals) for raw, ck, vals in src_rows}
         tgt = {ck: (raw, vals) for raw, ck, vals in tgt_rows}
@@ -456,6 +503,21 @@ class DeepDiff:
                 cols = {n: {"source": x, "target": y} for n, x, y in zip(names, a, b, strict=False) if x != y}
                 self.result.changed.append({"key": key_dict(raw), "columns": cols})
                 self.result.source_keys.append(raw)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, with touching ranges joined (fewer OR terms in the next query)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and out[-1][1] >= lo:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _sort_key(ck: Key) -> tuple:
