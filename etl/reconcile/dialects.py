@@ -40,7 +40,7 @@ def h48(text: str | bytes | None) -> int:
     if text is None:
         return 0
     data = text.encode("utf-8") if isinstance(text, str) else text
-    return int(hashlib.md5(data, usedforsecurity=False).hexdigest()[:12], 16)
+    return int.from_bytes(hashlib.md5(data, usedforsecurity=False).digest()[:6], "big")
 
 
 def kind_of(sql_type: sqltypes.TypeEngine[Any]) -> str:
@@ -128,6 +128,10 @@ class HashDialect:
         """SQL for the aggregate sum of the row hashes (exact, no overflow)."""
         return f"SUM({self.row_hash(row_text)})"
 
+    def hash_sum_of(self, canons: list[str]) -> str:
+        """SQL for the aggregate sum of the hashes of the rows whose canonical values are ``canons``."""
+        return self.hash_sum(self.row_text(canons))
+
     # -- keys -----------------------------------------------------------------------------
     def key_order(self, expr: str, kind: str) -> str:
         """The key as it must be compared and sorted: text keys bytewise (binary collation)."""
@@ -160,6 +164,10 @@ class PostgresHash(HashDialect):
             with dbapi_conn.cursor() as cur:
                 cur.execute("SET TIME ZONE 'UTC'")
                 cur.execute("SET extra_float_digits = 0")
+                # Hashing is CPU-bound: let the planner use parallel workers for the per-range
+                # aggregates (it otherwise misjudges the number of ranges and stays serial).
+                cur.execute("SET parallel_setup_cost = 0")
+                cur.execute("SET parallel_tuple_cost = 0")
             dbapi_conn.commit()
 
         return engine
@@ -259,6 +267,14 @@ class _H48Sum:
         return str(self.total)
 
 
+class _H48SumValues(_H48Sum):
+    """Like ``_H48Sum``, but takes the canonical values and joins them in Python (faster than SQLite's ``||``)."""
+
+    def step(self, *values: str | None) -> None:  # type: ignore[override]
+        text = SEPARATOR.join(NULL_TEXT if v is None else "=" + str(v) for v in values)
+        self.total += int.from_bytes(hashlib.md5(text.encode("utf-8"), usedforsecurity=False).digest()[:6], "big")
+
+
 def _sqlite_h48(text: str | None) -> int:
     return h48(text)
 
@@ -274,6 +290,7 @@ class SqliteHash(HashDialect):
         def _functions(dbapi_conn, _record):
             dbapi_conn.create_function("driftless_h48", 1, _sqlite_h48, deterministic=True)
             dbapi_conn.create_aggregate("driftless_h48_sum", 1, _H48Sum)
+            dbapi_conn.create_aggregate("driftless_h48_sum_values", -1, _H48SumValues)
 
         return engine
 
@@ -286,10 +303,13 @@ class SqliteHash(HashDialect):
             return f"printf('%.{s}f', {expr})"
         if kind == "timestamp":
             # Text as SQLAlchemy and most tools write it ('YYYY-MM-DD HH:MM:SS[.ffffff]', or with 'T'):
-            # whole seconds through strftime, then the fraction padded to microseconds.
+            # already canonical when SQLAlchemy wrote it (fast path), else whole seconds through
+            # strftime and the fraction padded to microseconds.
             return (
-                f"(strftime('%Y-%m-%d %H:%M:%S', {expr}) || '.' || substr(CASE WHEN instr({expr}, '.') > 0 "
-                f"THEN substr({expr}, instr({expr}, '.') + 1, 6) ELSE '' END || '000000', 1, 6))"
+                f"(CASE WHEN length({expr}) = 26 AND substr({expr}, 11, 1) = ' ' AND substr({expr}, 20, 1) = '.' "
+                f"THEN {expr} ELSE "
+                f"strftime('%Y-%m-%d %H:%M:%S', {expr}) || '.' || substr(CASE WHEN instr({expr}, '.') > 0 "
+                f"THEN substr({expr}, instr({expr}, '.') + 1, 6) ELSE '' END || '000000', 1, 6) END)"
             )
         if kind == "date":
             return f"strftime('%Y-%m-%d', {expr})"
@@ -300,6 +320,9 @@ class SqliteHash(HashDialect):
 
     def hash_sum(self, row_text: str) -> str:
         return f"driftless_h48_sum({row_text})"
+
+    def hash_sum_of(self, canons: list[str]) -> str:
+        return f"driftless_h48_sum_values({', '.join(canons)})"
 
 
 HASH_DIALECTS: dict[str, type[HashDialect]] = {

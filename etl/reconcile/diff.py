@@ -151,6 +151,7 @@ class _Side:
         self.key_canons = [self.canons[i] for i in key_idx]
         self.key_kinds = key_kinds
         self.row_text = self.d.row_text(self.canons)
+        self.hash_sum = self.d.hash_sum_of(self.canons)
         self.key_orders = [self.d.key_order(q(k), kind) for k, kind in zip(self.keys, key_kinds, strict=False)]
 
     # -- predicates ---------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class _Side:
 
     def checksum(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
         params: dict[str, Any] = {}
-        sql = (f"SELECT COUNT(*), {self.d.hash_sum(self.row_text)} FROM {self.sql_table} "
+        sql = (f"SELECT COUNT(*), {self.hash_sum} FROM {self.sql_table} "
                f"WHERE {self.where(lo, hi, params)}")
         count, total = self.execute(sql, params)[0]
         return int(count), int(total or 0)
@@ -200,7 +201,7 @@ class _Side:
         params: dict[str, Any] = {"base": lo, "width": width}
         k = self.d.quote(self.keys[0])
         bucket = self.d.int_div(f"{k} - :base", ":width")
-        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.d.hash_sum(self.row_text)} FROM {self.sql_table} "
+        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {self.sql_table} "
                f"WHERE {self.where((lo,), (hi,), params)} GROUP BY {bucket}")
         return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
 
@@ -217,7 +218,7 @@ class _Side:
         params: dict[str, Any] = {"base": base, "width": width}
         k = self.d.quote(self.keys[0])
         bucket = self.d.int_div(f"{k} - :base", ":width")
-        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.d.hash_sum(self.row_text)} FROM {self.sql_table} "
+        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {self.sql_table} "
                f"WHERE {self._ranges(ranges, params)} GROUP BY {bucket}")
         return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
 
