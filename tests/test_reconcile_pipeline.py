@@ -161,3 +161,12 @@ def test_cli_diff_errors_are_clear(sqlite_url, capsys):
     assert "table 'b' does not exist" in capsys.readouterr().err
     assert main(["diff", "oracle://x@h/db", f"sqlite:///{sqlite_url.database}", "--table", "a", "--key", "id"]) == 1
     assert "URI scheme 'oracle' is not supported" in capsys.readouterr().err
+
+
+def test_whole_table_reconcile_of_a_rest_pipeline_says_why_not():
+    from etl.spec import load_spec
+    from tests.conftest import REPO
+
+    spec = load_spec(REPO / "dags" / "pipelines" / "chinook_customers_api.yaml")
+    with pytest.raises(ReconciliationFailed, match=r"needs a SQL source table \(source type 'rest'\)"):
+        reconcile_pipeline(spec, deep=True)

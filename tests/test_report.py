@@ -17,6 +17,7 @@ from etl.cli import main
 from etl.pipeline import run_window
 from etl.reconcile.run import reconcile_pipeline
 from etl.report import build_report
+from etl.spec import load_spec, spec_files
 from etl.window import Window
 from tests.conftest import REPO
 from tests.helpers import INVOICES, invoices_spec
@@ -100,7 +101,9 @@ def test_consistency_report_dag_parses_and_is_scheduled_on_target_assets(tmp_pat
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["errors"] == []
     assert {"consistency_report", "chinook_invoices", "chinook_invoice_lines"} <= set(out["dags"])
-    assert out["uris"] == ["driftless://warehouse/default/invoice_lines", "driftless://warehouse/default/invoices"]
+    specs = [load_spec(p) for p in spec_files(REPO / "dags" / "pipelines")]
+    assert out["uris"] == sorted(f"driftless://{s.target.connection}/default/{s.target.table}" for s in specs)
+    assert {"driftless://warehouse/default/invoice_lines", "driftless://warehouse/default/invoices"} <= set(out["uris"])
     assert out["kind"] == "AssetAny" and out["params"] == ["out_dir", "repair"]
 
 

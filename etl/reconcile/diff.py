@@ -377,9 +377,10 @@ class DeepDiff:
     @classmethod
     def for_spec(cls, spec, source_url: URL, target_url: URL, **options: Any) -> DeepDiff:
         """A diff of a pipeline's source table and target table, with the spec's column types."""
-        if not spec.source.table:
+        if not getattr(spec.source, "table", None):
             raise ReconciliationFailed(
-                f"pipeline {spec.name!r}: the deep diff needs a source table (source.query is not supported)"
+                f"pipeline {spec.name!r}: the deep diff needs a SQL source table (source type "
+                f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''} is not supported)"
             )
         schema, _, table = spec.source.table.rpartition(".")
         maps = []

@@ -127,6 +127,11 @@ def reconcile_pipeline(spec: PipelineSpec, deep: bool = False, do_repair: bool =
         samples: how many sample rows per kind of difference the summary carries.
     """
     t0 = time.monotonic()
+    if not getattr(spec.source, "table", None):
+        raise ReconciliationFailed(
+            f"pipeline {spec.name!r}: reconciling a whole table needs a SQL source table (source type "
+            f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''}); its windows are "
+            "still checked after every load")
     source_url, target_url = resolve_url(spec.source.connection), resolve_url(spec.target.connection)
     if not (deep or do_repair):
         summary = _quick(spec, source_url, target_url)
