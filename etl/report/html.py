@@ -116,6 +116,8 @@ TEMPLATE = """<!doctype html>
 <div class="kpi">last quarantined<b>{{ '{:,}'.format(last.quarantined) if last else '-' }}</b></div>
 <div class="kpi">freshness lag<b>{{ p.state.freshness_lag if p.state else '-' }}</b></div>
 <div class="kpi">reconciliation<b>{{ badge(p.reconciliation_status) }}</b></div></div>
+{% if not (p.runs or p.checks) %}<p class="muted">never run: the target holds no runs, checks or diffs of this
+pipeline yet</p>{% else %}
 <div class="grid2"><div><h3>Rows per run (bars: loaded; ticks: extracted)</h3>{{ bar_chart(p.runs) }}</div>
 <div><h3>Reject ratio per run (quarantined / extracted)</h3>{{ line_chart(p.runs) }}</div></div>
 <h3>Latest runs</h3><table><tr><th>window</th><th>status</th><th class="num">extracted</th>
@@ -155,7 +157,7 @@ after repair: {{ d.repair.after.status }}{% endif %}</p>
 {% for s in d.samples.changed %}<tr><td>changed</td><td>{{ fmt(s.key) }}</td>
 <td class="src">{% for k, v in s.columns.items() %}{{ k }} = {{ show(v.source) }}<br>{% endfor %}</td>
 <td class="tgt">{% for k, v in s.columns.items() %}{{ k }} = {{ show(v.target) }}<br>{% endfor %}</td></tr>{% endfor %}
-</table>{% endif %}{% endif %}{% endif %}</section>{% endfor %}
+</table>{% endif %}{% endif %}{% endif %}{% endif %}</section>{% endfor %}
 <p class="muted">Canonical values: timestamps UTC to the microsecond, decimals at the declared scale, NULL shown
 as <code>NULL</code> (distinct from the empty string <code>''</code>), booleans 0/1.</p>
 </main></body></html>
