@@ -92,8 +92,9 @@ def create_filled(url: URL, key: str = "int", n: int = N_ROWS, name: str = "t") 
     engine = create_engine(url)
     try:
         table.metadata.create_all(engine)
-        with engine.begin() as conn:
-            conn.execute(insert(table), [row(i, key) for i in range(1, n + 1)])
+        if n:
+            with engine.begin() as conn:
+                conn.execute(insert(table), [row(i, key) for i in range(1, n + 1)])
     finally:
         engine.dispose()
     return table

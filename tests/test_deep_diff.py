@@ -176,3 +176,14 @@ def test_unknown_table_and_column_are_named(sqlite_url):
         deep_diff(sqlite_url, sqlite_url, "nope", ["id"])
     with pytest.raises(ReconciliationFailed, match=r"has no column\(s\) \['zz'\]"):
         deep_diff(sqlite_url, sqlite_url, "h", ["id"], ["s", "zz"])
+
+
+def test_empty_target_counts_every_row_but_keeps_bounded_details(sqlite_url):
+    other = second_sqlite(sqlite_url)
+    create_filled(sqlite_url, n=1500)
+    create_filled(other, n=0)
+    result = deep_diff(sqlite_url, other, "t", ["id"])
+    summary = result.summary(samples=3)
+    assert (summary["missing_in_target"], summary["rows_source"], summary["rows_target"]) == (1500, 1500, 0)
+    assert len(result.missing) == 1000 and len(result.source_keys) == 1500  # all keys kept for a repair
+    assert [s["key"]["id"] for s in summary["samples"]["missing_in_target"]] == [1, 2, 3]

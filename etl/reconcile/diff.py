@@ -34,6 +34,7 @@ from etl.spec import TYPE_PATTERN, check_identifier
 SPLIT = 16
 RANGES_PER_QUERY = 200
 MAX_BUCKETS = 65_536
+MAX_DETAILS = 1000  # rows of each kind of difference kept with their values (all keys are kept)
 Key = tuple[Any, ...]
 
 
@@ -72,28 +73,29 @@ class DiffResult:
     # raw key tuples, as each side returns them (for repair)
     source_keys: list[Key] = field(default_factory=list, repr=False)
     extra_keys: list[Key] = field(default_factory=list, repr=False)
+    # counts of everything found; the lists above keep the first MAX_DETAILS of each kind
+    n_missing: int = 0
+    n_extra: int = 0
+    n_changed: int = 0
+    column_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def differences(self) -> int:
-        return len(self.missing) + len(self.extra) + len(self.changed)
+        return self.n_missing + self.n_extra + self.n_changed
 
     @property
     def status(self) -> str:
         return "PASS" if self.differences == 0 else "FAIL"
 
     def changed_columns(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.changed:
-            for col in row["columns"]:
-                counts[col] = counts.get(col, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(self.column_counts.items()))
 
     def summary(self, samples: int = 5) -> dict[str, Any]:
         return {
             "table": self.table,
-            "missing_in_target": len(self.missing),
-            "extra_in_target": len(self.extra),
-            "changed": len(self.changed),
+            "missing_in_target": self.n_missing,
+            "extra_in_target": self.n_extra,
+            "changed": self.n_changed,
             "changed_columns": self.changed_columns(),
             "rows_source": self.rows_source,
             "rows_target": self.rows_target,
@@ -479,6 +481,7 @@ class DeepDiff:
 
     def _compare(self, src_rows: list, tgt_rows: list) -> None:
         """Compare fetched rows by canonical key: missing, extra, changed (with the differing columns)."""
+        r = self.result
         self.result.rows_fetched += len(src_rows) + len(tgt_rows)
         src = {ck: (raw, vals) for raw, ck, vals in src_rows}
         tgt = {ck: (raw, vals) for raw, ck, vals in tgt_rows}
@@ -491,19 +494,27 @@ class DeepDiff:
         def row_dict(vals: tuple[str | None, ...]) -> dict[str, str | None]:
             return dict(zip(names, vals, strict=False))
 
-        for ck in sorted(src.keys() - tgt.keys(), key=_sort_key):
+        for ck in sorted(src.keys() - tgt.keys(), key=lambda ck: _sort_key(src[ck][0])):
             raw, vals = src[ck]
-            self.result.missing.append({"key": key_dict(raw), "source": row_dict(vals)})
+            r.n_missing += 1
+            if len(r.missing) < MAX_DETAILS:
+                r.missing.append({"key": key_dict(raw), "source": row_dict(vals)})
             self.result.source_keys.append(raw)
-        for ck in sorted(tgt.keys() - src.keys(), key=_sort_key):
+        for ck in sorted(tgt.keys() - src.keys(), key=lambda ck: _sort_key(tgt[ck][0])):
             raw, vals = tgt[ck]
-            self.result.extra.append({"key": key_dict(raw), "target": row_dict(vals)})
+            r.n_extra += 1
+            if len(r.extra) < MAX_DETAILS:
+                r.extra.append({"key": key_dict(raw), "target": row_dict(vals)})
             self.result.extra_keys.append(raw)
-        for ck in sorted(src.keys() & tgt.keys(), key=_sort_key):
+        for ck in sorted(src.keys() & tgt.keys(), key=lambda ck: _sort_key(src[ck][0])):
             (raw, a), (_, b) = src[ck], tgt[ck]
             if a != b:
                 cols = {n: {"source": x, "target": y} for n, x, y in zip(names, a, b, strict=False) if x != y}
-                self.result.changed.append({"key": key_dict(raw), "columns": cols})
+                r.n_changed += 1
+                for col in cols:
+                    r.column_counts[col] = r.column_counts.get(col, 0) + 1
+                if len(r.changed) < MAX_DETAILS:
+                    r.changed.append({"key": key_dict(raw), "columns": cols})
                 self.result.source_keys.append(raw)
 
 
@@ -522,8 +533,9 @@ def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _sort_key(ck: Key) -> tuple:
-    return tuple("" if v is None else v for v in ck)
+def _sort_key(raw: Key) -> tuple:
+    """Raw key values in their natural order (numbers as numbers); NULLs first."""
+    return tuple((v is not None, v if isinstance(v, int | float | str) else str(v)) for v in raw)
 
 
 def _jsonable(value: Any) -> Any:
