@@ -159,3 +159,13 @@ def connections(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
 
     return define
+
+
+@pytest.fixture(autouse=True)
+def _no_airflow_connection_lookup():
+    """Airflow task bodies switch on Airflow's connection lookup in-process; keep it from leaking."""
+    from etl import connections as conns
+
+    conns.use_lookup(None)
+    yield
+    conns.use_lookup(None)
