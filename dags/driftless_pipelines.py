@@ -47,6 +47,8 @@ def build_dag(spec_path: Path):
         start_date=start,
         catchup=False,
         max_active_runs=1,
+        # Collected through globals() below; not auto-registered, so other DAG files can import helpers from here.
+        auto_register=False,
         default_args=DEFAULT_ARGS,
         tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
         params={

@@ -4,6 +4,9 @@ etl run PIPELINE --start 2025-01-01 --end 2025-01-02
 etl specs check [DIR]
 etl quarantine list PIPELINE
 etl quarantine replay PIPELINE
+etl diff SOURCE_URL TARGET_URL --table T --key id [--columns a,b]
+etl reconcile PIPELINE [--deep] [--repair]
+etl report --out DIR
 """
 
 from __future__ import annotations
@@ -48,6 +51,24 @@ def _cmd_quarantine(args: argparse.Namespace) -> int:
     return quarantine_command(args)
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from etl.reconcile.cli import diff_command
+
+    return diff_command(args)
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from etl.reconcile.cli import reconcile_command
+
+    return reconcile_command(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from etl.report import report_command
+
+    return report_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etl", description="driftless: declarative, idempotent data syncs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (rows, chunks, elapsed)")
@@ -60,6 +81,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
     run.add_argument("--run-id", help="id recorded in etl_runs (default: generated)")
     run.set_defaults(func=_cmd_run)
+
+    diff = sub.add_parser("diff", help="compare a table in two databases row by row (no spec needed)")
+    diff.add_argument("source", help="source database URL (postgresql://, mysql://, sqlite:///) or connection id")
+    diff.add_argument("target", help="target database URL or connection id")
+    diff.add_argument("--table", required=True, help="table name (schema.table allowed)")
+    diff.add_argument("--target-table", help="table name in the target, when it differs")
+    diff.add_argument("--key", required=True, help="key column(s), comma-separated for a compound key")
+    diff.add_argument("--columns", help="compared columns, comma-separated (default: all columns both share)")
+    diff.add_argument("--samples", type=int, default=5, help="sample rows per kind of difference (default 5)")
+    diff.set_defaults(func=_cmd_diff)
+
+    rec = sub.add_parser("reconcile", help="check that a pipeline's target agrees with its source")
+    rec.add_argument("pipeline", help="pipeline name or spec file path")
+    rec.add_argument("--deep", action="store_true", help="find the rows that differ (deep diff)")
+    rec.add_argument("--repair", action="store_true", help="re-sync the rows that differ, then verify (implies --deep)")
+    rec.add_argument("--samples", type=int, default=5, help="sample rows per kind of difference (default 5)")
+    rec.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    rec.set_defaults(func=_cmd_reconcile)
+
+    rep = sub.add_parser("report", help="write the data-consistency report (HTML + JSON) of all pipelines")
+    rep.add_argument("--out", required=True, help="output directory (report.html and report.json)")
+    rep.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    rep.add_argument("--deep", action="store_true", help="run a deep diff of every pipeline first")
+    rep.set_defaults(func=_cmd_report)
 
     specs = sub.add_parser("specs", help="work with pipeline specs")
     specs_sub = specs.add_subparsers(dest="specs_command", required=True)

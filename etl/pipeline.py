@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl.connections import redact, resolve_url
-from etl.errors import DriftlessError, LoadError, ReconciliationFailed
+from etl.errors import DriftlessError, LoadError
 from etl.faults import failpoint
 from etl.load import loader_for
 from etl.logs import event
@@ -223,33 +223,10 @@ def _record_failure(loader, spec, window, run_id, started_at, extracted, message
 
 
 def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
-    """Count checks: every extracted record was loaded; the source still holds as many rows."""
-    checks = [{
-        "check": "extracted_equals_loaded",
-        "source": result.extracted,
-        # Every extracted record is loaded, quarantined (with its reasons) or an in-window duplicate.
-        "target": result.loaded + result.quarantined + result.deduplicated,
-        "status": "PASS" if result.extracted == result.loaded + result.quarantined + result.deduplicated else "FAIL",
-    }]
-    source = source_for(spec)
-    count = getattr(source, "count", None)  # sources that cannot count a window cheaply skip this check
-    now_in_source = count(result.window) if count else None
-    if now_in_source is not None:
-        checks.append({
-            "check": "source_count_unchanged",
-            "source": now_in_source,
-            "target": result.extracted,
-            # The source may legitimately change between extract and reconcile: warn, do not fail.
-            "status": "PASS" if now_in_source == result.extracted else "WARN",
-        })
-    result.checks = checks
-    failed = [c for c in checks if c["status"] == "FAIL"]
-    if failed:
-        c = failed[0]
-        raise ReconciliationFailed(
-            f"pipeline {spec.name!r}, window {result.window.key}: check {c['check']} failed: "
-            f"source {c['source']} vs target {c['target']} (off by {abs(c['source'] - c['target'])})"
-        )
+    """Count and sum checks of the window (``etl.reconcile.checks``), stored in ``etl_reconciliation``."""
+    from etl.reconcile.checks import run_window_checks
+
+    result.checks = run_window_checks(spec, result, source_for(spec))
     return result
 
 

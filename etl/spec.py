@@ -27,6 +27,7 @@ TYPE_PATTERN = re.compile(
     r"|(?P<numeric>numeric|decimal)\((?P<precision>\d+)\s*,\s*(?P<scale>\d+)\))$"
 )
 CURSOR_TYPES = {"timestamp", "timestamptz", "date"}
+NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric", "decimal", "float", "double"}
 
 
 def check_identifier(value: str) -> str:
@@ -228,6 +229,30 @@ class DedupSpec(_Strict):
         return [value] if isinstance(value, str) else value
 
 
+class ReconcileSpec(_Strict):
+    """Checks run after each window's load, and how a repair treats rows the source no longer has."""
+
+    sum_columns: list[Identifier] = Field(
+        default_factory=list, description="numeric columns whose sums over the window must agree in source and target")
+    warn_ratio: float = Field(0.0, ge=0, description="relative difference |source - target| / max(|source|, 1) "
+                              "above which a sum check is WARN")
+    fail_ratio: float = Field(0.0, ge=0, description="relative difference above which a sum check is FAIL "
+                              "(the window's task fails)")
+    propagate_deletes: bool = Field(False, description="rows deleted in the source are deleted from the target "
+                                    "by a repair (otherwise extras are only reported)")
+
+    @field_validator("sum_columns")
+    @classmethod
+    def _sum_columns(cls, value: list[str]) -> list[str]:
+        return [check_identifier(v) for v in value]
+
+    @model_validator(mode="after")
+    def _ratios(self) -> ReconcileSpec:
+        if self.fail_ratio < self.warn_ratio:
+            raise ValueError(f"fail_ratio ({self.fail_ratio}) must not be below warn_ratio ({self.warn_ratio})")
+        return self
+
+
 class PipelineSpec(_Strict):
     """One pipeline: a source stream synced window by window into one target table."""
 
@@ -246,6 +271,9 @@ class PipelineSpec(_Strict):
     max_reject_ratio: float | None = Field(None, ge=0, le=1, description="fail the window (load nothing) when "
                                            "more than this share of its records fails validation")
     dedup: DedupSpec = Field(default_factory=DedupSpec)
+
+
+    reconcile: ReconcileSpec = Field(default_factory=ReconcileSpec)
 
     _name = field_validator("name")(check_identifier)
     _model = field_validator("schema_model")(check_reference)
@@ -287,6 +315,15 @@ class PipelineSpec(_Strict):
         for name in self.dedup.order_by:
             if name not in by_name:
                 raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
+
+
+        for name in self.reconcile.sum_columns:
+            col = by_name.get(name)
+            if col is None:
+                raise ValueError(f"reconcile.sum_columns: column {name!r} is not listed in columns")
+            if col.type.split("(")[0] not in NUMERIC_TYPES:
+                raise ValueError(f"reconcile.sum_columns: column {name!r} has type {col.type!r}; "
+                                 f"only numeric columns can be summed ({sorted(NUMERIC_TYPES)})")
         return self
 
     @property

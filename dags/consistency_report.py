@@ -1,0 +1,53 @@
+"""The ``consistency_report`` DAG: whenever a synced table is updated, diff it deeply and write the report.
+
+Scheduled on the Assets of all pipelines' target tables (any of them updated triggers a run).
+This file only wires the library: the task body is one call into ``etl.report.tasks``.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from airflow.sdk import AssetAny, Param, dag, task
+
+from etl.spec import load_spec, spec_files
+
+# Airflow's bundle DagBag puts the DAG folder on sys.path; a plain DagBag (tests, tools) does not.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.append(str(Path(__file__).parent))
+from driftless_pipelines import DEFAULT_ARGS, SPECS_DIR, target_asset  # noqa: E402
+
+_assets = [target_asset(load_spec(path)) for path in spec_files(SPECS_DIR)]
+
+
+@dag(
+    dag_id="consistency_report",
+    description="Deep diff of every synced table against its source, and the data-consistency report",
+    schedule=AssetAny(*_assets) if _assets else None,
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**DEFAULT_ARGS, "retries": 0},
+    tags=["driftless", "reconciliation"],
+    params={
+        "repair": Param(False, type="boolean",
+                        description="Re-sync the rows that differ (and delete extras where deletes propagate)"),
+        "out_dir": Param(None, type=["null", "string"],
+                         description="Where to write report.html and report.json; empty: "
+                                     "$DRIFTLESS_REPORT_DIR/<run id> or $AIRFLOW_HOME/driftless-reports/<run id>"),
+    },
+)
+def consistency_report():
+    @task
+    def diff_and_report(**context) -> dict:
+        from etl.report.tasks import consistency_report as run
+
+        params = context["params"]
+        return run(str(SPECS_DIR), context["run_id"], repair=bool(params.get("repair")), out_dir=params.get("out_dir"))
+
+    diff_and_report()
+
+
+consistency_report()

@@ -1,0 +1,348 @@
+"""Per-dialect SQL for the deep diff: one canonical text per value, and a 48-bit hash of each row.
+
+The deep diff (``etl.reconcile.diff``) is dialect-agnostic; everything it needs to say in a
+particular SQL dialect is a method here. Every engine must produce, for the same logical value,
+the very same canonical text, so that equal rows hash equally wherever they live:
+
+=============  ==============================================================  ===================
+logical kind   canonical text                                                  example
+=============  ==============================================================  ===================
+int            decimal digits                                                  ``-42``
+bool           ``1`` / ``0``                                                   ``1``
+decimal        fixed point at the declared scale                               ``12.30``
+float          fixed point, 6 decimals (floats compare to 1e-6)                ``0.100000``
+timestamp      ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (session zone forced UTC)  ``2025-01-31 23:59:59.000001``
+date           ``YYYY-MM-DD``                                                  ``2025-01-31``
+text           the value's UTF-8 bytes, unchanged                              ``Zürich``
+=============  ==============================================================  ===================
+
+A value is written as ``=`` followed by its text, NULL as ``~``: NULL and the empty string differ.
+Values are joined by the control character U+001F. The row's hash is the first 48 bits of the MD5
+of the UTF-8 bytes of that row text, computed inside each database (SQLite: a Python function
+registered on the connection, since SQLite has no MD5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+
+from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy import types as sqltypes
+
+SEPARATOR = "\x1f"
+_md5 = hashlib.md5
+NULL_TEXT = "~"
+FLOAT_SCALE = 6
+
+
+def h48(text: str | bytes | None) -> int:
+    """The first 48 bits of the MD5 of a row text, as an integer (the Python twin of the SQL)."""
+    if text is None:
+        return 0
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return int.from_bytes(hashlib.md5(data, usedforsecurity=False).digest()[:6], "big")
+
+
+def kind_of(sql_type: sqltypes.TypeEngine[Any]) -> str:
+    """The logical kind (see the module docstring) of a reflected SQLAlchemy column type."""
+    if isinstance(sql_type, sqltypes.Boolean):
+        return "bool"
+    if isinstance(sql_type, sqltypes.Integer):
+        return "int"
+    if isinstance(sql_type, sqltypes.Float):
+        return "float"
+    if isinstance(sql_type, sqltypes.Numeric):
+        return "decimal"
+    if isinstance(sql_type, sqltypes.DateTime):
+        return "timestamp"
+    if isinstance(sql_type, sqltypes.Date):
+        return "date"
+    return "text"
+
+
+def kind_of_spec_type(type_name: str) -> str:
+    """The logical kind of a spec column type (``numeric(10,2)`` -> ``decimal``)."""
+    base = type_name.split("(")[0]
+    return {
+        "smallint": "int", "integer": "int", "bigint": "int", "boolean": "bool",
+        "numeric": "decimal", "decimal": "decimal", "float": "float", "double": "float",
+        "timestamp": "timestamp", "timestamptz": "timestamp", "date": "date",
+    }.get(base, "text")
+
+
+class HashDialect:
+    """SQL fragments of one dialect. Subclasses fill in the engine-specific parts.
+
+    Attributes:
+        binary_key_order: whether plain comparisons of text keys are already bytewise.
+    """
+
+    name: ClassVar[str] = "generic"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.preparer = engine.dialect.identifier_preparer
+
+    # -- engine set-up --------------------------------------------------------------------
+    @classmethod
+    def create_engine(cls, url: URL) -> Engine:
+        """An engine whose sessions are prepared for canonical output (UTC, UTF-8, functions)."""
+        return create_engine(url, pool_pre_ping=True)
+
+    # -- identifiers ----------------------------------------------------------------------
+    def quote(self, name: str) -> str:
+        return self.preparer.quote(name)
+
+    def table(self, name: str, schema: str | None) -> str:
+        return (self.preparer.quote_schema(schema) + "." if schema else "") + self.quote(name)
+
+    # -- values ---------------------------------------------------------------------------
+    def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
+        """SQL for the canonical text of a column (NULL stays NULL)."""
+        raise NotImplementedError
+
+    def literal(self, text: str) -> str:
+        """A string literal (only for fixed texts of this module, never for data)."""
+        return "'" + text.replace("'", "''") + "'"
+
+    def concat(self, parts: list[str]) -> str:
+        return "(" + " || ".join(parts) + ")"
+
+    def value_text(self, canon: str) -> str:
+        """``=`` + text, or ``~`` for NULL."""
+        return f"COALESCE({self.concat([self.literal('='), canon])}, {self.literal(NULL_TEXT)})"
+
+    def row_text(self, canons: list[str]) -> str:
+        parts: list[str] = []
+        for i, c in enumerate(canons):
+            if i:
+                parts.append(self.literal(SEPARATOR))
+            parts.append(self.value_text(c))
+        return self.concat(parts)
+
+    def row_hash(self, row_text: str) -> str:
+        """SQL for the 48-bit integer hash of a row text."""
+        raise NotImplementedError
+
+    def hash_sum(self, row_text: str) -> str:
+        """SQL for the aggregate sum of the row hashes (exact, no overflow)."""
+        return f"SUM({self.row_hash(row_text)})"
+
+    def hash_sum_of(self, canons: list[str]) -> str:
+        """SQL for the aggregate sum of the hashes of the rows whose canonical values are ``canons``."""
+        return self.hash_sum(self.row_text(canons))
+
+    # -- keys -----------------------------------------------------------------------------
+    def key_order(self, expr: str, kind: str) -> str:
+        """The key as it must be compared and sorted: text keys bytewise (binary collation)."""
+        return expr
+
+    def key_param(self, param: str, kind: str) -> str:
+        return f":{param}"
+
+    def int_div(self, numerator: str, denominator: str) -> str:
+        """Integer division of two integer expressions, rounding down for non-negative operands."""
+        return f"(({numerator}) / ({denominator}))"
+
+
+class PostgresHash(HashDialect):
+    name = "postgresql"
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # md5(text) hashes the server encoding's bytes; convert_to(.., 'UTF8') costs as much as the md5
+        # itself, so it is only used when the database is not UTF-8 already.
+        with engine.connect() as conn:
+            self.utf8 = str(conn.exec_driver_sql("SHOW server_encoding").scalar()).upper() in ("UTF8", "UTF-8")
+
+    @classmethod
+    def create_engine(cls, url: URL) -> Engine:
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def _utc(dbapi_conn, _record):
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SET TIME ZONE 'UTC'")
+                cur.execute("SET extra_float_digits = 0")
+                # Hashing is CPU-bound: let the planner use parallel workers for the per-range
+                # aggregates (it otherwise misjudges the number of ranges and stays serial).
+                cur.execute("SET parallel_setup_cost = 0")
+                cur.execute("SET parallel_tuple_cost = 0")
+            dbapi_conn.commit()
+
+        return engine
+
+    def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
+        if kind == "bool":
+            if isinstance(physical, sqltypes.Boolean):
+                return f"(CASE WHEN {expr} THEN '1' WHEN NOT {expr} THEN '0' END)"
+            return f"CAST(CAST({expr} AS bigint) AS text)"
+        if kind == "int":
+            if isinstance(physical, sqltypes.Boolean):
+                return f"(CASE WHEN {expr} THEN '1' WHEN NOT {expr} THEN '0' END)"
+            return f"CAST({expr} AS text)"
+        if kind in ("decimal", "float"):
+            s = scale if kind == "decimal" else FLOAT_SCALE
+            # numeric(1000, s) keeps any magnitude; casting rounds half away from zero on every engine.
+            return f"CAST(CAST({expr} AS numeric(1000, {s})) AS text)"
+        if kind == "timestamp":
+            if isinstance(physical, sqltypes.DateTime | sqltypes.Date):
+                return f"to_char({expr}, 'YYYY-MM-DD HH24:MI:SS.US')"
+            return f"to_char(CAST({expr} AS timestamp), 'YYYY-MM-DD HH24:MI:SS.US')"
+        if kind == "date":
+            return f"to_char(CAST({expr} AS date), 'YYYY-MM-DD')"
+        return f"CAST({expr} AS text)"
+
+    def row_hash(self, row_text: str) -> str:
+        # The well-known PostgreSQL idiom: hex digits -> bit string -> integer.
+        data = row_text if self.utf8 else f"convert_to({row_text}, 'UTF8')"
+        return f"CAST(CAST(('x' || substr(md5({data}), 1, 12)) AS bit(48)) AS bigint)"
+
+    def key_order(self, expr: str, kind: str) -> str:
+        return f'({expr} COLLATE "C")' if kind == "text" else expr
+
+    def key_param(self, param: str, kind: str) -> str:
+        return f'(CAST(:{param} AS text) COLLATE "C")' if kind == "text" else f":{param}"
+
+
+class MySqlHash(HashDialect):
+    name = "mysql"
+
+    @classmethod
+    def create_engine(cls, url: URL) -> Engine:
+        if "charset" not in url.query:
+            url = url.update_query_dict({"charset": "utf8mb4"})
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def _utc(dbapi_conn, _record):
+            with dbapi_conn.cursor() as cur:
+                cur.execute("SET time_zone = '+00:00'")
+
+        return engine
+
+    def concat(self, parts: list[str]) -> str:
+        return "CONCAT(" + ", ".join(parts) + ")"
+
+    def literal(self, text: str) -> str:
+        return "_utf8mb4'" + text.replace("'", "''").replace("\\", "\\\\") + "'"
+
+    def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
+        if kind in ("int", "bool"):
+            return f"CAST(CAST({expr} AS SIGNED) AS CHAR CHARACTER SET utf8mb4)"
+        if kind in ("decimal", "float"):
+            s = scale if kind == "decimal" else FLOAT_SCALE
+            return f"CAST(CAST({expr} AS DECIMAL(65, {min(s, 30)})) AS CHAR CHARACTER SET utf8mb4)"
+        if kind == "timestamp":
+            return f"CONVERT(DATE_FORMAT({expr}, '%Y-%m-%d %H:%i:%s.%f') USING utf8mb4)"
+        if kind == "date":
+            return f"CONVERT(DATE_FORMAT({expr}, '%Y-%m-%d') USING utf8mb4)"
+        # Whatever the column's character set (latin1, utf8mb3...), hash its text as UTF-8.
+        return f"CONVERT({expr} USING utf8mb4)"
+
+    def row_hash(self, row_text: str) -> str:
+        return f"CAST(CONV(SUBSTRING(MD5({row_text}), 1, 12), 16, 10) AS UNSIGNED)"
+
+    def key_order(self, expr: str, kind: str) -> str:
+        # BINARY compares bytes with no trailing-space padding (utf8mb4_bin pads in MariaDB).
+        return f"CAST(CONVERT({expr} USING utf8mb4) AS BINARY)" if kind == "text" else expr
+
+    def key_param(self, param: str, kind: str) -> str:
+        return f"CAST(CONVERT(:{param} USING utf8mb4) AS BINARY)" if kind == "text" else f":{param}"
+
+    def int_div(self, numerator: str, denominator: str) -> str:
+        return f"(({numerator}) DIV ({denominator}))"
+
+
+class _H48Sum:
+    """SQLite aggregate: the exact sum of the 48-bit row hashes (returned as text: it can pass 2**63)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def step(self, text: str | None) -> None:
+        self.total += h48(text)
+
+    def finalize(self) -> str:
+        return str(self.total)
+
+
+class _H48SumValues(_H48Sum):
+    """Like ``_H48Sum``, but takes the canonical values and joins them in Python (faster than SQLite's ``||``)."""
+
+    def step(self, *values: str | None) -> None:  # type: ignore[override]
+        # called once per row: kept to the fewest Python operations (the values are text already)
+        text = SEPARATOR.join([NULL_TEXT if v is None else "=" + v for v in values])
+        self.total += int.from_bytes(_md5(text.encode(), usedforsecurity=False).digest()[:6], "big")
+
+
+def _sqlite_h48(text: str | None) -> int:
+    return h48(text)
+
+
+class SqliteHash(HashDialect):
+    name = "sqlite"
+
+    @classmethod
+    def create_engine(cls, url: URL) -> Engine:
+        engine = create_engine(url)
+
+        @event.listens_for(engine, "connect")
+        def _functions(dbapi_conn, _record):
+            dbapi_conn.create_function("driftless_h48", 1, _sqlite_h48, deterministic=True)
+            dbapi_conn.create_aggregate("driftless_h48_sum", 1, _H48Sum)
+            dbapi_conn.create_aggregate("driftless_h48_sum_values", -1, _H48SumValues)
+
+        return engine
+
+    def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
+        if kind in ("int", "bool"):
+            return f"CAST(CAST({expr} AS INTEGER) AS TEXT)"
+        if kind in ("decimal", "float"):
+            s = scale if kind == "decimal" else FLOAT_SCALE
+            # printf rounds the stored double; SQLite holds decimals as doubles anyway.
+            return f"printf('%.{s}f', {expr})"
+        if kind == "timestamp":
+            # Text as SQLAlchemy and most tools write it ('YYYY-MM-DD HH:MM:SS[.ffffff]', or with 'T'):
+            # already canonical when SQLAlchemy wrote it (fast path), else whole seconds through
+            # strftime and the fraction padded to microseconds.
+            return (
+                f"(CASE WHEN length({expr}) = 26 AND substr({expr}, 11, 1) = ' ' AND substr({expr}, 20, 1) = '.' "
+                f"THEN {expr} ELSE "
+                f"strftime('%Y-%m-%d %H:%M:%S', {expr}) || '.' || substr(CASE WHEN instr({expr}, '.') > 0 "
+                f"THEN substr({expr}, instr({expr}, '.') + 1, 6) ELSE '' END || '000000', 1, 6) END)"
+            )
+        if kind == "date":
+            return f"strftime('%Y-%m-%d', {expr})"
+        return f"CAST({expr} AS TEXT)"
+
+    def row_hash(self, row_text: str) -> str:
+        return f"driftless_h48({row_text})"
+
+    def hash_sum(self, row_text: str) -> str:
+        return f"driftless_h48_sum({row_text})"
+
+    def hash_sum_of(self, canons: list[str]) -> str:
+        return f"driftless_h48_sum_values({', '.join(canons)})"
+
+
+HASH_DIALECTS: dict[str, type[HashDialect]] = {
+    "postgresql": PostgresHash,
+    "mysql": MySqlHash,
+    "mariadb": MySqlHash,
+    "sqlite": SqliteHash,
+}
+
+
+def hash_dialect_for(url: URL) -> type[HashDialect]:
+    """The ``HashDialect`` class of a database URL's backend."""
+    from etl.errors import ReconciliationFailed
+
+    cls = HASH_DIALECTS.get(url.get_backend_name())
+    if cls is None:
+        raise ReconciliationFailed(
+            f"the deep diff does not support {url.get_backend_name()!r} databases "
+            f"(supported: {', '.join(sorted(HASH_DIALECTS))})"
+        )
+    return cls

@@ -1,0 +1,551 @@
+"""Deep diff of one table in two databases (PostgreSQL, MariaDB/MySQL, SQLite, in any pairing).
+
+How it works (the approach of data-diff, extended to SQLite and to string and compound keys):
+
+1. Each database computes, for ranges of the key, a row count and the sum of 48-bit hashes of a
+   canonical text of every row (``etl.reconcile.dialects``). Only these two numbers per range
+   cross the network.
+2. Ranges whose numbers differ are split and compared again (integer keys: one ``GROUP BY``
+   query per range and side splits it into 16 buckets; other keys: boundaries taken from the keys
+   of the range), until a range holds at most ``leaf_rows`` rows.
+3. The rows of those small ranges are fetched from both sides as canonical texts and compared in
+   Python: which keys are missing in the target, which are extra, and which columns changed.
+
+Both sides are queried at the same time (one thread each); the databases do the hashing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import URL, Engine, MetaData, Table, text
+from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
+
+from etl.connections import redact
+from etl.errors import ReconciliationFailed
+from etl.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
+from etl.spec import TYPE_PATTERN, check_identifier
+
+SPLIT = 16
+RANGES_PER_QUERY = 200
+MAX_BUCKETS = 65_536
+MAX_DETAILS = 1000  # rows of each kind of difference kept with their values (all keys are kept)
+Key = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """One compared column: its name in the output, in the source and in the target.
+
+    Attributes:
+        name: the name reported in results (the target's name).
+        source: the column's name in the source table.
+        target: the column's name in the target table.
+        kind: logical kind (int, bool, decimal, float, timestamp, date, text); None: from the tables.
+        scale: decimal places compared for ``decimal`` columns; None: the smaller of both tables' scales.
+    """
+
+    name: str
+    source: str
+    target: str
+    kind: str | None = None
+    scale: int | None = None
+
+
+@dataclass
+class DiffResult:
+    """What a deep diff found. ``summary()`` is the JSON the CLI prints."""
+
+    table: str
+    rows_source: int = 0
+    rows_target: int = 0
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    extra: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    duration_s: float = 0.0
+    queries: int = 0
+    rows_fetched: int = 0
+    # raw key tuples, as each side returns them (for repair)
+    source_keys: list[Key] = field(default_factory=list, repr=False)
+    extra_keys: list[Key] = field(default_factory=list, repr=False)
+    # counts of everything found; the lists above keep the first MAX_DETAILS of each kind
+    n_missing: int = 0
+    n_extra: int = 0
+    n_changed: int = 0
+    column_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def differences(self) -> int:
+        return self.n_missing + self.n_extra + self.n_changed
+
+    @property
+    def status(self) -> str:
+        return "PASS" if self.differences == 0 else "FAIL"
+
+    def changed_columns(self) -> dict[str, int]:
+        return dict(sorted(self.column_counts.items()))
+
+    def summary(self, samples: int = 5) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "missing_in_target": self.n_missing,
+            "extra_in_target": self.n_extra,
+            "changed": self.n_changed,
+            "changed_columns": self.changed_columns(),
+            "rows_source": self.rows_source,
+            "rows_target": self.rows_target,
+            "status": self.status,
+            "duration_s": round(self.duration_s, 3),
+            "samples": {
+                "missing_in_target": self.missing[:samples],
+                "extra_in_target": self.extra[:samples],
+                "changed": self.changed[:samples],
+            },
+        }
+
+
+class _Side:
+    """One table in one database, with the SQL to hash, count and fetch its key ranges."""
+
+    def __init__(self, url: URL, table: str, schema: str | None, columns: list[str], keys: list[str]) -> None:
+        for name in [table, *columns, *([schema] if schema else [])]:
+            check_identifier(name)
+        self.url = url
+        self.label = redact(url)
+        self.dialect_cls = hash_dialect_for(url)
+        self.engine: Engine = self.dialect_cls.create_engine(url)
+        self.d: HashDialect = self.dialect_cls(self.engine)
+        self.table_name = table
+        try:
+            self.table = Table(table, MetaData(), autoload_with=self.engine, schema=schema)
+        except NoSuchTableError:
+            self.engine.dispose()
+            raise ReconciliationFailed(f"table {table!r} does not exist in {self.label}") from None
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise ReconciliationFailed(f"cannot read table {table!r} in {self.label}: {_first_line(exc)}") from None
+        missing = [c for c in columns if c not in self.table.c]
+        if missing:
+            self.engine.dispose()
+            raise ReconciliationFailed(
+                f"table {table!r} in {self.label} has no column(s) {missing} "
+                f"(it has: {', '.join(c.name for c in self.table.columns)})"
+            )
+        self.sql_table = self.d.table(table, schema)
+        self._conn = None
+        self.columns = columns
+        self.keys = keys
+
+    def physical(self, name: str):
+        return self.table.c[name].type
+
+    def bind(self, kinds: list[str], key_kinds: list[str], scales: list[int]) -> None:
+        """Build the SQL fragments once the logical kinds of all columns are known."""
+        q = self.d.quote
+        self.canons = [self.d.canon(q(c), k, self.physical(c), s)
+                       for c, k, s in zip(self.columns, kinds, scales, strict=True)]
+        key_idx = [self.columns.index(k) for k in self.keys]
+        self.key_canons = [self.canons[i] for i in key_idx]
+        self.key_kinds = key_kinds
+        self.row_text = self.d.row_text(self.canons)
+        self.hash_sum = self.d.hash_sum_of(self.canons)
+        self.key_orders = [self.d.key_order(q(k), kind) for k, kind in zip(self.keys, key_kinds, strict=False)]
+
+    # -- predicates ---------------------------------------------------------------------------
+    def _bound(self, op: str, bound: Key, prefix: str, params: dict[str, Any]) -> str:
+        names = []
+        for i, value in enumerate(bound):
+            params[f"{prefix}{i}"] = value
+            names.append(self.d.key_param(f"{prefix}{i}", self.key_kinds[i]))
+        if len(bound) == 1:
+            return f"{self.key_orders[0]} {op} {names[0]}"
+        return f"({', '.join(self.key_orders)}) {op} ({', '.join(names)})"
+
+    def where(self, lo: Key | None, hi: Key | None, params: dict[str, Any]) -> str:
+        parts = []
+        if lo is not None:
+            parts.append(self._bound(">=", lo, "lo", params))
+        if hi is not None:
+            parts.append(self._bound("<", hi, "hi", params))
+        return " AND ".join(parts) or "1 = 1"
+
+    # -- queries ------------------------------------------------------------------------------
+    def execute(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        # One connection per side for the whole diff: dozens of small queries, no checkout per query.
+        try:
+            if self._conn is None:
+                self._conn = self.engine.connect()
+            return list(self._conn.execute(text(sql), params))
+        except SQLAlchemyError as exc:
+            raise ReconciliationFailed(
+                f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}"
+            ) from None
+
+    def checksum(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
+        params: dict[str, Any] = {}
+        sql = (f"SELECT COUNT(*), {self.hash_sum} FROM {self.sql_table} "
+               f"WHERE {self.where(lo, hi, params)}")
+        count, total = self.execute(sql, params)[0]
+        return int(count), int(total or 0)
+
+    def key_stats(self) -> tuple[int, Any, Any]:
+        k = self.d.quote(self.keys[0])
+        count, lo, hi = self.execute(f"SELECT COUNT(*), MIN({k}), MAX({k}) FROM {self.sql_table}", {})[0]
+        return int(count), lo, hi
+
+    def int_buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
+        """Count and hash sum per bucket ``(key - lo) DIV width`` of the integer range ``[lo, hi)``."""
+        params: dict[str, Any] = {"base": lo, "width": width}
+        k = self.d.quote(self.keys[0])
+        bucket = self.d.int_div(f"{k} - :base", ":width")
+        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {self.sql_table} "
+               f"WHERE {self.where((lo,), (hi,), params)} GROUP BY {bucket}")
+        return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
+
+    def _ranges(self, ranges: list[tuple[int, int]], params: dict[str, Any]) -> str:
+        k = self.d.quote(self.keys[0])
+        parts = []
+        for i, (lo, hi) in enumerate(ranges):
+            params[f"r{i}lo"], params[f"r{i}hi"] = lo, hi
+            parts.append(f"({k} >= :r{i}lo AND {k} < :r{i}hi)")
+        return " OR ".join(parts)
+
+    def int_buckets_in(self, base: int, width: int, ranges: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
+        """Count and hash sum per bucket ``(key - base) DIV width``, over rows in any of ``ranges``."""
+        params: dict[str, Any] = {"base": base, "width": width}
+        k = self.d.quote(self.keys[0])
+        bucket = self.d.int_div(f"{k} - :base", ":width")
+        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {self.sql_table} "
+               f"WHERE {self._ranges(ranges, params)} GROUP BY {bucket}")
+        return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
+
+    def rows_in(self, ranges: list[tuple[int, int]]) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
+        """Like ``rows`` for the rows in any of the integer ``ranges``."""
+        params: dict[str, Any] = {}
+        return self._rows(self._ranges(ranges, params), params)
+
+    def range_keys(self, lo: Key | None, hi: Key | None) -> list[Key]:
+        params: dict[str, Any] = {}
+        q = ", ".join(self.d.quote(k) for k in self.keys)
+        sql = (f"SELECT {q} FROM {self.sql_table} WHERE {self.where(lo, hi, params)} "
+               f"ORDER BY {', '.join(self.key_orders)}")
+        return [tuple(r) for r in self.execute(sql, params)]
+
+    def rows(self, lo: Key | None, hi: Key | None) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
+        """``(raw key, canonical key, canonical values)`` of every row in the range."""
+        params: dict[str, Any] = {}
+        return self._rows(self.where(lo, hi, params), params)
+
+    def _rows(self, where: str, params: dict[str, Any]) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
+        q = [self.d.quote(k) for k in self.keys]
+        sql = f"SELECT {', '.join(q)}, {', '.join(self.canons)} FROM {self.sql_table} WHERE {where}"
+        n = len(self.keys)
+        out = []
+        idx = [self.columns.index(k) for k in self.keys]
+        for r in self.execute(sql, params):
+            values = tuple(r[n:])
+            out.append((tuple(r[:n]), tuple(values[i] for i in idx), values))
+        return out
+
+    def count(self) -> int:
+        return int(self.execute(f"SELECT COUNT(*) FROM {self.sql_table}", {})[0][0])
+
+    def dispose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self.engine.dispose()
+
+
+def _first_line(exc: Exception) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+
+
+def _merge_kinds(a: str, b: str) -> str:
+    """The logical kind of a column typed ``a`` in the source and ``b`` in the target."""
+    if a == b:
+        return a
+    pair = {a, b}
+    if "text" in pair:  # a typeless side (e.g. SQLite text holding timestamps) follows the typed side
+        return (pair - {"text"}).pop()
+    if pair <= {"int", "bool"}:
+        return "int"
+    if pair <= {"int", "decimal", "float"}:
+        return "decimal" if "decimal" in pair else "float"
+    if pair == {"timestamp", "date"}:
+        return "timestamp"
+    return a
+
+
+def _scale(type_) -> int | None:
+    return getattr(type_, "scale", None)
+
+
+class DeepDiff:
+    """Compares one table in two databases row by row, without moving the tables.
+
+    Args:
+        source_url: the database that holds the truth.
+        target_url: the database that should agree with it.
+        source_table: table name in the source.
+        target_table: table name in the target (default: ``source_table``).
+        key: key column names (target names); integer single-column keys take the fastest path.
+        columns: compared columns as ``ColumnMap`` or target names; default: all columns both tables share.
+        source_schema: schema of the source table.
+        target_schema: schema of the target table.
+        bucket_rows: rows per range in the first pass (integer keys); small ranges mean that one
+            hashing pass locates the differences (the count and sum per range are cheap to transfer),
+            up to ``MAX_BUCKETS`` ranges, then ranges are split level by level.
+        leaf_rows: ranges of at most this many rows are fetched and compared row by row.
+    """
+
+    def __init__(self, source_url: URL, target_url: URL, source_table: str, key: Sequence[str],
+                 columns: Sequence[ColumnMap | str] | None = None, target_table: str | None = None,
+                 source_schema: str | None = None, target_schema: str | None = None,
+                 bucket_rows: int = 128, leaf_rows: int = 128) -> None:
+        self.bucket_rows, self.leaf_rows = bucket_rows, leaf_rows
+        self.table_label = target_table or source_table
+        maps = self._column_maps(source_url, source_table, source_schema, target_url,
+                                 target_table or source_table, target_schema, key, columns)
+        keys_by_name = {m.name: m for m in maps}
+        for k in key:
+            if k not in keys_by_name:
+                raise ReconciliationFailed(
+                    f"key column {k!r} must be a column of both tables (compared: {', '.join(keys_by_name)})")
+        self.maps = maps
+        self.key_maps = [keys_by_name[k] for k in key]
+        self.src = _Side(source_url, source_table, source_schema, [m.source for m in maps],
+                         [m.source for m in self.key_maps])
+        try:
+            self.tgt = _Side(target_url, target_table or source_table, target_schema, [m.target for m in maps],
+                             [m.target for m in self.key_maps])
+        except Exception:
+            self.src.dispose()
+            raise
+        kinds, scales = [], []
+        for m in maps:
+            ps, pt = self.src.physical(m.source), self.tgt.physical(m.target)
+            kind = m.kind or _merge_kinds(kind_of(ps), kind_of(pt))
+            scale = m.scale
+            if scale is None:
+                found = [s for s in (_scale(ps), _scale(pt)) if s is not None]
+                scale = min(found) if found else 6
+            kinds.append(kind)
+            scales.append(scale)
+        self.kinds = kinds
+        key_kinds = [kinds[maps.index(k)] for k in self.key_maps]
+        for side in (self.src, self.tgt):
+            side.bind(kinds, key_kinds, scales)
+        self.int_key = len(self.key_maps) == 1 and key_kinds[0] == "int"
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deep-diff")
+        self.result = DiffResult(self.table_label)
+
+    @staticmethod
+    def _column_maps(source_url, source_table, source_schema, target_url, target_table, target_schema, key,
+                     columns) -> list[ColumnMap]:
+        if columns:
+            maps = [c if isinstance(c, ColumnMap) else ColumnMap(c, c, c) for c in columns]
+            names = [m.name for m in maps]
+            for k in key:
+                if k not in names:
+                    maps.insert(0, ColumnMap(k, k, k))
+            return maps
+        # Default: the columns both tables have, in the source's order.
+        from sqlalchemy import inspect
+
+        found = []
+        for url, table, schema in ((source_url, source_table, source_schema),
+                                   (target_url, target_table, target_schema)):
+            engine = hash_dialect_for(url).create_engine(url)
+            try:
+                found.append([c["name"] for c in inspect(engine).get_columns(table, schema=schema)])
+            except NoSuchTableError:
+                raise ReconciliationFailed(f"table {table!r} does not exist in {redact(url)}") from None
+            except SQLAlchemyError as exc:
+                raise ReconciliationFailed(f"cannot read table {table!r} in {redact(url)}: {_first_line(exc)}") \
+                    from None
+            finally:
+                engine.dispose()
+        common = [c for c in found[0] if c in set(found[1])]
+        if not common:
+            raise ReconciliationFailed(f"tables {source_table!r} and {target_table!r} have no column in common")
+        return [ColumnMap(c, c, c) for c in common]
+
+    @classmethod
+    def for_spec(cls, spec, source_url: URL, target_url: URL, **options: Any) -> DeepDiff:
+        """A diff of a pipeline's source table and target table, with the spec's column types."""
+        if not getattr(spec.source, "table", None):
+            raise ReconciliationFailed(
+                f"pipeline {spec.name!r}: the deep diff needs a SQL source table (source type "
+                f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''} is not supported)"
+            )
+        schema, _, table = spec.source.table.rpartition(".")
+        maps = []
+        for c in spec.columns:
+            m = TYPE_PATTERN.match(c.type)
+            scale = int(m["scale"]) if m and m["numeric"] else None
+            maps.append(ColumnMap(c.name, c.source_name, c.name, kind_of_spec_type(c.type), scale))
+        return cls(source_url, target_url, table, spec.source.primary_key, maps, target_table=spec.target.table,
+                   source_schema=schema or None, target_schema=spec.target.db_schema, **options)
+
+    # -- running ------------------------------------------------------------------------------
+    def _both(self, fn: Callable[[_Side], Any]) -> tuple[Any, Any]:
+        a = self.pool.submit(fn, self.src)
+        b = self.pool.submit(fn, self.tgt)
+        self.result.queries += 2
+        return a.result(), b.result()
+
+    def quick(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``(count, hash sum)`` of the whole table on each side: equal pairs mean equal tables."""
+        return self._both(lambda s: s.checksum(None, None))
+
+    def run(self) -> DiffResult:
+        """Compare the whole table; returns what differs."""
+        t0 = time.monotonic()
+        self.result = DiffResult(self.table_label)
+        if self.int_key:
+            (cs, lo_s, hi_s), (ct, lo_t, hi_t) = self._both(lambda s: s.key_stats())
+            self.result.rows_source, self.result.rows_target = cs, ct
+            bounds = [int(v) for v in (lo_s, hi_s, lo_t, hi_t) if v is not None]
+            if bounds:
+                lo, hi = min(bounds), max(bounds) + 1
+                n = min(MAX_BUCKETS, max(1, math.ceil(max(cs, ct) / self.bucket_rows)))
+                self._int_levels(lo, hi, max(1, math.ceil((hi - lo) / n)))
+        else:
+            (cs, hs), (ct, ht) = self._both(lambda s: s.checksum(None, None))
+            self.result.rows_source, self.result.rows_target = cs, ct
+            if (cs, hs) != (ct, ht):
+                self._generic_range(None, None, cs, ct)
+        self.result.duration_s = time.monotonic() - t0
+        return self.result
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.src.dispose()
+        self.tgt.dispose()
+
+    def __enter__(self) -> DeepDiff:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _int_levels(self, lo: int, hi: int, width: int) -> None:
+        """Integer keys, level by level: one GROUP BY query per side and level covers every open range."""
+        width = 1 << max(0, width.bit_length() - 1)  # a power of two, so that each level splits exactly
+        ranges, leaves = [(lo, hi)], []
+        while ranges:
+            next_ranges = []
+            for batch in _chunks(ranges, RANGES_PER_QUERY):
+                sb, tb = self._both(lambda s, batch=batch, width=width: s.int_buckets_in(lo, width, batch))
+                for b in sorted(set(sb) | set(tb)):
+                    a, c = sb.get(b, (0, 0)), tb.get(b, (0, 0))
+                    if a == c:
+                        continue
+                    rng = (lo + b * width, lo + (b + 1) * width)
+                    if max(a[0], c[0]) <= self.leaf_rows or width == 1:
+                        leaves.append(rng)
+                    else:
+                        next_ranges.append(rng)
+            ranges, width = _merge_ranges(next_ranges), max(1, width // SPLIT)
+        for batch in _chunks(_merge_ranges(leaves), RANGES_PER_QUERY):
+            src_rows, tgt_rows = self._both(lambda s, batch=batch: s.rows_in(batch))
+            self._compare(src_rows, tgt_rows)
+
+    def _generic_range(self, lo: Key | None, hi: Key | None, cs: int, ct: int) -> None:
+        if max(cs, ct) <= self.leaf_rows:
+            self._leaf(lo, hi)
+            return
+        side = self.src if cs >= ct else self.tgt
+        keys = side.range_keys(lo, hi)
+        self.result.queries += 1
+        step = max(1, math.ceil(len(keys) / SPLIT))
+        cuts = [keys[i] for i in range(step, len(keys), step)]
+        edges = [lo, *cuts, hi]
+        for a, b in zip(edges, edges[1:], strict=False):
+            (ca, ha), (cb, hb) = self._both(lambda s, a=a, b=b: s.checksum(a, b))
+            if (ca, ha) != (cb, hb):
+                if len(edges) == 2:  # cannot split further: compare the rows
+                    self._leaf(a, b)
+                else:
+                    self._generic_range(a, b, ca, cb)
+
+    def _leaf(self, lo: Key | None, hi: Key | None) -> None:
+        src_rows, tgt_rows = self._both(lambda s: s.rows(lo, hi))
+        self._compare(src_rows, tgt_rows)
+
+    def _compare(self, src_rows: list, tgt_rows: list) -> None:
+        """Compare fetched rows by canonical key: missing, extra, changed (with the differing columns)."""
+        r = self.result
+        self.result.rows_fetched += len(src_rows) + len(tgt_rows)
+        src = {ck: (raw, vals) for raw, ck, vals in src_rows}
+        tgt = {ck: (raw, vals) for raw, ck, vals in tgt_rows}
+        names = [m.name for m in self.maps]
+        key_names = [m.name for m in self.key_maps]
+
+        def key_dict(raw: Key) -> dict[str, Any]:
+            return {n: _jsonable(v) for n, v in zip(key_names, raw, strict=False)}
+
+        def row_dict(vals: tuple[str | None, ...]) -> dict[str, str | None]:
+            return dict(zip(names, vals, strict=False))
+
+        for ck in sorted(src.keys() - tgt.keys(), key=lambda ck: _sort_key(src[ck][0])):
+            raw, vals = src[ck]
+            r.n_missing += 1
+            if len(r.missing) < MAX_DETAILS:
+                r.missing.append({"key": key_dict(raw), "source": row_dict(vals)})
+            self.result.source_keys.append(raw)
+        for ck in sorted(tgt.keys() - src.keys(), key=lambda ck: _sort_key(tgt[ck][0])):
+            raw, vals = tgt[ck]
+            r.n_extra += 1
+            if len(r.extra) < MAX_DETAILS:
+                r.extra.append({"key": key_dict(raw), "target": row_dict(vals)})
+            self.result.extra_keys.append(raw)
+        for ck in sorted(src.keys() & tgt.keys(), key=lambda ck: _sort_key(src[ck][0])):
+            (raw, a), (_, b) = src[ck], tgt[ck]
+            if a != b:
+                cols = {n: {"source": x, "target": y} for n, x, y in zip(names, a, b, strict=False) if x != y}
+                r.n_changed += 1
+                for col in cols:
+                    r.column_counts[col] = r.column_counts.get(col, 0) + 1
+                if len(r.changed) < MAX_DETAILS:
+                    r.changed.append({"key": key_dict(raw), "columns": cols})
+                self.result.source_keys.append(raw)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, with touching ranges joined (fewer OR terms in the next query)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and out[-1][1] >= lo:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _sort_key(raw: Key) -> tuple:
+    """Raw key values in their natural order (numbers as numbers); NULLs first."""
+    return tuple((v is not None, v if isinstance(v, int | float | str) else str(v)) for v in raw)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, int | float | str | bool):
+        return value
+    return str(value)
+
+
+def deep_diff(source_url: URL, target_url: URL, table: str, key: Sequence[str],
+              columns: Sequence[ColumnMap | str] | None = None, **options: Any) -> DiffResult:
+    """Run a ``DeepDiff`` once and release its connections (see ``DeepDiff`` for the options)."""
+    with DeepDiff(source_url, target_url, table, key, columns, **options) as diff:
+        return diff.run()
