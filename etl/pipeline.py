@@ -25,6 +25,7 @@ from etl.connections import redact, resolve_url
 from etl.errors import DriftlessError, LoadError, ReconciliationFailed
 from etl.faults import failpoint
 from etl.load import loader_for
+from etl.load.modes import write_mode_for
 from etl.logs import event
 from etl.schema import frame_to_arrow, target_table
 from etl.spec import PipelineSpec
@@ -129,18 +130,19 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     t0 = time.monotonic()
     url = resolve_url(spec.target.connection)
     loader = loader_for(url)
-    target = target_table(spec)
+    mode = write_mode_for(spec, window)  # upsert / append / replace, plus delete detection
+    target = mode.table(target_table(spec))
     schema = spec.target.db_schema
     result = WindowResult(spec.name, window, run_id, extracted=manifest.records)
     max_cursor = datetime.fromisoformat(manifest.max_cursor) if manifest.max_cursor else None
     try:
         loader.ensure_tables(target)
-        with loader.transaction(target) as conn:
+        with loader.transaction(target, mode) as conn:
             for chunk in manifest.tables():
                 result.written += loader.stage(conn, target, chunk)
                 result.loaded += chunk.num_rows
                 failpoint("mid_load")
-            result.written += loader.merge(conn, target, spec.source.cursor)
+            result.written += loader.merge(conn, target, mode)
             if result.loaded != manifest.records:
                 raise LoadError(
                     f"staging holds {result.loaded} records but the extract reported {manifest.records}; "

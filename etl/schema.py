@@ -47,7 +47,8 @@ def sql_type(type_name: str) -> TypeEngine[Any]:
         "smallint": SmallInteger(),
         "integer": Integer(),
         "bigint": BigInteger(),
-        "text": Text(),
+        # MySQL/MariaDB TEXT holds only 64 KB; LONGTEXT holds what the other databases' text holds.
+        "text": Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"),
         "float": Float(),
         "double": Double(),
         "boolean": Boolean(),
@@ -90,7 +91,8 @@ def target_table(spec: PipelineSpec, metadata: MetaData | None = None) -> Table:
     """The target table as SQLAlchemy Core sees it: spec columns and the primary key."""
     metadata = metadata or MetaData()
     columns = [
-        Column(c.name, sql_type(c.type), nullable=c.nullable and c.name not in spec.source.primary_key)
+        Column(c.name, sql_type(c.type), nullable=c.nullable and c.name not in spec.source.primary_key,
+               autoincrement=False)  # keys come from the source: no SERIAL / AUTO_INCREMENT
         for c in spec.columns
     ]
     return Table(
