@@ -144,7 +144,7 @@ class TargetSpec(_Strict):
     _conn = field_validator("connection")(check_identifier)
     _table = field_validator("table")(check_identifier)
     _schema = field_validator("db_schema")(check_identifier)
-    _flag = field_validator("delete_flag")(check_identifier)
+    _flag = field_validator("delete_flag")(lambda v: v if v is None else check_identifier(v))
 
     @model_validator(mode="after")
     def _deletes_need_upsert(self) -> TargetSpec:

@@ -188,7 +188,7 @@ def as_text(array: pa.ChunkedArray | pa.Array) -> pa.Array:
         array = array.combine_chunks()
     kind = array.type
     if pa.types.is_timestamp(kind):
-        return pc.strftime(array, "%Y-%m-%d %H:%M:%S")
+        return pc.cast(naive_utc(array), pa.string())
     if pa.types.is_boolean(kind):
         return pc.cast(pc.cast(array, pa.int8()), pa.string())
     if pa.types.is_large_string(kind):
@@ -196,3 +196,21 @@ def as_text(array: pa.ChunkedArray | pa.Array) -> pa.Array:
     if pa.types.is_string(kind):
         return array
     return pc.cast(array, pa.string())
+
+
+def naive_utc(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Timestamps as naive UTC at microsecond precision.
+
+    Formatting a zoned timestamp in Arrow looks up the zone per value (about 15x slower than a naive
+    one), so loaders format naive UTC values and tell the database they are UTC.
+    """
+    return pc.cast(array, pa.timestamp("us"))
+
+
+def naive_timestamps(chunk: pa.Table) -> pa.Table:
+    """A chunk with every timestamp column as naive UTC (``YYYY-MM-DD HH:MM:SS.ffffff`` when written as text)."""
+    for i, field in enumerate(chunk.schema):
+        if pa.types.is_timestamp(field.type) and (field.type.tz is not None or field.type.unit != "us"):
+            chunk = chunk.set_column(i, pa.field(field.name, pa.timestamp("us"), field.nullable),
+                                     naive_utc(chunk[field.name]))
+    return chunk

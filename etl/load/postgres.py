@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import errors as pg_errors
 from sqlalchemy import Column, Connection, MetaData, Table, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from etl.load.base import Loader, sibling_table
+from etl.load.base import Loader, naive_timestamps, sibling_table
 from etl.load.modes import WriteMode
 
 COPY_BLOCK = 1 << 20
@@ -30,6 +30,9 @@ COPY_BLOCK = 1 << 20
 INDEX_THRESHOLD = 10_000
 #: Memory for the merge's sort / hash steps (transaction-local; PostgreSQL's default is 4 MB).
 MERGE_WORK_MEM = "128MB"
+#: How a large window is checked for repeated keys before the merge: "savepoint" (merge, and only on a
+#: repeated key undo and deduplicate) or "unique_index" (build a unique index on the staged keys first).
+DEDUP = "savepoint"
 
 
 class PostgresLoader(Loader):
@@ -46,6 +49,7 @@ class PostgresLoader(Loader):
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
                          {"name": f"driftless:{target.fullname}"})
+            conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")  # staged timestamps are naive UTC text
             conn.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE {self.quote(self._stage_name(target))} "
                 f"(LIKE {self.quote_table(target)}) ON COMMIT DROP"
@@ -58,6 +62,8 @@ class PostgresLoader(Loader):
         if chunk.num_rows == 0:
             return 0
         # Arrow writes CSV in C: NULL as an unquoted empty field, '' as "" (what COPY's csv expects).
+        # Timestamps go as naive UTC text (fast to format); the transaction's TimeZone is UTC.
+        chunk = naive_timestamps(chunk)
         buf = io.BytesIO()
         pacsv.write_csv(chunk, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
         columns = ", ".join(self.quote(name) for name in chunk.column_names)
@@ -90,14 +96,16 @@ class PostgresLoader(Loader):
     def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
         mode = self.current_mode(mode)
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'")
-        # Few rows: the planner's defaults suit, and deduplicating a small set costs nothing.
-        unique = self._index_stage(conn, target) if self.staged > INDEX_THRESHOLD else False
         key_names = [c.name for c in target.primary_key.columns]
         keys = [self.quote(k) for k in key_names]
         cols = [self.quote(c.name) for c in target.columns]
         others = [self.quote(c.name) for c in target.columns if c.name not in key_names]
         stage_name = self._stage_name(target)
         stage = self.quote(stage_name)
+        if self.staged > INDEX_THRESHOLD and (mode.detects_deletes or DEDUP == "unique_index"):
+            unique = self._index_stage(conn, target)  # the anti-join of delete detection probes it
+        else:
+            unique = None  # not known
 
         into = target
         if mode.swap:
@@ -105,15 +113,6 @@ class PostgresLoader(Loader):
             into.drop(conn, checkfirst=True)
             into.create(conn)
         tgt = self.quote_table(into)
-        if unique:
-            select = f"SELECT {', '.join(cols)} FROM {stage}"
-        else:
-            # Of two staged rows with one key, keep the latest (upsert/replace) or first (append) cursor value.
-            order = "DESC NULLS LAST" if mode.latest_wins else "ASC NULLS LAST"
-            select = (
-                f"SELECT DISTINCT ON ({', '.join(keys)}) {', '.join(cols)} FROM {stage} "
-                f"ORDER BY {', '.join(keys)}, {self.quote(mode.cursor_column)} {order}"
-            )
         if others and mode.on_conflict == "update":
             action = (
                 "DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in others)
@@ -122,8 +121,25 @@ class PostgresLoader(Loader):
             )
         else:
             action = "DO NOTHING"
-        sql = f"INSERT INTO {tgt} ({', '.join(cols)}) {select} ON CONFLICT ({', '.join(keys)}) {action}"
-        written = max(conn.exec_driver_sql(sql).rowcount, 0)
+        insert = f"INSERT INTO {tgt} ({', '.join(cols)}) "
+        on_conflict = f" ON CONFLICT ({', '.join(keys)}) {action}"
+        plain = f"SELECT {', '.join(cols)} FROM {stage}"
+        # Of two staged rows with one key, keep the latest (upsert/replace) or first (append) cursor value.
+        order = "DESC NULLS LAST" if mode.latest_wins else "ASC NULLS LAST"
+        dedup = (f"SELECT DISTINCT ON ({', '.join(keys)}) {', '.join(cols)} FROM {stage} "
+                 f"ORDER BY {', '.join(keys)}, {self.quote(mode.cursor_column)} {order}")
+        if unique or (unique is None and action != "DO NOTHING" and self.staged > INDEX_THRESHOLD):
+            # Windows rarely repeat a key, and DO UPDATE refuses to touch a row twice (SQLSTATE 21000),
+            # so try without sorting every staged row first; on a repeated key, undo and deduplicate.
+            try:
+                with conn.begin_nested():
+                    written = max(conn.exec_driver_sql(insert + plain + on_conflict).rowcount, 0)
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != "21000":
+                    raise
+                written = max(conn.exec_driver_sql(insert + dedup + on_conflict).rowcount, 0)
+        else:
+            written = max(conn.exec_driver_sql(insert + dedup + on_conflict).rowcount, 0)
 
         if mode.swap:
             # Transactional DDL: readers see the old table until commit, then the new one.

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table, create_engine, event
 
-from etl.load.base import Loader, json_columns, sibling_table
+from etl.load.base import Loader, json_columns, naive_utc, sibling_table
 from etl.load.modes import Upsert, WriteMode
 
 BUSY_TIMEOUT_MS = 60_000
@@ -129,7 +129,7 @@ def sqlite_columns(chunk: pa.Table, json_cols: set[str] = frozenset()) -> list[l
         array = chunk[name]
         kind = array.type
         if pa.types.is_timestamp(kind):
-            array = pc.strftime(array, "%Y-%m-%d %H:%M:%S")  # SQLAlchemy's SQLite DATETIME storage format
+            array = pc.cast(naive_utc(array), pa.string())  # SQLAlchemy's SQLite DATETIME storage format
         elif pa.types.is_date(kind):
             array = pc.cast(array, pa.string())
         elif pa.types.is_decimal(kind):
