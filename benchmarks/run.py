@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
           " — timings on a shared 2-core machine are noisy", flush=True)
     for name in modules(only):
         module = importlib.import_module(f"benchmarks.{name}")
+        if not callable(getattr(module, "run", None)):
+            print(f"\n[{name}] skipped: it has no run(n) function", flush=True)
+            continue
         print(f"\n[{name}]", flush=True)
         params = inspect.signature(module.run).parameters
         kwargs = {}

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import URL, create_engine, text
 
-from etl.errors import SpecError
+from etl.errors import LoadError, SpecError
 from etl.pipeline import load_window
 from tests.loadkit import ALL, DAY1, DAY2, T0, order, orders_spec, read_target, stage_rows, state_of
 
@@ -173,7 +173,7 @@ def test_mariadb_refuses_values_that_would_be_truncated(mariadb_url, connections
     connections(wh=mariadb_url)
     spec = orders_spec()
     rows = [order(1), order(2, currency="TOOLONG")]
-    with pytest.raises(Exception, match="changed values on the way in"):
+    with pytest.raises(LoadError, match="Data too long for column 'currency'|changed values on the way in"):
         load(tmp_path, spec, DAY1, rows, "a")
     engine = create_engine(mariadb_url)
     with engine.connect() as conn:

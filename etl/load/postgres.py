@@ -16,12 +16,14 @@ import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import errors as pg_errors
 from sqlalchemy import Column, Connection, MetaData, Table, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from etl.errors import LoadError
 from etl.load.base import Loader, naive_timestamps, sibling_table
 from etl.load.modes import WriteMode
 
@@ -69,11 +71,15 @@ class PostgresLoader(Loader):
         columns = ", ".join(self.quote(name) for name in chunk.column_names)
         cursor = conn.connection.driver_connection.cursor()
         stage = self.quote(self._stage_name(target))
-        with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-            view = buf.getbuffer()
-            for offset in range(0, len(view), COPY_BLOCK):
-                copy.write(view[offset : offset + COPY_BLOCK])
-            del view
+        try:
+            with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+                view = buf.getbuffer()
+                for offset in range(0, len(view), COPY_BLOCK):
+                    copy.write(view[offset : offset + COPY_BLOCK])
+                del view
+        except psycopg.Error as exc:  # the raw driver's errors: say what failed, keep the server's words
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from None
         self.staged += chunk.num_rows
         return 0
 

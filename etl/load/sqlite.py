@@ -16,6 +16,7 @@ read back through SQLAlchemy as they do when written by Core.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table, create_engine, event
 
+from etl.errors import LoadError
 from etl.load.base import Loader, json_columns, naive_utc, sibling_table
 from etl.load.modes import Upsert, WriteMode
 
@@ -102,7 +104,10 @@ class SqliteLoader(Loader):
         values = sqlite_columns(chunk, json_columns(target))
         raw = conn.connection.driver_connection
         # Rows arrive ordered by cursor, so of two rows with one key the later (newer) one wins.
-        cursor = raw.executemany(self._statements[key], zip(*values, strict=True))
+        try:
+            cursor = raw.executemany(self._statements[key], zip(*values, strict=True))
+        except sqlite3.Error as exc:  # the raw driver's errors: say what failed
+            raise LoadError(f"writing rows into {target.fullname!r} failed: {exc}") from None
         written = max(cursor.rowcount, 0)
         if self.mode is not None and self.mode.detects_deletes:
             keys = [columns.index(c.name) for c in target.primary_key.columns]
