@@ -149,14 +149,14 @@ class Loader(ABC):
 
 
 def sibling_table(target: Table, name: str, *, temporary: bool = False, extra: list[Column] | None = None,
-                  primary_key: bool = True) -> Table:
+                  primary_key: bool = True, **dialect_kw: Any) -> Table:
     """A table with the target's columns under another name (staging or the replacement of a swap)."""
     cols = [Column(c.name, c.type, nullable=c.nullable, autoincrement=False) for c in target.columns]
     args: list[Any] = [*(extra or []), *cols]
     if primary_key:
         args.append(PrimaryKeyConstraint(*[c.name for c in target.primary_key.columns], name=f"pk_{name}"[:63]))
     return Table(name, MetaData(), *args, schema=None if temporary else target.schema,
-                 prefixes=["TEMPORARY"] if temporary else [])
+                 prefixes=["TEMPORARY"] if temporary else [], **dialect_kw)
 
 
 def select_keys(table: Table, target: Table):

@@ -39,11 +39,20 @@ log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT_S = 600
 DUPLICATE_KEY = 1062
+#: Engine of the private staging table: it needs no transactions (it is dropped after the load), and
+#: MyISAM loads without undo/redo logging.
+STAGE_ENGINE = "MyISAM"
 #: Server errors meaning "LOAD DATA LOCAL is not allowed here" (MySQL 1148, 3948; MariaDB 4166).
 LOCAL_FORBIDDEN = {1148, 3948, 4166}
 # LOAD DATA's default format: tab-separated, backslash escapes, \N for NULL.
 _ESCAPES = [("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\x00", "\\0")]
-_NEEDS_ESCAPE = r"[\\\t\n\r\x00]"
+_SPECIAL_BYTES = np.array([ord(raw) for raw, _ in _ESCAPES], dtype=np.uint8)
+
+
+def _needs_escape(array: pa.Array) -> bool:
+    """Whether any value holds a byte LOAD DATA must see escaped (scans the value buffer with numpy)."""
+    data = array.buffers()[2]
+    return data is not None and bool(np.isin(np.frombuffer(data, dtype=np.uint8), _SPECIAL_BYTES).any())
 
 
 class MySqlLoader(Loader):
@@ -58,7 +67,8 @@ class MySqlLoader(Loader):
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
     def _stage_table(self, target: Table) -> Table:
-        return sibling_table(target, f"_driftless_stage_{target.name}"[:64], temporary=True)
+        return sibling_table(target, f"_driftless_stage_{target.name}"[:64], temporary=True,
+                             mysql_engine=STAGE_ENGINE)
 
     def _dedup(self) -> str:
         """How a staged record meets an earlier one with its key: REPLACE (latest wins) or IGNORE."""
@@ -124,7 +134,7 @@ class MySqlLoader(Loader):
     def _load_data(self, cursor, stage: str, columns: str, texts: list[pa.Array]) -> None:
         fields = []
         for t in texts:
-            if pa.types.is_string(t.type) and pc.any(pc.match_substring_regex(t, _NEEDS_ESCAPE)).as_py():
+            if pa.types.is_string(t.type) and _needs_escape(t):
                 for raw, escaped in _ESCAPES:
                     t = pc.replace_substring(t, raw, escaped)
             fields.append(pc.fill_null(t, "\\N"))
