@@ -55,7 +55,8 @@ def build_dag(spec_path: Path):
             "end": Param(None, type=["null", "string"], format="date-time",
                          description="Override the window end (exclusive); empty: the run's data interval"),
         },
-        doc_md=f"Sync `{spec.source.table or 'query'}` into `{spec.target.table}` window by window. "
+        doc_md=f"Sync `{spec.source.table or getattr(spec.source, 'endpoint', None) or 'query'}` "
+        f"into `{spec.target.table}` window by window. "
         f"Spec: `{spec_path.name}`.",
     )
     def pipeline():

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +21,13 @@ from sqlalchemy import URL, create_engine, text
 from etl.demo import prepare_source
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Tests get an Airflow home of their own (never the demo's .airflow), set before anything imports Airflow.
+AIRFLOW_TEST_HOME = Path(tempfile.mkdtemp(prefix="driftless-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_TEST_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["DRIFTLESS_STAGING_DIR"] = str(AIRFLOW_TEST_HOME / "staging")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
                       host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),
@@ -25,6 +35,16 @@ PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_P
 MARIADB_ADMIN = URL.create("mysql+pymysql", username=os.environ.get("DRIFTLESS_MARIADB_USER", "root"),
                            host=os.environ.get("DRIFTLESS_MARIADB_HOST", "127.0.0.1"),
                            port=int(os.environ.get("DRIFTLESS_MARIADB_PORT", "3306")), database="test")
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """Airflow's metadata database (SQLite in the tests' Airflow home), migrated once per session."""
+    proc = subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    yield AIRFLOW_TEST_HOME
+    shutil.rmtree(AIRFLOW_TEST_HOME, ignore_errors=True)
 
 
 def unavailable(service: str, exc: Exception) -> None:
@@ -42,20 +62,33 @@ def airflow_uri(url: URL) -> str:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[URL]:
-    """A fresh PostgreSQL database, dropped after the test."""
-    name = f"driftless_t_{uuid.uuid4().hex[:10]}"
+def pg_databases() -> Iterator:
+    """A factory of fresh PostgreSQL databases, all dropped after the test."""
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
+    made: list[str] = []
+
+    def make() -> URL:
+        name = f"driftless_t_{uuid.uuid4().hex[:10]}"
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+        except Exception as exc:  # noqa: BLE001
+            unavailable(f"PostgreSQL at {PG_ADMIN.host}:{PG_ADMIN.port}", exc)
+        made.append(name)
+        return PG_ADMIN.set(database=name)
+
+    yield make
+    if made:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001
-        admin.dispose()
-        unavailable("PostgreSQL at 127.0.0.1:5432", exc)
-    yield PG_ADMIN.set(database=name)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            for name in made:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_databases) -> URL:
+    """A fresh PostgreSQL database, dropped after the test."""
+    return pg_databases()
 
 
 @pytest.fixture
@@ -68,7 +101,7 @@ def mariadb_url() -> Iterator[URL]:
             conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
     except Exception as exc:  # noqa: BLE001
         admin.dispose()
-        unavailable("MariaDB at 127.0.0.1:3306", exc)
+        unavailable(f"MariaDB at {MARIADB_ADMIN.host}:{MARIADB_ADMIN.port}", exc)
     yield MARIADB_ADMIN.set(database=name)
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
@@ -87,6 +120,18 @@ def target_url(request: pytest.FixtureRequest) -> URL:
         return request.getfixturevalue("sqlite_url")
     request.applymarker(pytest.mark.integration)
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def another_target(request: pytest.FixtureRequest, target_url: URL, tmp_path: Path):
+    """A factory of further empty databases of the same dialect as ``target_url``."""
+
+    def make() -> URL:
+        if target_url.get_backend_name() == "sqlite":
+            return target_url.set(database=str(tmp_path / f"other_{uuid.uuid4().hex[:6]}.db"))
+        return request.getfixturevalue("pg_databases")()
+
+    return make
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +159,13 @@ def connections(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
 
     return define
+
+
+@pytest.fixture(autouse=True)
+def _no_airflow_connection_lookup():
+    """Airflow task bodies switch on Airflow's connection lookup in-process; keep it from leaking."""
+    from etl import connections as conns
+
+    conns.use_lookup(None)
+    yield
+    conns.use_lookup(None)
