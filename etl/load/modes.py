@@ -23,7 +23,7 @@ at the source: they are hard-deleted from the target when ``deletes: hard``, els
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import pyarrow as pa
@@ -150,7 +150,3 @@ def write_mode_for(spec: Any, window: Any | None = None) -> WriteMode:
 def as_write_mode(mode: WriteMode | str) -> WriteMode:
     """Accept the older ``merge(conn, target, cursor_column)`` call: a bare cursor column means upsert."""
     return Upsert(cursor_column=mode) if isinstance(mode, str) else mode
-
-
-def is_date(value: Any) -> bool:
-    return isinstance(value, date) and not isinstance(value, datetime)
