@@ -128,3 +128,27 @@ def test_killed_load_leaves_target_unchanged_and_retry_is_exactly_once(wh, tmp_p
     assert after[60] == order(60, day=1, version=1) and after[10] == order(10)
     watermark, runs = state_of(wh, spec)
     assert watermark == DAY2.end and runs.count("success") == 2
+
+
+@pytest.mark.slow
+def test_replace_readers_never_see_a_half_table(wh, tmp_path):
+    spec = orders_spec(write_mode="replace")
+    load_window(spec, DAY1, stage_rows(tmp_path, spec, DAY1, [order(i) for i in range(1, 101)], tag="a"), "a")
+    new = [order(i, day=1, version=1) for i in range(500, 531)]
+    proc, _ = start_runner(spec, DAY2, stage_rows(tmp_path, spec, DAY2, new, tag="b", chunk=10), "b", tmp_path,
+                           "before_commit", 3)
+    # The swap is done but not committed: a reader sees the old table whole (or waits, on PostgreSQL).
+    engine = create_engine(wh)
+    with engine.connect() as conn:
+        if wh.get_backend_name() == "postgresql":
+            conn.exec_driver_sql("SET lock_timeout = '300ms'")
+        try:
+            ids = sorted(r[0] for r in conn.exec_driver_sql("SELECT id FROM orders"))
+        except Exception as exc:  # noqa: BLE001
+            assert "lock timeout" in str(exc)
+            ids = list(range(1, 101))
+        assert ids == list(range(1, 101))
+    engine.dispose()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert sorted(read_target(wh, spec)) == list(range(500, 531))
