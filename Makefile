@@ -12,7 +12,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export DRIFTLESS_STAGING_DIR := $(CURDIR)/.airflow/staging
 
-.PHONY: install demo test lint typecheck bench constraints clean
+.PHONY: install demo test lint typecheck bench bench-deps constraints clean
 
 install: $(STAMP)
 
@@ -36,6 +36,11 @@ typecheck: install
 
 bench: install
 	$(BIN)/python benchmarks/run.py --n $(N)
+
+# dlt (compared against in the benchmarks) lives in its own venv: its pins may conflict with Airflow's.
+bench-deps:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q "dlt[postgres,sql_database]==1.31.0" "psycopg[binary]" pyarrow sqlalchemy
 
 # Re-resolve the pinned dependency set (needs the package index).
 constraints:

@@ -29,6 +29,7 @@ from etl.connections import redact, resolve_url
 from etl.errors import DriftlessError, LoadError
 from etl.faults import failpoint
 from etl.load import loader_for
+from etl.load.modes import write_mode_for
 from etl.logs import event
 from etl.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
 from etl.schema import target_table
@@ -156,7 +157,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     t0 = time.monotonic()
     url = resolve_url(spec.target.connection)
     loader = loader_for(url)
-    target = target_table(spec)
+    mode = write_mode_for(spec, window)  # upsert / append / replace, plus delete detection
+    target = mode.table(target_table(spec))
     schema = spec.target.db_schema
     extracted = manifest.records if manifest.extracted is None else manifest.extracted
     result = WindowResult(spec.name, window, run_id, extracted=extracted, deduplicated=manifest.deduplicated,
@@ -166,12 +168,12 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
         check_reject_ratio(spec, window, manifest)  # above max_reject_ratio: fail before any write
         result.schema_changes = loader.ensure_tables(target)
         ensure_quarantine_table(loader.engine, schema)
-        with loader.transaction(target) as conn:
+        with loader.transaction(target, mode) as conn:
             for chunk in manifest.tables():
                 result.written += loader.stage(conn, target, chunk)
                 result.loaded += chunk.num_rows
                 failpoint("mid_load")
-            result.written += loader.merge(conn, target, spec.source.cursor)
+            result.written += loader.merge(conn, target, mode)
             if result.loaded != manifest.records:
                 raise LoadError(
                     f"staging holds {result.loaded} records but the extract reported {manifest.records}; "

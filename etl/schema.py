@@ -47,7 +47,8 @@ def sql_type(type_name: str) -> TypeEngine[Any]:
         "smallint": SmallInteger(),
         "integer": Integer(),
         "bigint": BigInteger(),
-        "text": Text(),
+        # MySQL/MariaDB TEXT holds only 64 KB; LONGTEXT holds what the other databases' text holds.
+        "text": Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"),
         "float": Float(),
         "double": Double(),
         "boolean": Boolean(),

@@ -159,13 +159,29 @@ class TargetSpec(_Strict):
     connection: Identifier
     table: Identifier
     db_schema: Identifier | None = Field(None, alias="schema", description="database schema of the table")
-    write_mode: Literal["upsert"] = "upsert"
+    write_mode: Literal["upsert", "append", "replace"] = Field(
+        "upsert", description="upsert: insert or update by key; append: insert new keys only (a re-run adds "
+        "nothing); replace: the window's rows become the table, swapped in atomically (see etl/load/modes.py)")
+    deletes: Literal["none", "soft", "hard"] = Field(
+        "none", description="upsert only: target rows whose cursor lies in the window but whose key the window "
+        "did not deliver are marked (_deleted_at, soft) or removed (hard); meant for full-refresh windows")
+    delete_flag: Identifier | None = Field(
+        None, description="a boolean column of the records that marks rows deleted at the source: set "
+        "_deleted_at from the row's cursor (or delete the row when deletes is hard)")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     _conn = field_validator("connection")(check_identifier)
     _table = field_validator("table")(check_identifier)
     _schema = field_validator("db_schema")(check_identifier)
+    _flag = field_validator("delete_flag")(lambda v: v if v is None else check_identifier(v))
+
+    @model_validator(mode="after")
+    def _deletes_need_upsert(self) -> TargetSpec:
+        if self.deletes != "none" and self.write_mode != "upsert":
+            raise ValueError(f"deletes: {self.deletes!r} needs write_mode 'upsert' (got {self.write_mode!r}; "
+                             "replace already removes rows absent from the window)")
+        return self
 
 
 FUNCTION_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
@@ -315,8 +331,6 @@ class PipelineSpec(_Strict):
         for name in self.dedup.order_by:
             if name not in by_name:
                 raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
-
-
         for name in self.reconcile.sum_columns:
             col = by_name.get(name)
             if col is None:
@@ -324,6 +338,9 @@ class PipelineSpec(_Strict):
             if col.type.split("(")[0] not in NUMERIC_TYPES:
                 raise ValueError(f"reconcile.sum_columns: column {name!r} has type {col.type!r}; "
                                  f"only numeric columns can be summed ({sorted(NUMERIC_TYPES)})")
+        flag = self.target.delete_flag
+        if flag is not None and (flag not in by_name or by_name[flag].type != "boolean"):
+            raise ValueError(f"target.delete_flag: {flag!r} must name a boolean column listed in columns")
         return self
 
     @property

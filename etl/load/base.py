@@ -1,4 +1,4 @@
-"""What every loader offers: DDL, a locked load transaction, staging of chunks and the merge."""
+"""What every loader offers: DDL, a locked load transaction, staging of chunks, the merge and deletes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,27 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy import URL, Connection, Engine, Table, create_engine
+import pyarrow.compute as pc
+from sqlalchemy import (
+    URL,
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    and_,
+    create_engine,
+    delete,
+    exists,
+    select,
+    true,
+    update,
+)
 
+from etl.errors import LoadError
 from etl.load.evolution import evolve
+from etl.load.modes import DELETED_AT, WriteMode, as_write_mode
 from etl.state import ensure_state_tables
 
 
@@ -20,15 +38,22 @@ class Loader(ABC):
 
     Usage, all inside one transaction (the pipeline sequences it)::
 
-        with loader.transaction(target) as conn:
+        mode = write_mode_for(spec, window)          # upsert, append or replace, plus deletes
+        target = mode.table(target_table(spec))
+        loader.ensure_tables(target)
+        with loader.transaction(target, mode) as conn:
             written = sum(loader.stage(conn, target, chunk) for chunk in chunks)
-            written += loader.merge(conn, target, cursor_column)
+            written += loader.merge(conn, target, mode)
             ... advance state, record the run ...
+
+    A loader instance serves one load at a time (the pipeline makes one per window).
     """
 
     def __init__(self, url: URL) -> None:
         self.url = url
         self.engine = self.create_engine(url)
+        self.mode: WriteMode | None = None
+        self.staged = 0
 
     def create_engine(self, url: URL) -> Engine:
         return create_engine(url, pool_pre_ping=True)
@@ -46,10 +71,23 @@ class Loader(ABC):
             ensure_state_tables(conn, target.schema)
             return evolve(conn, target)
 
+    @contextmanager
+    def transaction(self, target: Table, mode: WriteMode | None = None) -> Iterator[Connection]:
+        """A transaction holding the target's load lock, so concurrent loads of one table serialize.
+
+        Args:
+            target: the target table (as ``mode.table`` returned it).
+            mode: the write mode; default: upsert ordered by nothing (latest staged row wins).
+        """
+        self.mode = mode
+        self.staged = 0
+        with self._transaction(target) as conn:
+            yield conn
+
     @abstractmethod
     @contextmanager
-    def transaction(self, target: Table) -> Iterator[Connection]:
-        """A transaction holding the target's load lock, so concurrent loads of one table serialize."""
+    def _transaction(self, target: Table) -> Iterator[Connection]:
+        """Begin, take the load lock, create what the load stages into; commit or roll back."""
 
     @abstractmethod
     def stage(self, conn: Connection, target: Table, chunk: pa.Table) -> int:
@@ -59,14 +97,63 @@ class Loader(ABC):
         """
 
     @abstractmethod
-    def merge(self, conn: Connection, target: Table, cursor_column: str) -> int:
-        """Apply what was staged to the target; returns rows written (inserted or changed)."""
+    def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
+        """Apply what was staged to the target; returns rows written (inserted, changed or deleted).
+
+        ``mode`` may also be a cursor column name (upsert), the form of earlier versions.
+        """
+
+    def current_mode(self, mode: WriteMode | str | None = None) -> WriteMode:
+        if mode is not None:
+            self.mode = as_write_mode(mode)
+        if self.mode is None:
+            raise LoadError("internal: merge() needs a write mode (pass it to transaction() or merge())")
+        return self.mode
 
     def quote(self, name: str) -> str:
         return self.engine.dialect.identifier_preparer.quote(name)
 
     def quote_table(self, table: Table) -> str:
         return self.engine.dialect.identifier_preparer.format_table(table)
+
+    # -- shared steps, written once in SQLAlchemy Core (typed binds render right on every dialect) --
+
+    def apply_deletes(self, conn: Connection, target: Table, mode: WriteMode, keys_table: Table | None) -> int:
+        """Delete detection and the source delete flag, after the merge; returns rows deleted or marked.
+
+        ``keys_table`` holds (at least) the key columns of every record of the window.
+        """
+        written = 0
+        cursor = target.c[mode.cursor_column]
+        in_scope = [cursor >= mode.scope[0], cursor < mode.scope[1]] if mode.scope else []
+        if mode.delete_flag is not None and mode.deletes == "hard" and mode.scope:
+            flagged = delete(target).where(target.c[mode.delete_flag].is_(true()), *in_scope)
+            written += max(conn.execute(flagged).rowcount, 0)
+        if mode.detects_deletes and keys_table is not None:
+            key_names = [c.name for c in target.primary_key.columns]
+            seen = exists().where(and_(*[keys_table.c[k] == target.c[k] for k in key_names]))
+            if mode.deletes == "soft":
+                stmt = (update(target).where(target.c[DELETED_AT].is_(None), *in_scope, ~seen)
+                        .values({DELETED_AT: mode.deleted_at}))
+            else:
+                stmt = delete(target).where(*in_scope, ~seen)
+            written += max(conn.execute(stmt).rowcount, 0)
+        return written
+
+
+def sibling_table(target: Table, name: str, *, temporary: bool = False, extra: list[Column] | None = None,
+                  primary_key: bool = True, **dialect_kw: Any) -> Table:
+    """A table with the target's columns under another name (staging or the replacement of a swap)."""
+    cols = [Column(c.name, c.type, nullable=c.nullable, autoincrement=False) for c in target.columns]
+    args: list[Any] = [*(extra or []), *cols]
+    if primary_key:
+        args.append(PrimaryKeyConstraint(*[c.name for c in target.primary_key.columns], name=f"pk_{name}"[:63]))
+    return Table(name, MetaData(), *args, schema=None if temporary else target.schema,
+                 prefixes=["TEMPORARY"] if temporary else [], **dialect_kw)
+
+
+def select_keys(table: Table, target: Table):
+    return select(*[table.c[c.name] for c in target.primary_key.columns])
 
 
 def rows_for_core(chunk: pa.Table, target: Table) -> list[dict[str, Any]]:
@@ -78,3 +165,45 @@ def rows_for_core(chunk: pa.Table, target: Table) -> list[dict[str, Any]]:
             if row[name] is not None:
                 row[name] = json.loads(row[name])
     return rows
+
+
+def json_columns(target: Table) -> set[str]:
+    return {c.name for c in target.columns if c.type.__class__.__name__ == "JSON"}
+
+
+def as_text(array: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """An Arrow column as the text a database parses back to the same value (NULL stays null).
+
+    Timestamps as ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC), decimals exactly, booleans as 1/0.
+    All conversions run vectorized in Arrow's C++ kernels.
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    kind = array.type
+    if pa.types.is_timestamp(kind):
+        return pc.cast(naive_utc(array), pa.string())
+    if pa.types.is_boolean(kind):
+        return pc.cast(pc.cast(array, pa.int8()), pa.string())
+    if pa.types.is_large_string(kind):
+        return pc.cast(array, pa.string())
+    if pa.types.is_string(kind):
+        return array
+    return pc.cast(array, pa.string())
+
+
+def naive_utc(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Timestamps as naive UTC at microsecond precision.
+
+    Formatting a zoned timestamp in Arrow looks up the zone per value (about 15x slower than a naive
+    one), so loaders format naive UTC values and tell the database they are UTC.
+    """
+    return pc.cast(array, pa.timestamp("us"))
+
+
+def naive_timestamps(chunk: pa.Table) -> pa.Table:
+    """A chunk with every timestamp column as naive UTC (``YYYY-MM-DD HH:MM:SS.ffffff`` when written as text)."""
+    for i, field in enumerate(chunk.schema):
+        if pa.types.is_timestamp(field.type) and (field.type.tz is not None or field.type.unit != "us"):
+            chunk = chunk.set_column(i, pa.field(field.name, pa.timestamp("us"), field.nullable),
+                                     naive_utc(chunk[field.name]))
+    return chunk

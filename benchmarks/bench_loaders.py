@@ -1,0 +1,164 @@
+"""Loader benchmarks: driftless vs each database's bulk path, dlt and pandas, first load and nightly.
+
+Every measured case runs in its own process (setup in another, untimed) so peak RSS is the case's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CASES_PY = REPO / "benchmarks" / "cases.py"
+DLT_PY = REPO / "benchmarks" / "dlt_cases.py"
+BENCH_VENV = REPO / ".venv-bench"
+DLT_VERSION = "1.31.0"
+DATA = REPO / "bench-results" / "data"
+# Arrow's default mimalloc pool keeps freed chunks around (about +50 MB peak at 1M rows); the system
+# allocator returns them. Applied to every case alike (driftless, raw baselines, dlt); override by env.
+ARROW_POOL = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+# (case, label, group) in the order they run and print.
+CASES = [
+    ("pg_upsert_first", "driftless upsert -> PostgreSQL, first load", "pg"),
+    ("pg_upsert_nightly", "driftless upsert -> PostgreSQL, nightly (10% changed)", "pg"),
+    ("pg_raw_copy", "raw COPY into empty table (with PK)", "pg"),
+    ("pg_raw_copy_nopk", "raw COPY into empty table (no PK)", "pg"),
+    ("dlt_merge_first", "dlt merge -> PostgreSQL, first load", "dlt"),
+    ("dlt_merge_nightly", "dlt merge -> PostgreSQL, nightly", "dlt"),
+    ("pg_to_sql", "pandas to_sql -> PostgreSQL, first load", "pg"),
+    ("mariadb_upsert_first", "driftless upsert -> MariaDB, first load", "mariadb"),
+    ("mariadb_upsert_nightly", "driftless upsert -> MariaDB, nightly", "mariadb"),
+    ("mariadb_raw_load", "raw LOAD DATA LOCAL into empty table", "mariadb"),
+    ("sqlite_upsert_first", "driftless upsert -> SQLite, first load", "sqlite"),
+    ("sqlite_upsert_nightly", "driftless upsert -> SQLite, nightly", "sqlite"),
+    ("sqlite_raw_insert", "plain executemany INSERT into empty table", "sqlite"),
+    ("window_pg_to_pg", "driftless window PG -> PG (extract+load+reconcile)", "pg"),
+    ("dlt_window_pg_to_pg", "dlt sql_database(pyarrow) PG -> PG merge", "dlt"),
+]
+
+
+def bench_python() -> Path | None:
+    """The bench venv's interpreter with dlt installed (made on first use; None if it cannot be)."""
+    python = BENCH_VENV / "bin" / "python"
+    check = [str(python), "-c", "import dlt, psycopg, pyarrow, sqlalchemy"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    print(f"[bench] installing dlt {DLT_VERSION} into {BENCH_VENV} (bench only, not the main venv)", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"dlt[postgres,sql_database]=={DLT_VERSION}",
+                        "psycopg[binary]", "pyarrow", "sqlalchemy"], check=True)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"[bench] dlt unavailable ({exc}); dlt cases skipped", flush=True)
+        return None
+    return python
+
+
+def _run(cmd: list[str], timeout: float = 3600) -> dict:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "ARROW_DEFAULT_MEMORY_POOL": ARROW_POOL})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:3])} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _files(n: int, variant: str) -> str:
+    from benchmarks.data import manifest_files
+
+    return json.dumps(manifest_files(str(DATA / f"n{n}" / variant)))
+
+
+def run_case(case: str, n: int, dlt_python: Path | None) -> dict:
+    py = sys.executable
+    if case.startswith("dlt_"):
+        if dlt_python is None:
+            raise RuntimeError("dlt not installed")
+        if case == "dlt_window_pg_to_pg":
+            _run([py, str(CASES_PY), "window_pg_to_pg", "setup", "--n", str(n)])
+            return _run([str(dlt_python), str(DLT_PY), "window"])
+        _run([py, str(CASES_PY), "dlt_merge", "setup", "--n", str(n)])
+        if case == "dlt_merge_nightly":
+            _run([str(dlt_python), str(DLT_PY), "merge", "--files", _files(n, "base")])
+        variant = "nightly" if case.endswith("nightly") else "base"
+        return _run([str(dlt_python), str(DLT_PY), "merge", "--files", _files(n, variant)])
+    _run([py, str(CASES_PY), case, "setup", "--n", str(n)])
+    return _run([py, str(CASES_PY), case, "measure", "--n", str(n)])
+
+
+def run(n: int, reps: int = 3, only: str | None = None) -> dict:
+    """Run every case ``reps`` times; returns the JSON keys (medians) and prints a table."""
+    from benchmarks.data import prepare
+
+    prepare(DATA, n)
+    dlt_python = bench_python()
+    results: dict[str, dict] = {}
+    for case, label, _group in CASES:
+        if only and only not in case:
+            continue
+        runs = []
+        for _ in range(reps):
+            try:
+                runs.append(run_case(case, n, dlt_python))
+            except Exception as exc:  # noqa: BLE001 - report and go on with the other cases
+                print(f"[bench] {case}: {exc}", file=sys.stderr, flush=True)
+                break
+        if not runs:
+            continue
+        secs = [r["seconds"] for r in runs]
+        results[case] = {"label": label, "median_s": statistics.median(secs), "runs_s": secs,
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                         "note": f"extrapolated from {runs[0]['rows']} rows" if runs[0].get("extrapolated") else ""}
+        r = results[case]
+        print(f"  {label:<58} {r['median_s']:9.2f} s  {r['peak_rss_mb']:7.0f} MB  "
+              f"(runs: {', '.join(f'{s:.2f}' for s in secs)}) {r['note']}", flush=True)
+    return summarize(n, results)
+
+
+def summarize(n: int, results: dict[str, dict]) -> dict:
+    def s(case):
+        return round(results[case]["median_s"], 3) if case in results else None
+
+    def mb(case):
+        return round(results[case]["peak_rss_mb"], 1) if case in results else None
+
+    def ratio(a, b):
+        return round(s(a) / s(b), 2) if s(a) and s(b) else None
+
+    out = {
+        "arrow_memory_pool": ARROW_POOL,
+        "pg_upsert_first_s": s("pg_upsert_first"),
+        "pg_upsert_nightly_s": s("pg_upsert_nightly"),
+        "pg_raw_copy_s": s("pg_raw_copy"),
+        "pg_raw_copy_nopk_s": s("pg_raw_copy_nopk"),
+        "dlt_merge_first_s": s("dlt_merge_first"),
+        "dlt_merge_nightly_s": s("dlt_merge_nightly"),
+        "pandas_to_sql_s": s("pg_to_sql"),
+        "pg_upsert_peak_rss_mb": max(filter(None, [mb("pg_upsert_first"), mb("pg_upsert_nightly")]), default=None),
+        "dlt_merge_peak_rss_mb": max(filter(None, [mb("dlt_merge_first"), mb("dlt_merge_nightly")]), default=None),
+        "pg_raw_copy_peak_rss_mb": mb("pg_raw_copy"),
+        "pandas_to_sql_peak_rss_mb": mb("pg_to_sql"),
+        "mariadb_upsert_first_s": s("mariadb_upsert_first"),
+        "mariadb_upsert_nightly_s": s("mariadb_upsert_nightly"),
+        "mariadb_raw_load_s": s("mariadb_raw_load"),
+        "mariadb_upsert_peak_rss_mb": mb("mariadb_upsert_nightly"),
+        "sqlite_upsert_first_s": s("sqlite_upsert_first"),
+        "sqlite_upsert_nightly_s": s("sqlite_upsert_nightly"),
+        "sqlite_raw_insert_s": s("sqlite_raw_insert"),
+        "sqlite_upsert_peak_rss_mb": mb("sqlite_upsert_nightly"),
+        "window_pg_to_pg_s": s("window_pg_to_pg"),
+        "window_pg_to_pg_peak_rss_mb": mb("window_pg_to_pg"),
+        "dlt_window_pg_to_pg_s": s("dlt_window_pg_to_pg"),
+        "dlt_window_pg_to_pg_peak_rss_mb": mb("dlt_window_pg_to_pg"),
+        # Goal ratios (issue 5): nightly/COPY <= 2, dlt/nightly >= 4, MariaDB <= 2, SQLite <= 1.5, dlt window >= 3.
+        "ratio_pg_nightly_vs_copy": ratio("pg_upsert_nightly", "pg_raw_copy"),
+        "ratio_dlt_vs_pg_nightly": ratio("dlt_merge_nightly", "pg_upsert_nightly"),
+        "ratio_mariadb_nightly_vs_load": ratio("mariadb_upsert_nightly", "mariadb_raw_load"),
+        "ratio_sqlite_nightly_vs_insert": ratio("sqlite_upsert_nightly", "sqlite_raw_insert"),
+        "ratio_dlt_window_vs_window": ratio("dlt_window_pg_to_pg", "window_pg_to_pg"),
+    }
+    return out

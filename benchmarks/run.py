@@ -1,0 +1,65 @@
+"""``make bench``: run every benchmark module and print a table, then one JSON line (the last line).
+
+A benchmark module is ``benchmarks/bench_*.py`` with a function ``run(n) -> dict``; it prints its own
+rows of the table and returns the keys it adds to the JSON line. Modules run in name order;
+``--only loaders,rest`` picks some. ``--reps`` sets repetitions for modules whose ``run`` takes ``reps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def modules(only: list[str] | None) -> list[str]:
+    names = sorted(p.stem for p in (REPO / "benchmarks").glob("bench_*.py"))
+    if only:
+        names = [m for m in names if m.removeprefix("bench_") in only or m in only]
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1_000_000, help="rows of generated data (default 1,000,000)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions per case; medians are reported")
+    parser.add_argument("--only", help="comma-separated module names (e.g. loaders)")
+    parser.add_argument("--case", help="loaders: run only cases whose name contains this")
+    args = parser.parse_args(argv)
+    only = args.only.split(",") if args.only else None
+    summary: dict = {"n": args.n}
+    started = time.perf_counter()
+    print(f"driftless benchmarks, N={args.n:,}, {args.reps} repetitions (medians), python {platform.python_version()}"
+          " — timings on a shared 2-core machine are noisy", flush=True)
+    for name in modules(only):
+        module = importlib.import_module(f"benchmarks.{name}")
+        if not callable(getattr(module, "run", None)):
+            print(f"\n[{name}] skipped: it has no run(n) function", flush=True)
+            continue
+        print(f"\n[{name}]", flush=True)
+        params = inspect.signature(module.run).parameters
+        kwargs = {}
+        if "reps" in params:
+            kwargs["reps"] = args.reps
+        if "only" in params and args.case:
+            kwargs["only"] = args.case
+        try:
+            summary.update(module.run(args.n, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - one module failing must not hide the others' numbers
+            print(f"[{name}] failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            summary[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    summary["bench_total_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
