@@ -120,6 +120,17 @@ def bench_throughput(records: int, page_size: int = 1000) -> dict:
             "goal_met": rate >= 50_000}
 
 
+def run(n: int) -> dict:
+    """For ``benchmarks/run.py``: rate against a 50 r/s limit, throughput over min(n, 200,000) records."""
+    reset_breakers()
+    rate = bench_rate(50.0, 8.0)
+    throughput = bench_throughput(min(n, 200_000))
+    print(f"rest: {rate['achieved_rps']:.2f} r/s of 50 ({rate['ratio']:.1%}), 429s={rate['http_429']}; "
+          f"parse+validate {throughput['records_per_s']:,} records/s")
+    return {"rest_rate_ratio": rate["ratio"], "rest_http_429": rate["http_429"],
+            "rest_records_per_s": throughput["records_per_s"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="REST source benchmarks")
     parser.add_argument("--rate", type=float, default=50.0, help="the server's limit R, requests/s")
