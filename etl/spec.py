@@ -150,6 +150,9 @@ class PipelineSpec(_Strict):
     source: SqlSourceSpec
     target: TargetSpec
     columns: list[ColumnSpec] = Field(min_length=1)
+    partition_by: Literal["hour", "day", "week"] | None = Field(
+        None, description="fan each window out into slices of this length, loaded in parallel by mapped "
+        "Airflow tasks; the watermark moves once all slices are in (see etl/partitions.py)")
 
     _name = field_validator("name")(check_identifier)
 
