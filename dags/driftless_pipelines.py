@@ -21,8 +21,9 @@ SPECS_DIR = Path(os.environ.get("DRIFTLESS_SPECS_DIR") or Path(__file__).parent 
 
 DEFAULT_ARGS = {
     "owner": "driftless",
-    "retries": 3,
-    "retry_delay": timedelta(seconds=30),
+    # Retries wait 30 s, 60 s, 120 s ... (at most 30 min); DRIFTLESS_TASK_RETRIES / _RETRY_DELAY_S tune them.
+    "retries": int(os.environ.get("DRIFTLESS_TASK_RETRIES", "3")),
+    "retry_delay": timedelta(seconds=float(os.environ.get("DRIFTLESS_RETRY_DELAY_S", "30"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
     "on_failure_callback": on_failure,  # posts to the webhook of the driftless_alerts Connection, if any

@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = Path(os.environ.get("AIRFLOW_HOME") or REPO / ".airflow")
     password = os.environ.get("DRIFTLESS_AIRFLOW_PASSWORD", "admin")
-    metadata = os.environ.get("DRIFTLESS_AIRFLOW_DB") or local_postgres_metadata()
+    metadata = os.environ.get("DRIFTLESS_AIRFLOW_DB")
+    if args.command == "up" and not metadata:
+        metadata = local_postgres_metadata()
     env = airflow_env(home, args.port, password=password, metadata_db=metadata)
     if args.command == "pools":
         print("pools:", ", ".join(ensure_pools(env, args.specs_dir)) or "none")
@@ -236,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"driftless: preparing Airflow in {home} (metadata DB: {where}) ...", flush=True)
     setup(env, args.specs_dir)
     stack = LocalAirflow(env, args.port, password=password)
+
+    def _interrupt(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C does
     stack.start()
     try:
         stack.wait_ready()

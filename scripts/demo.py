@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import create_engine  # noqa: E402
 
+from etl.airflow_local import ensure_pools  # noqa: E402
 from etl.demo import prepare_source  # noqa: E402
 from etl.reconcile import table_fingerprint  # noqa: E402
 from etl.spec import load_spec  # noqa: E402
@@ -57,6 +58,7 @@ def main() -> None:
     })
     print(f"  source     {source}\n  warehouse  {warehouse}\n  AIRFLOW_HOME {env['AIRFLOW_HOME']}")
     sh("airflow", "db", "migrate", env=env)
+    ensure_pools(env, REPO / "dags" / "pipelines")  # one pool per target connection (etl/pools.py)
 
     engine = create_engine(f"sqlite:///{warehouse}")
     rows = []

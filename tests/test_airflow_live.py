@@ -166,7 +166,7 @@ def test_backfill_through_rest_api_reprocesses_each_window_once(live, monkeypatc
 
 @pytest.mark.timeout(600)
 def test_backfill_from_the_ui_in_headless_chromium(live, monkeypatch, tmp_path):
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     node = shutil.which("node")
     if not chromium or not node or not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
         missing = "chromium" if not chromium else "node" if not node else "tests/browser/node_modules"
