@@ -119,7 +119,7 @@ def ensure_pools(env: dict[str, str], specs_dir: str | Path) -> dict[str, str]:
     if not pools:
         return pools
     path = Path(env["AIRFLOW_HOME"]) / "driftless-pools.json"
-    path.write_text(json.dumps({name: {"slots": slots(), "description": desc, "include_deferred": False}
+    path.write_text(json.dumps({name: {"slots": slots(env), "description": desc, "include_deferred": False}
                                 for name, desc in pools.items()}))
     run_airflow(env, "pools", "import", str(path))
     return pools

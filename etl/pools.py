@@ -23,8 +23,9 @@ def pool_name(spec: PipelineSpec) -> str:
     return f"driftless_{spec.target.connection}"
 
 
-def slots() -> int:
-    return int(os.environ.get("DRIFTLESS_POOL_SLOTS") or DEFAULT_SLOTS)
+def slots(env: dict[str, str] | None = None) -> int:
+    """Slots per pool: ``DRIFTLESS_POOL_SLOTS`` of ``env`` (default: the process environment), else 4."""
+    return int((os.environ if env is None else env).get("DRIFTLESS_POOL_SLOTS") or DEFAULT_SLOTS)
 
 
 def pools_for(specs_dir: str | Path) -> dict[str, str]:

@@ -261,7 +261,8 @@ def load_spec(path: str | Path) -> PipelineSpec:
     except OSError as exc:
         raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        # libyaml's C loader when available: ~10x faster than the pure-Python one (DAG parse time).
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
