@@ -58,7 +58,8 @@ def main() -> None:
     })
     print(f"  source     {source}\n  warehouse  {warehouse}\n  AIRFLOW_HOME {env['AIRFLOW_HOME']}")
     sh("airflow", "db", "migrate", env=env)
-    ensure_pools(env, REPO / "dags" / "pipelines")  # one pool per target connection (etl/pools.py)
+    pools = ensure_pools(env, REPO / "dags" / "pipelines")  # one pool per target connection (etl/pools.py)
+    print(f"  ok  pools {', '.join(pools)}")
 
     engine = create_engine(f"sqlite:///{warehouse}")
     rows = []

@@ -149,6 +149,9 @@ def test_backfill_through_rest_api_reprocesses_each_window_once(live, monkeypatc
     stack: LocalAirflow = live["stack"]
     _put_ahead(live, monkeypatch, "api")
     token = stack.token()
+    # The setup created one pool per target connection; the loads run in it.
+    pool = stack.api("GET", "/pools/driftless_wh_api", token)
+    assert pool["slots"] == 4
     stack.api("PATCH", "/dags/invoices_api", token, json={"is_paused": False})
     backfill = stack.api("POST", "/backfills", token, json={
         "dag_id": "invoices_api",

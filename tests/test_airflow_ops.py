@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import sqlite3
-import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,23 +251,6 @@ def test_write_tasks_run_in_one_pool_per_target_connection():
     assert pool_name(SPEC) == "driftless_wh"
     assert pools_for(REPO / "dags" / "pipelines") == {
         "driftless_warehouse": "driftless loads into connection 'warehouse'"}
-
-
-@pytest.mark.airflow
-@pytest.mark.slow
-def test_pools_are_created_in_airflow(airflow_db):
-    import os
-
-    from etl.airflow_local import ensure_pools
-
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-               DRIFTLESS_POOL_SLOTS="3")
-    ensure_pools(env, REPO / "dags" / "pipelines")
-    out = subprocess.run(["airflow", "pools", "get", "driftless_warehouse", "--output", "json"], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    pool = json.loads(out.stdout)[0]
-    assert (pool["pool"], int(pool["slots"])) == ("driftless_warehouse", 3)
 
 
 # --- docker-compose.integration.yml ------------------------------------------------------------------
