@@ -114,14 +114,14 @@ def _wait_runs(stack: LocalAirflow, token: str, dag_id: str, backfill_id: int | 
         if done:
             return runs
         if time.monotonic() > deadline:
-            states = [(r["run_id"], r["state"]) for r in runs]
+            states = [(r["dag_run_id"], r["state"]) for r in runs]
             pytest.fail(f"runs of {dag_id} not finished within {timeout:.0f}s: {states}; logs in {stack.logs}")
         stack.check_alive()
         time.sleep(3)
 
 
 def _check_one_clean_run_per_window(live, monkeypatch, name: str, runs: list[dict], tmp_path: Path) -> None:
-    assert runs and all(r["state"] == "success" for r in runs), [(r["run_id"], r["state"]) for r in runs]
+    assert runs and all(r["state"] == "success" for r in runs), [(r["dag_run_id"], r["state"]) for r in runs]
     spec = load_spec(live["specs"] / f"invoices_{name}.yaml")
     windows = sorted({Window.parse(r["data_interval_start"], r["data_interval_end"]) for r in runs})
     # The reference: a fresh target, one clean run of the later window and of each run's window.
@@ -164,6 +164,10 @@ def test_backfill_through_rest_api_reprocesses_each_window_once(live, monkeypatc
     backfilled = sorted(datetime.fromisoformat(r["data_interval_start"]) for r in runs if r["run_type"] == "backfill")
     assert len(backfilled) >= 3
     assert backfilled[0] == datetime(2025, 11, 3, tzinfo=UTC)
+    run_id = next(r["dag_run_id"] for r in runs if r["run_type"] == "backfill")
+    tis = stack.api("GET", f"/dags/invoices_api/dagRuns/{run_id}/taskInstances", token)["task_instances"]
+    assert {t["task_id"]: t["pool"] for t in tis} == {"extract": "default_pool", "load": "driftless_wh_api",
+                                                       "reconcile": "default_pool"}
     _check_one_clean_run_per_window(live, monkeypatch, "api", runs, tmp_path)
 
 

@@ -115,6 +115,31 @@ def test_dry_run_reports_inserts_updates_and_unchanged_without_writing(connectio
     assert fingerprint(sqlite_url, SPEC) == before  # nothing written, watermark unchanged
 
 
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_dry_run_through_the_dag_writes_nothing(airflow_db, tmp_path, monkeypatch, connections, chinook_copy,
+                                                sqlite_url):
+    connections(src=chinook_copy, wh=sqlite_url)
+    run_window(SPEC, Window.parse("2024-01-01", "2025-01-01"))
+    before = fingerprint(sqlite_url, SPEC)
+    with sqlite3.connect(chinook_copy) as db:
+        db.execute("UPDATE Invoice SET Total = Total + 1 "
+                   "WHERE updated_at >= '2024-02-01' AND updated_at < '2024-03-01'")
+    specs_dir = tmp_path / "pipelines"
+    specs_dir.mkdir()
+    (specs_dir / "invoices_test.yaml").write_text(yaml.safe_dump(INVOICES))
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
+    dag = load_dag_module().build_dag(specs_dir / "invoices_test.yaml")
+    run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC), run_conf={
+        "start": "2024-01-01T00:00:00+00:00", "end": "2025-01-01T00:00:00+00:00", "dry_run": True})
+    assert run.state == "success"
+    report = run.get_task_instance("reconcile").xcom_pull(task_ids="load")
+    assert report["dry_run"] is True and report["would_update"] >= 1 and report["would_insert"] == 0
+    assert report["changed_columns"] == {"total": report["would_update"]}
+    assert report["unchanged"] == 83 - report["would_update"]
+    assert fingerprint(sqlite_url, SPEC) == before
+
+
 def fingerprint_or_none(url):
     from sqlalchemy import inspect
 
