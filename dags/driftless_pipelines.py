@@ -55,8 +55,9 @@ def build_dag(spec_path: Path):
         default_args=DEFAULT_ARGS,
         tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
         params=trigger_params(),  # start/end, full_refresh, dry_run: see etl/params.py
-        doc_md=f"Sync `{spec.source.table or 'query'}` into `{spec.target.table}` window by window. "
-        f"Spec: `{spec_path.name}`. Trigger options: `start`/`end` (both or neither), `full_refresh`, `dry_run`.",
+        doc_md=f"Sync `{spec.source.table or getattr(spec.source, 'endpoint', None) or 'query'}` "
+        f"into `{spec.target.table}` window by window. Spec: `{spec_path.name}`. "
+        "Trigger options: `start`/`end` (both or neither), `full_refresh`, `dry_run`.",
     )
     def pipeline():
         if spec.partition_by:

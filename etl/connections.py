@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sqlalchemy import URL, make_url
 
@@ -134,3 +134,58 @@ def redact(url: URL | str) -> str:
         except Exception:
             return "<unparseable url>"
     return url.render_as_string(hide_password=True)
+
+
+def connection_fields(conn_id: str) -> dict[str, Any]:
+    """A connection's raw fields (conn_type, host, port, login, password, schema, extra as a dict), for REST use.
+
+    Same lookup as ``resolve_url``: ``AIRFLOW_CONN_<ID>`` as a URI (``https://login:password@host:port/path?k=v``,
+    query parameters become ``extra``) or Airflow's JSON form, else the Airflow Connection. Never log the result.
+    """
+    raw = (os.environ.get(env_var_name(conn_id)) or "").strip()
+    if raw.startswith("{"):
+        try:
+            fields = dict(json.loads(raw))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ConnectionNotFound(
+                f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON "
+                f"({getattr(exc, 'msg', type(exc).__name__)})"
+            ) from None
+    elif raw:
+        parts = urlsplit(raw)
+        if not parts.scheme or not parts.hostname:
+            raise ConnectionNotFound(f"connection {conn_id!r} ({env_var_name(conn_id)}): expected a URI such as "
+                                     "https://login:password@api.example.com/v1")
+        extra: dict[str, Any] = dict(parse_qsl(parts.query))
+        if "__extra__" in extra:
+            extra = json.loads(extra["__extra__"])
+        fields = {
+            "conn_type": parts.scheme.lower(),
+            "host": parts.hostname,
+            "port": parts.port,
+            "login": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None,
+            "schema": unquote(parts.path.lstrip("/")),
+            "extra": extra,
+        }
+    elif _fallback is not None:
+        try:
+            fields = dict(_fallback(conn_id))
+        except Exception as exc:  # Airflow raises its own not-found types
+            raise ConnectionNotFound(
+                f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
+                f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
+            ) from None
+    else:
+        raise ConnectionNotFound(
+            f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
+            f"https://login:password@api.example.com/v1 (or define an Airflow Connection {conn_id!r})"
+        )
+    extra = fields.get("extra") or {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra) if extra.strip() else {}
+        except json.JSONDecodeError:
+            raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from None
+    fields["extra"] = extra
+    return fields

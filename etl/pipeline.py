@@ -6,6 +6,7 @@ transaction) -> reconcile (counts). The CLI calls ``run_window``; the DAG tasks 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -20,6 +21,7 @@ from typing import Any
 import pyarrow.compute as pc
 from sqlalchemy.exc import SQLAlchemyError
 
+from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl.connections import redact, resolve_url
 from etl.errors import DriftlessError, LoadError, ReconciliationFailed
@@ -34,7 +36,7 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"sql": SqlSource}
+SOURCES = {"sql": SqlSource, "rest": RestSource}
 
 
 def new_run_id() -> str:
@@ -65,6 +67,7 @@ class WindowResult:
     watermark: datetime | None = None
     duration_s: float = 0.0
     checks: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class WindowResult:
             "watermark": self.watermark.isoformat() if self.watermark else None,
             "run_id": self.run_id,
             "checks": self.checks,
+            **({"metrics": self.metrics} if self.metrics else {}),  # what a REST source's request loop did
         }
 
     def to_xcom(self) -> dict[str, Any]:
@@ -107,18 +111,25 @@ def _as_datetime(value: Any) -> datetime | None:
 def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path | None = None) -> Manifest:
     """Read the window from the source into staging files; returns their manifest."""
     started = time.monotonic()
+    source = source_for(spec)
+    # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.
+    resumable = getattr(source, "resumable", False)
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
-                           window.start.isoformat(), window.end.isoformat())
-    max_cursor: datetime | None = None
-    for frame in source_for(spec).read(window):
+                           window.start.isoformat(), window.end.isoformat(), resume=resumable)
+    progress = writer.checkpoint or {}
+    max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
+    if resumable:
+        source.resume_from(progress.get("source"), writer.manifest.tables)
+    for frame in source.read(window):
         chunk = frame_to_arrow(frame, spec)
-        writer.write(chunk)
         chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
         if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
             max_cursor = chunk_max
+        writer.write(chunk, {"source": source.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()}
+                     if resumable else None)
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
-    manifest = writer.close(max_cursor.isoformat() if max_cursor else None)
+    manifest = writer.close(max_cursor.isoformat() if max_cursor else None, getattr(source, "metrics", None))
     event(log, "extract done", pipeline=spec.name, window=window.key, rows=manifest.records)
     return manifest
 
@@ -136,7 +147,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     loader = loader_for(url)
     target = target_table(spec)
     schema = spec.target.db_schema
-    result = WindowResult(spec.name, window, run_id, extracted=manifest.records)
+    result = WindowResult(spec.name, window, run_id, extracted=manifest.records, metrics=manifest.metrics)
     max_cursor = datetime.fromisoformat(manifest.max_cursor) if manifest.max_cursor else None
     try:
         loader.ensure_tables(target)
@@ -158,7 +169,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
             record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
                        window_end=window.end, status="success", extracted=result.extracted,
                        loaded=result.loaded, written=result.written, watermark=result.watermark,
-                       started_at=started_at, finished_at=datetime.now(UTC), duration_s=result.duration_s)
+                       started_at=started_at, finished_at=datetime.now(UTC), duration_s=result.duration_s,
+                       metrics=json.dumps(result.metrics) if result.metrics else None)
             failpoint("before_commit")
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)

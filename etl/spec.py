@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
 import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors.rest.spec import RestSourceSpec
 from etl.errors import SpecError
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -147,7 +148,7 @@ class PipelineSpec(_Strict):
                           "is the extraction window")
     start_date: date | datetime = date(2025, 1, 1)
     chunk_size: int = Field(50_000, gt=0, le=5_000_000, description="records per chunk held in memory")
-    source: SqlSourceSpec
+    source: Annotated[SqlSourceSpec | RestSourceSpec, Field(discriminator="type")]
     target: TargetSpec
     columns: list[ColumnSpec] = Field(min_length=1)
     partition_by: Literal["hour", "day", "week"] | None = Field(
@@ -193,13 +194,49 @@ class PipelineSpec(_Strict):
         return next(c for c in self.columns if c.name == name)
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    path = ""
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    args = getattr(annotation, "__args__", ())
+    return [a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)]
+
+
+def _tag(model: type[BaseModel]) -> Any:
+    field = model.model_fields.get("type")
+    if field is None or get_origin(field.annotation) is not Literal:
+        return None
+    return getattr(field.annotation, "__args__", (None,))[0]
+
+
+def _resolve(loc: tuple[Any, ...]) -> tuple[list[Any], list[type[BaseModel]]]:
+    """Follow an error location through the spec models: the path without union tags, and the model(s) there.
+
+    Discriminated unions (``source: sql | rest``, ``paginator: offset | cursor | ...``) put the tag
+    into pydantic's location; it is noise to a user, who wrote ``source.table``, not ``source.sql.table``.
+    """
+    path: list[Any] = []
+    models: list[type[BaseModel]] = [PipelineSpec]
     for part in loc:
         if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in ("sql",):  # discriminator tags of unions add noise to the path
+            path.append(part)
             continue
+        tagged = [m for m in models if _tag(m) == part]
+        if tagged and len(models) > 1:
+            models = tagged
+            continue
+        path.append(part)
+        model = models[0] if models else None
+        field = None
+        if model is not None:
+            field = model.model_fields.get(part) or next(
+                (f for f in model.model_fields.values() if f.alias == part), None)
+        models = _members(field.annotation) if field is not None else []
+    return path, models
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in _resolve(loc)[0]:
+        if isinstance(part, int):
+            path += f"[{part}]"
         else:
             path += ("." if path else "") + str(part)
     return path or "(top level)"
@@ -207,19 +244,10 @@ def _field_path(loc: tuple[Any, ...]) -> str:
 
 def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     """The field names accepted at the mapping that holds ``loc``'s last element."""
-    model: Any = PipelineSpec
-    for part in loc[:-1]:
-        if isinstance(part, int) or model is None:
-            continue
-        field = model.model_fields.get(part)
-        if field is None:
-            field = next((f for f in model.model_fields.values() if f.alias == part), None)
-        annotation = getattr(field, "annotation", None)
-        args = getattr(annotation, "__args__", ())
-        model = next((a for a in (annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    if model is None:
+    models = _resolve(loc[:-1])[1]
+    if not models:
         return []
-    return sorted(f.alias or name for name, f in model.model_fields.items())
+    return sorted(f.alias or name for name, f in models[0].model_fields.items())
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:
@@ -230,6 +258,11 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(err["loc"])
             msg = "unknown field" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            expected = ", ".join(repr(_tag(m)) for m in _resolve(err["loc"])[1])
+            msg = (f"unknown type {err['ctx'].get('tag')!r}" if err["type"] == "union_tag_invalid"
+                   else "Field required") + f" (expected one of: {expected})"
+            err = {**err, "loc": (*err["loc"], "type")}
         got = err.get("input")
         shown = "" if err["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
         path = _field_path(err["loc"])

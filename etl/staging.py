@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from etl.errors import LoadError
 
 MANIFEST = "_manifest.json"
+PROGRESS = "_progress.json"
 
 
 def staging_root() -> Path:
@@ -37,6 +38,7 @@ class Manifest:
     files: list[str] = field(default_factory=list)
     records: int = 0
     max_cursor: str | None = None
+    metrics: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,23 +67,46 @@ class Manifest:
 
 
 class StagingWriter:
-    """Writes a window's chunks into a fresh directory; the manifest is written last, atomically."""
+    """Writes a window's chunks into a fresh directory; the manifest is written last, atomically.
 
-    def __init__(self, directory: str | Path, pipeline: str, window_start: str, window_end: str) -> None:
+    With ``resume=True`` an unfinished directory of an earlier attempt (no manifest yet) is kept:
+    the chunks listed in its ``_progress.json`` stay, anything after them is deleted, and
+    ``checkpoint`` holds what the last ``write(chunk, checkpoint=...)`` stored, for the source to
+    continue from. A finished directory (with a manifest) is always started afresh.
+    """
+
+    def __init__(self, directory: str | Path, pipeline: str, window_start: str, window_end: str,
+                 resume: bool = False) -> None:
         self.directory = Path(directory)
+        self.manifest = Manifest(pipeline, window_start, window_end, str(self.directory))
+        self.checkpoint: dict | None = None
+        progress = self.directory / PROGRESS
+        if resume and progress.is_file() and not (self.directory / MANIFEST).is_file():
+            saved = json.loads(progress.read_text())
+            self.manifest.files, self.manifest.records = list(saved["files"]), int(saved["records"])
+            self.checkpoint = saved.get("checkpoint")
+            for leftover in self.directory.glob("part-*.parquet"):
+                if leftover.name not in self.manifest.files:
+                    leftover.unlink()
+            return
         if self.directory.exists():
             shutil.rmtree(self.directory)
         self.directory.mkdir(parents=True)
-        self.manifest = Manifest(pipeline, window_start, window_end, str(self.directory))
 
-    def write(self, chunk: pa.Table) -> None:
+    def write(self, chunk: pa.Table, checkpoint: dict | None = None) -> None:
         name = f"part-{len(self.manifest.files):05d}.parquet"
         pq.write_table(chunk, self.directory / name)
         self.manifest.files.append(name)
         self.manifest.records += chunk.num_rows
+        if checkpoint is not None:  # resume point: written after the chunk it covers, atomically
+            tmp = self.directory / (PROGRESS + ".tmp")
+            tmp.write_text(json.dumps({"files": self.manifest.files, "records": self.manifest.records,
+                                       "checkpoint": checkpoint}, default=str))
+            tmp.replace(self.directory / PROGRESS)
 
-    def close(self, max_cursor: str | None) -> Manifest:
+    def close(self, max_cursor: str | None, metrics: dict | None = None) -> Manifest:
         self.manifest.max_cursor = max_cursor
+        self.manifest.metrics = metrics or {}
         tmp = self.directory / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(self.manifest.to_dict(), indent=1))
         tmp.replace(self.directory / MANIFEST)

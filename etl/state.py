@@ -76,6 +76,7 @@ def state_tables(schema: str | None = None) -> tuple[Table, Table]:
         Column("finished_at", _TS, nullable=False),
         Column("duration_s", Float),
         Column("message", Text),
+        Column("metrics", Text),  # JSON: what the source's request loop did (REST sources)
     )
     return state, runs
 

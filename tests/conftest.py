@@ -73,14 +73,15 @@ def pg_databases() -> Iterator:
             with admin.connect() as conn:
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
         except Exception as exc:  # noqa: BLE001
-            unavailable("PostgreSQL at 127.0.0.1:5432", exc)
+            unavailable(f"PostgreSQL at {PG_ADMIN.host}:{PG_ADMIN.port}", exc)
         made.append(name)
         return PG_ADMIN.set(database=name)
 
     yield make
-    with admin.connect() as conn:
-        for name in made:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    if made:
+        with admin.connect() as conn:
+            for name in made:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
@@ -100,7 +101,7 @@ def mariadb_url() -> Iterator[URL]:
             conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
     except Exception as exc:  # noqa: BLE001
         admin.dispose()
-        unavailable("MariaDB at 127.0.0.1:3306", exc)
+        unavailable(f"MariaDB at {MARIADB_ADMIN.host}:{MARIADB_ADMIN.port}", exc)
     yield MARIADB_ADMIN.set(database=name)
     with admin.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
@@ -158,3 +159,13 @@ def connections(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
 
     return define
+
+
+@pytest.fixture(autouse=True)
+def _no_airflow_connection_lookup():
+    """Airflow task bodies switch on Airflow's connection lookup in-process; keep it from leaking."""
+    from etl import connections as conns
+
+    conns.use_lookup(None)
+    yield
+    conns.use_lookup(None)

@@ -1,0 +1,374 @@
+"""The one request loop of the REST source: everything else plugs into it as a strategy.
+
+``RestClient.pages(window)`` yields one ``Page`` per response. Per request it: checks the window's
+deadline, takes a token from the rate limiter, goes through the host's circuit breaker, sends with
+connect/read timeouts and the auth callable, refreshes an OAuth2 token once on 401, retries
+transient failures (connection errors, timeouts, 5xx, 429) with full-jitter backoff or the server's
+``Retry-After``, and fails on anything else with a message naming the method, the URL (secrets
+redacted), the status and an excerpt of the body. The paginator decides the next request; a state
+seen twice is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import string
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import pybreaker
+import requests
+import tenacity
+
+from connectors.rest.auth import auth_from_connection
+from connectors.rest.jsonpath import MISSING, select
+from connectors.rest.paginators import State, paginator_for
+from connectors.rest.reliability import (
+    BreakerOpen,
+    DeadlineExceeded,
+    Metrics,
+    TokenBucket,
+    TransientError,
+    breaker_for,
+    parse_retry_after,
+)
+from connectors.rest.spec import RestSourceSpec
+from etl.errors import SourceError
+from etl.logs import event
+from etl.window import Window
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDERS = {"start", "end", "start_epoch", "end_epoch", "start_date", "end_date"}
+SENSITIVE_PARAM = re.compile(r"key|token|secret|password|passwd|signature|sig|auth|credential", re.I)
+EXCERPT = 300
+
+
+def render_params(params: dict[str, Any], window: Window | None) -> dict[str, Any]:
+    """Fill the window into string parameter values; with ``window=None`` only check the placeholders.
+
+    Placeholders: ``{start}``/``{end}`` (ISO-8601, UTC), ``{start_epoch}``/``{end_epoch}`` (epoch seconds),
+    ``{start_date}``/``{end_date}`` (YYYY-MM-DD).
+    """
+    out: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    if window is not None:
+        values = {
+            "start": window.start.isoformat().replace("+00:00", "Z"),
+            "end": window.end.isoformat().replace("+00:00", "Z"),
+            "start_epoch": int(window.start.timestamp()),
+            "end_epoch": int(window.end.timestamp()),
+            "start_date": window.start.date().isoformat(),
+            "end_date": window.end.date().isoformat(),
+        }
+    for name, value in params.items():
+        if not isinstance(value, str):
+            out[name] = value
+            continue
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"params.{name}: {value!r} is not a valid template ({exc})") from None
+        unknown = fields - PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"params.{name}: unknown placeholder(s) {sorted(unknown)} (expected any of "
+                             f"{sorted(PLACEHOLDERS)}; write {{{{ and }}}} for literal braces)")
+        out[name] = value.format(**values) if window is not None else value
+    return out
+
+
+def base_url(fields: dict[str, Any]) -> str:
+    """The API's base URL from a connection: ``https://host:port/path``.
+
+    ``host`` may be a full URL. Otherwise the scheme is the URI scheme / ``conn_type`` when it is
+    http(s) (``AIRFLOW_CONN_API=https://...``), or ``schema`` when that is http(s) (Airflow's HTTP
+    connection convention), else https; a ``schema`` that is not a scheme is the base path.
+    """
+    host = str(fields.get("host") or "")
+    schema = str(fields.get("schema") or "")
+    if "://" in host:
+        return host.rstrip("/") + "/" + (schema.strip("/") + "/" if schema and schema not in ("http", "https") else "")
+    conn_type = str(fields.get("conn_type") or "").lower()
+    if schema in ("http", "https"):
+        scheme, path = schema, ""
+    else:
+        scheme, path = (conn_type if conn_type in ("http", "https") else "https"), schema
+    port = f":{fields['port']}" if fields.get("port") else ""
+    return f"{scheme}://{host}{port}/" + (path.strip("/") + "/" if path.strip("/") else "")
+
+
+class Redactor:
+    """Masks secret values anywhere in a text, and sensitive query parameters and userinfo in URLs."""
+
+    def __init__(self, secrets: Any = ()) -> None:
+        self.source = secrets  # an object with .secrets (may grow: OAuth2 tokens), or a sequence
+        _LIBRARY_LOG_FILTER.redactors.add(self)
+
+    def _secrets(self) -> list[str]:
+        values = getattr(self.source, "secrets", self.source) or ()
+        return sorted({str(s) for s in values if s and len(str(s)) >= 4}, key=len, reverse=True)
+
+    def text(self, text: str) -> str:
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return text
+
+    def url(self, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            query = [(k, "***" if SENSITIVE_PARAM.search(k) else v) for k, v in parse_qsl(parts.query, True)]
+            netloc = parts.hostname or ""
+            if parts.port:
+                netloc += f":{parts.port}"
+            url = urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*:"), ""))
+        except ValueError:
+            url = "<unparseable url>"
+        return self.text(url)
+
+
+class _SecretFilter(logging.Filter):
+    """Masks the secrets of live clients in the records of urllib3 and requests (their DEBUG lines hold URLs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactors = list(self.redactors)
+        if redactors:
+            message = record.getMessage()
+            for redactor in redactors:
+                message = redactor.text(message)
+            record.msg, record.args = message, ()
+        return True
+
+
+_LIBRARY_LOG_FILTER = _SecretFilter()
+for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection", "requests"):
+    logging.getLogger(_name).addFilter(_LIBRARY_LOG_FILTER)
+
+
+@dataclass
+class Page:
+    """One response of the loop: its records, the state that fetched it, its number, the next page's state."""
+
+    records: list[Any]
+    state: State
+    number: int
+    response: requests.Response
+    next_state: State | None = None
+
+
+class RestClient:
+    """Pages of one endpoint for one window, with auth, rate limit, retries, breaker and deadline.
+
+    Args:
+        spec: the ``source:`` block of the pipeline.
+        fields: the connection's fields (``etl.connections.connection_fields``); hold the secrets.
+        session: a ``requests.Session`` to reuse (connection pooling); one is made when omitted.
+    """
+
+    def __init__(self, spec: RestSourceSpec, fields: dict[str, Any], session: requests.Session | None = None) -> None:
+        self.spec = spec
+        self.session = session or requests.Session()
+        self.session.headers.update({"Accept": "application/json", **spec.headers})
+        self.timeout = (spec.timeouts.connect, spec.timeouts.read)
+        self.auth = auth_from_connection(spec.connection, spec.auth, fields, self.timeout)
+        self.redact = Redactor(self.auth)
+        self.base = base_url(fields)
+        self.url = spec.endpoint if "://" in spec.endpoint else urljoin(self.base, spec.endpoint.lstrip("/"))
+        origin = urlsplit(self.url)
+        self.origin = f"{origin.scheme}://{origin.netloc.rpartition('@')[2]}"
+        self.paginator = paginator_for(spec.paginator)
+        self.limiter = TokenBucket(spec.rate_limit.requests_per_second, spec.rate_limit.burst) \
+            if spec.rate_limit else None
+        self.breaker = breaker_for(self.origin, spec.breaker.failures, spec.breaker.cooldown)
+        self.metrics = Metrics()
+        self.deadline_at = time.monotonic() + spec.deadline.total_seconds()
+        self._last_failure = ""
+
+    # ---- the loop ----
+
+    def pages(self, window: Window, start: State | None = None, first_number: int = 1) -> Iterator[Page]:
+        """Every page of the window, first to last (or from ``start``, a checkpointed state)."""
+        params = render_params(self.spec.params, window.widened(self.spec.lag))
+        state: State | None = start if start is not None else self.paginator.initial_state()
+        seen: set[str] = set()
+        number = first_number - 1
+        while state is not None:
+            fingerprint = json.dumps(state, sort_keys=True, default=str)
+            if fingerprint in seen:
+                raise SourceError(self.redact.text(
+                    f"{self.spec.method} {self.redact.url(self.url)}: the API sent the same pagination state "
+                    f"twice ({fingerprint}) after page {number}; stopping instead of looping forever"))
+            seen.add(fingerprint)
+            if number >= self.spec.max_pages:
+                raise SourceError(
+                    f"{self.spec.method} {self.redact.url(self.url)}: more than max_pages={self.spec.max_pages} pages "
+                    f"in window {window.key}; raise source.max_pages if this is expected")
+            url, page_params = self.paginator.prepare(state, self.url, params)
+            if not url.startswith(self.origin + "/") and url != self.origin:
+                raise SourceError(self.redact.text(
+                    f"the next page's URL {self.redact.url(url)} is not on {self.origin}; refusing to send "
+                    "credentials to another host"))
+            response = self.request(url, page_params)
+            body = self._json(response)
+            records = select(body, self.spec.records)
+            if records is MISSING or records is None:
+                records = [] if records is None else self._no_records(response, body)
+            if not isinstance(records, list):
+                raise SourceError(self._describe(response, f"records path {self.spec.records!r} holds "
+                                                           f"{type(records).__name__}, expected a list"))
+            number += 1
+            self.metrics.pages += 1
+            self.metrics.records += len(records)
+            if self.metrics.records > self.spec.max_records:
+                raise SourceError(f"{self.spec.method} {self.redact.url(self.url)}: more than "
+                                  f"max_records={self.spec.max_records} records in window {window.key}; raise "
+                                  "source.max_records if this is expected")
+            event(log, "page", url=self.redact.url(response.url), page=number, records=len(records))
+            try:
+                next_state = self._scrub(self.paginator.advance(state, response, body, records))
+            except SourceError as exc:
+                raise SourceError(self._describe(response, str(exc))) from None
+            yield Page(records, state, number, response, next_state)
+            state = next_state
+
+    def _scrub(self, state: State | None) -> State | None:
+        """Drop a query-parameter API key that an API echoed into its next-page URL.
+
+        States are checkpointed to disk and named in errors; the auth adds the key to every request anyway.
+        """
+        name = getattr(self.auth, "name", None) if getattr(self.auth, "location", None) == "query" else None
+        if state is None or name is None or not isinstance(state.get("url"), str):
+            return state
+        parts = urlsplit(state["url"])
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != name]
+        return {**state, "url": urlunsplit((*parts[:3], urlencode(query), parts.fragment))}
+
+    def _no_records(self, response: requests.Response, body: Any) -> list[Any]:
+        keys = sorted(body)[:10] if isinstance(body, dict) else type(body).__name__
+        raise SourceError(self._describe(response, f"records path {self.spec.records!r} not found in the body "
+                                                   f"(top-level keys: {keys})"))
+
+    def _json(self, response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise SourceError(self._describe(response, f"the body is not valid JSON ({exc})")) from None
+
+    def _describe(self, response: requests.Response, problem: str) -> str:
+        excerpt = response.text[:EXCERPT] if response.content is not None else ""
+        return self.redact.text(f"{response.request.method} {self.redact.url(response.url)} -> HTTP "
+                                f"{response.status_code}: {problem}; body: {excerpt!r}")
+
+    # ---- one request, with retries ----
+
+    def request(self, url: str, params: dict[str, Any]) -> requests.Response:
+        """Send one page request; retried per the spec's ``retries``; raises ``SourceError`` when it fails."""
+        retries = self.spec.retries
+        jitter = tenacity.wait_random_exponential(multiplier=retries.backoff, max=retries.max_backoff)
+
+        def wait(rs: tenacity.RetryCallState) -> float:
+            exc = rs.outcome.exception() if rs.outcome is not None else None  # type: ignore[union-attr]
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                return min(retry_after, retries.max_retry_after)
+            return jitter(rs)
+
+        out_of_time = False
+
+        def stop(rs: tenacity.RetryCallState) -> bool:
+            nonlocal out_of_time
+            if rs.attempt_number >= retries.max_attempts:
+                return True
+            out_of_time = time.monotonic() + (rs.upcoming_sleep or 0) >= self.deadline_at
+            return out_of_time
+
+        def before_sleep(rs: tenacity.RetryCallState) -> None:
+            self.metrics.retries += 1
+            self.metrics.retry_wait_s += rs.upcoming_sleep
+            log.warning("retrying %s in %.2fs (attempt %d of %d): %s", self.redact.url(url), rs.upcoming_sleep,
+                        rs.attempt_number + 1, retries.max_attempts, rs.outcome.exception())  # type: ignore[union-attr]
+
+        retrying = tenacity.Retrying(stop=stop, wait=wait, retry=tenacity.retry_if_exception_type(TransientError),
+                                     before_sleep=before_sleep, reraise=True)
+        try:
+            return retrying(self._attempt, url, params)
+        except TransientError as exc:
+            why = (f"the window's deadline ({self.spec.deadline}) would pass before the next attempt"
+                   if out_of_time else f"{retries.max_attempts} attempt(s)")
+            raise SourceError(self.redact.text(f"{exc} (gave up after {why})")) from None
+
+    def _attempt(self, url: str, params: dict[str, Any]) -> requests.Response:
+        remaining = self.deadline_at - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"{self.spec.method} {self.redact.url(url)}: the window's deadline "
+                                   f"({self.spec.deadline}) passed")
+        if self.limiter is not None:
+            waited = self.limiter.acquire()
+            if waited > 0:
+                self.metrics.throttled_waits += 1
+                self.metrics.throttled_wait_s += waited
+        before = self.breaker.current_state
+        try:
+            return self.breaker.call(self._send, url, params, remaining)
+        except pybreaker.CircuitBreakerError:
+            raise BreakerOpen(self.redact.text(
+                f"{self.spec.method} {self.redact.url(url)}: circuit breaker for {self.origin} is open after "
+                f"{self.spec.breaker.failures} consecutive failures (last: {self._last_failure}); failing fast, "
+                f"one probe request is let through {self.spec.breaker.cooldown:g}s after it opened")) from None
+        finally:
+            if before != "open" and self.breaker.current_state == "open":
+                self.metrics.breaker_trips += 1
+
+    def _send(self, url: str, params: dict[str, Any], remaining: float) -> requests.Response:
+        timeout = (min(self.timeout[0], remaining), min(self.timeout[1], remaining))
+        refreshed = False
+        while True:
+            self.metrics.requests += 1
+            started = time.monotonic()
+            try:
+                response = self.session.request(self.spec.method, url, params=params or None, auth=self.auth,
+                                                timeout=timeout)
+            except SourceError as exc:  # raised by an auth strategy (token endpoint)
+                raise SourceError(self.redact.text(str(exc))) from None
+            except TransientError as exc:  # the token endpoint is down or throttling: retried
+                self.metrics.token_requests = getattr(self.auth, "token_requests", 0)
+                self._last_failure = self.redact.text(str(exc))
+                raise TransientError(self._last_failure, exc.retry_after, exc.host_failure) from None
+            except requests.Timeout as exc:
+                self.metrics.response(None, time.monotonic() - started, 0)
+                self._last_failure = f"timeout ({type(exc).__name__}, connect {timeout[0]:g}s / read {timeout[1]:g}s)"
+                raise TransientError(f"{self.spec.method} {self.redact.url(url)}: {self._last_failure}") from None
+            except requests.RequestException as exc:
+                # Connection refused/reset, truncated body (ChunkedEncodingError), protocol errors.
+                self.metrics.response(None, time.monotonic() - started, 0)
+                self._last_failure = f"{type(exc).__name__}: {self._reason(exc)}"
+                raise TransientError(f"{self.spec.method} {self.redact.url(url)}: {self._last_failure}") from None
+            self.metrics.response(response.status_code, time.monotonic() - started, len(response.content or b""))
+            self.metrics.token_requests = getattr(self.auth, "token_requests", 0)
+            status = response.status_code
+            if status == 401 and hasattr(self.auth, "refresh") and not refreshed:
+                # An expired or revoked OAuth2 token: fetch a new one and try this request once more.
+                refreshed = True
+                self.auth.refresh()
+                continue
+            if status < 400:
+                return response
+            description = self._describe(response, response.reason or "error")
+            if status == 429 or status >= 500:
+                self._last_failure = f"HTTP {status}"
+                raise TransientError(description, retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                                     host_failure=status != 429)
+            raise SourceError(description + ("" if status != 401 else " (check the connection's credentials)"))
+
+    def _reason(self, exc: Exception) -> str:
+        # requests' messages quote the request path and query: secret values are masked before use.
+        return self.redact.text(str(exc))[:300]
