@@ -12,7 +12,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__UNIT_TEST_MODE := False
 export DRIFTLESS_STAGING_DIR := $(CURDIR)/.airflow/staging
 
-.PHONY: install demo test lint typecheck bench bench-deps constraints clean
+.PHONY: install demo test lint typecheck bench bench-deps constraints clean airflow browser-deps
 
 install: $(STAMP)
 
@@ -24,6 +24,15 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: install
 	$(BIN)/python scripts/demo.py
+
+# A local Airflow (api-server, scheduler, dag-processor) for trying pipelines and backfills by hand.
+airflow: install
+	$(BIN)/python -m etl.airflow_local up
+
+# Headless Chromium (Debian package) and playwright-core (npm, into tests/browser/node_modules) for the UI test.
+browser-deps:
+	command -v chromium >/dev/null || command -v google-chrome >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; }
+	test -f tests/browser/node_modules/.package-lock.json || npm ci --prefix tests/browser --no-audit --no-fund
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

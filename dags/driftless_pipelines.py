@@ -10,18 +10,23 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
 
+from etl.alerts import on_failure
+from etl.params import trigger_params
+from etl.pools import pool_name
 from etl.spec import PipelineSpec, load_spec, spec_files
 
 SPECS_DIR = Path(os.environ.get("DRIFTLESS_SPECS_DIR") or Path(__file__).parent / "pipelines")
 
 DEFAULT_ARGS = {
     "owner": "driftless",
-    "retries": 3,
-    "retry_delay": timedelta(seconds=30),
+    # Retries wait 30 s, 60 s, 120 s ... (at most 30 min); DRIFTLESS_TASK_RETRIES / _RETRY_DELAY_S tune them.
+    "retries": int(os.environ.get("DRIFTLESS_TASK_RETRIES", "3")),
+    "retry_delay": timedelta(seconds=float(os.environ.get("DRIFTLESS_RETRY_DELAY_S", "30"))),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
+    "on_failure_callback": on_failure,  # posts to the webhook of the driftless_alerts Connection, if any
 }
 
 
@@ -51,24 +56,21 @@ def build_dag(spec_path: Path):
         auto_register=False,
         default_args=DEFAULT_ARGS,
         tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
-        params={
-            "start": Param(None, type=["null", "string"], format="date-time",
-                           description="Override the window start (ISO-8601); empty: the run's data interval"),
-            "end": Param(None, type=["null", "string"], format="date-time",
-                         description="Override the window end (exclusive); empty: the run's data interval"),
-        },
+        params=trigger_params(),  # start/end, full_refresh, dry_run: see etl/params.py
         doc_md=f"Sync `{spec.source.table or getattr(spec.source, 'endpoint', None) or 'query'}` "
-        f"into `{spec.target.table}` window by window. "
-        f"Spec: `{spec_path.name}`.",
+        f"into `{spec.target.table}` window by window. Spec: `{spec_path.name}`. "
+        "Trigger options: `start`/`end` (both or neither), `full_refresh`, `dry_run`.",
     )
     def pipeline():
+        if spec.partition_by:
+            return partitioned(spec, spec_path)
         @task
         def extract(**context) -> dict:
             from etl import airflow_tasks
 
             return airflow_tasks.extract(str(spec_path), context)
 
-        @task(outlets=[target_asset(spec)])
+        @task(outlets=[target_asset(spec)], pool=pool_name(spec))
         def load(manifest: dict, **context) -> dict:
             from etl import airflow_tasks
 
@@ -83,6 +85,30 @@ def build_dag(spec_path: Path):
         reconcile(load(extract()))
 
     return pipeline()
+
+
+def partitioned(spec: PipelineSpec, spec_path: Path) -> None:
+    """Partitioned shape: plan -> sync_slice (mapped, one per slice) -> finish (moves the watermark)."""
+
+    @task
+    def plan(**context) -> list[dict]:
+        from etl import airflow_tasks
+
+        return airflow_tasks.plan_slices(str(spec_path), context)
+
+    @task(pool=pool_name(spec), max_active_tis_per_dagrun=int(os.environ.get("DRIFTLESS_MAX_SLICES", "16")))
+    def sync_slice(part: dict, **context) -> dict:
+        from etl import airflow_tasks
+
+        return airflow_tasks.sync_slice(str(spec_path), part, context)
+
+    @task(outlets=[target_asset(spec)], pool=pool_name(spec))
+    def finish(results: list[dict], **context) -> dict:
+        from etl import airflow_tasks
+
+        return airflow_tasks.finish(str(spec_path), results, context)
+
+    finish(sync_slice.expand(part=plan()))
 
 
 for _path in spec_files(SPECS_DIR):

@@ -151,8 +151,13 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     return manifest
 
 
-def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: str) -> WindowResult:
-    """Merge the staged records into the target; data, watermark and run record commit together."""
+def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: str,
+                advance_watermark: bool = True) -> WindowResult:
+    """Merge the staged records into the target; data, watermark and run record commit together.
+
+    With ``advance_watermark=False`` (one slice of a partitioned window) the slice's data and run
+    record commit and the watermark stays; ``etl.partitions.finish_window`` moves it once every slice is in.
+    """
     started_at = datetime.now(UTC)
     t0 = time.monotonic()
     url = resolve_url(spec.target.connection)
@@ -185,8 +190,9 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                     f"extracted {result.extracted} records but loaded {result.loaded} + quarantined "
                     f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
                 )
-            result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor, run_id,
-                                             schema)
+            if advance_watermark:  # partition slices leave it to the window's final task
+                result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor,
+                                                 run_id, schema)
             result.duration_s = time.monotonic() - t0
             record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
                        window_end=window.end, status="success", extracted=result.extracted,

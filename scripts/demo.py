@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import create_engine  # noqa: E402
 
+from etl.airflow_local import ensure_pools  # noqa: E402
 from etl.demo import prepare_source  # noqa: E402
 from etl.reconcile import table_fingerprint  # noqa: E402
 from etl.spec import load_spec  # noqa: E402
@@ -69,6 +70,8 @@ def main() -> None:
     })
     print(f"  source     {source}\n  warehouse  {warehouse}\n  AIRFLOW_HOME {env['AIRFLOW_HOME']}")
     sh("airflow", "db", "migrate", env=env)
+    pools = ensure_pools(env, REPO / "dags" / "pipelines")  # one pool per target connection (etl/pools.py)
+    print(f"  ok  pools {', '.join(pools)}")
     token = secrets.token_urlsafe(24)  # the REST pipeline's bearer token, known to the API and the connection
     api, api_url = start_api(token)
     host, port = api_url.removeprefix("http://").split(":")

@@ -1,0 +1,64 @@
+"""DAG parse time with many pipeline specs: DagBag over dags/ with N generated specs (goal: < 1 s for 50).
+
+    python benchmarks/bench_dags.py --n 50      # prints one JSON line
+
+``run(n)`` is what ``make bench`` calls; it returns the measurement as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def write_specs(directory: Path, n: int) -> None:
+    """N specs like the shipped ones: three target connections, every fifth one partitioned by day."""
+    from tests.helpers import INVOICES
+
+    for i in range(n):
+        spec = json.loads(json.dumps(INVOICES))
+        spec["name"] = f"bench_pipeline_{i:03d}"
+        spec["target"] = {"connection": f"wh{i % 3}", "table": f"invoices_{i:03d}"}
+        if i % 5 == 0:
+            spec["partition_by"] = "day"
+        (directory / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec))
+
+
+def run(n: int = 50) -> dict:
+    """Parse dags/ with ``n`` generated specs through Airflow's DagBag; returns counts and seconds."""
+    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="driftless-bench-airflow-"))
+    os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+    from airflow.dag_processing.dagbag import DagBag
+
+    previous = os.environ.get("DRIFTLESS_SPECS_DIR")
+    with tempfile.TemporaryDirectory(prefix="driftless-bench-specs-") as tmp:
+        write_specs(Path(tmp), n)
+        os.environ["DRIFTLESS_SPECS_DIR"] = tmp
+        try:
+            started = time.perf_counter()
+            bag = DagBag(dag_folder=str(REPO / "dags"))
+            elapsed = time.perf_counter() - started
+        finally:
+            if previous is None:
+                os.environ.pop("DRIFTLESS_SPECS_DIR", None)
+            else:
+                os.environ["DRIFTLESS_SPECS_DIR"] = previous
+    return {"dag_specs": n, "dags": len(bag.dags), "import_errors": len(bag.import_errors),
+            "dag_parse_s": round(elapsed, 3), "dag_parse_ms_per_dag": round(1000 * elapsed / max(n, 1), 2),
+            "dag_parse_goal_met": elapsed < 1.0}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50)
+    print(json.dumps(run(parser.parse_args().n)))

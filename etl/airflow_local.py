@@ -1,0 +1,264 @@
+"""A local Airflow for trying driftless by hand (``make airflow``) and for the tests that need a real one.
+
+``python -m etl.airflow_local up`` migrates the metadata database (``$DRIFTLESS_AIRFLOW_DB``, else
+the database ``driftless_airflow`` on the local PostgreSQL, else SQLite in ``$AIRFLOW_HOME``),
+creates one pool per target connection, starts the api-server, scheduler and dag-processor
+(LocalExecutor) on 127.0.0.1, prints the URL and the login, and stops all three cleanly on Ctrl-C.
+``python -m etl.airflow_local pools`` only (re)creates the pools.
+
+Login: the simple auth manager with one admin user. Its user list is ``[core]
+simple_auth_manager_users``; its passwords live in the JSON file ``[core]
+simple_auth_manager_passwords_file``, which this module writes (``admin``/``admin`` unless
+``DRIFTLESS_AIRFLOW_PASSWORD`` says otherwise). For local use only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from etl.pools import pools_for, slots
+
+REPO = Path(__file__).resolve().parent.parent
+COMPONENTS = ("api-server", "scheduler", "dag-processor")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def airflow_env(home: Path, port: int, user: str = "admin", password: str = "admin",
+                base: dict[str, str] | None = None, metadata_db: str | None = None) -> dict[str, str]:
+    """The environment of every Airflow process of a local stack rooted at ``home``.
+
+    ``metadata_db`` is a SQLAlchemy URL of Airflow's metadata database (default: SQLite in ``home``).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    passwords = home / "simple_auth_manager_passwords.json"
+    passwords.write_text(json.dumps({user: password}))
+    secret_file = home / "driftless-jwt-secret"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_hex(32))
+    env = dict(os.environ if base is None else base)
+    bin_dir = str(Path(sys.executable).parent)
+    env.update({
+        "PATH": f"{bin_dir}:{env.get('PATH', '')}",
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": env.get("AIRFLOW__CORE__DAGS_FOLDER") or str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM") or "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__API__WORKERS": "1",
+        # All components must sign and check task tokens with one secret.
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": env.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL") or "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "DRIFTLESS_STAGING_DIR": env.get("DRIFTLESS_STAGING_DIR") or str(home / "staging"),
+    })
+    if metadata_db:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_db
+        if metadata_db.startswith("postgresql+psycopg://"):  # psycopg 3 is async too; no asyncpg needed
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = metadata_db
+    return env
+
+
+def local_postgres_metadata(name: str = "driftless_airflow") -> str | None:
+    """A metadata database on the local PostgreSQL (created if absent), or None when it is unreachable.
+
+    Airflow refuses to create backfills on SQLite while other components use the database ("Backfill
+    creation is not supported on SQLite under concurrent access"), so ``make airflow`` prefers PostgreSQL.
+    """
+    from sqlalchemy import URL, create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    admin = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
+                       host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),
+                       port=int(os.environ.get("DRIFTLESS_PG_PORT", "5432")), database="postgres")
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                conn.execute(text(f'CREATE DATABASE "{name}"'))  # name: a fixed identifier, not input
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return admin.set(database=name).render_as_string(hide_password=False)
+
+
+def run_airflow(env: dict[str, str], *args: str, timeout: float = 600) -> str:
+    proc = subprocess.run(["airflow", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def ensure_pools(env: dict[str, str], specs_dir: str | Path) -> dict[str, str]:
+    """Create or update one pool per target connection (``airflow pools import``, one CLI call)."""
+    pools = pools_for(specs_dir)
+    if not pools:
+        return pools
+    path = Path(env["AIRFLOW_HOME"]) / "driftless-pools.json"
+    path.write_text(json.dumps({name: {"slots": slots(env), "description": desc, "include_deferred": False}
+                                for name, desc in pools.items()}))
+    run_airflow(env, "pools", "import", str(path))
+    return pools
+
+
+def setup(env: dict[str, str], specs_dir: str | Path) -> None:
+    """Migrate the metadata database and create the pools."""
+    run_airflow(env, "db", "migrate")
+    ensure_pools(env, specs_dir)
+
+
+class LocalAirflow:
+    """The api-server, scheduler and dag-processor of one Airflow home, as child processes."""
+
+    def __init__(self, env: dict[str, str], port: int, user: str = "admin", password: str = "admin") -> None:
+        self.env, self.port, self.user, self.password = env, port, user, password
+        self.url = f"http://127.0.0.1:{port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = Path(env["AIRFLOW_HOME"]) / "component-logs"
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for name in COMPONENTS:
+            args = ["airflow", name] + (["--port", str(self.port), "--host", "127.0.0.1"] if name == "api-server"
+                                        else [])
+            out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+            # A session of its own: Ctrl-C reaches only this process, which stops the children in order.
+            self.procs[name] = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"Airflow api-server not ready at {self.url} after {timeout:.0f}s; see {self.logs}")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail}")
+
+    def token(self) -> str:
+        """A JWT for the REST API (the simple auth manager's ``POST /auth/token``)."""
+        r = requests.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password},
+                          timeout=30)
+        r.raise_for_status()
+        return r.json()["access_token"]
+
+    def api(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
+        r = requests.request(method, f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {token}"},
+                             timeout=60, **kwargs)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:1000]}")
+        return r.json() if r.content else None
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM every component's process group, then SIGKILL what is left after ``timeout``."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in self.procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # the group: task runners the component started
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def _demo_connections(env: dict[str, str]) -> None:
+    """Point the shipped specs' connections at the demo's SQLite files, unless already defined."""
+    from etl.demo import prepare_source
+
+    demo = REPO / ".demo"
+    if "AIRFLOW_CONN_CHINOOK" not in env:
+        source = demo / "source.db"
+        if not source.exists():
+            prepare_source(source)
+        env["AIRFLOW_CONN_CHINOOK"] = f"sqlite:///{source}"
+    env.setdefault("AIRFLOW_CONN_WAREHOUSE", f"sqlite:///{demo / 'warehouse.db'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m etl.airflow_local", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "pools"])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DRIFTLESS_AIRFLOW_PORT", "8080")))
+    parser.add_argument("--specs-dir",
+                        default=os.environ.get("DRIFTLESS_SPECS_DIR") or str(REPO / "dags" / "pipelines"))
+    args = parser.parse_args(argv)
+    home = Path(os.environ.get("AIRFLOW_HOME") or REPO / ".airflow")
+    password = os.environ.get("DRIFTLESS_AIRFLOW_PASSWORD", "admin")
+    metadata = os.environ.get("DRIFTLESS_AIRFLOW_DB")
+    if args.command == "up" and not metadata:
+        metadata = local_postgres_metadata()
+    env = airflow_env(home, args.port, password=password, metadata_db=metadata)
+    if args.command == "pools":
+        print("pools:", ", ".join(ensure_pools(env, args.specs_dir)) or "none")
+        return 0
+    _demo_connections(env)
+    where = "SQLite (backfills need PostgreSQL: set DRIFTLESS_AIRFLOW_DB)" if not metadata else metadata
+    print(f"driftless: preparing Airflow in {home} (metadata DB: {where}) ...", flush=True)
+    setup(env, args.specs_dir)
+    stack = LocalAirflow(env, args.port, password=password)
+
+    def _interrupt(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the stack as cleanly as Ctrl-C does
+    stack.start()
+    try:
+        stack.wait_ready()
+        print(f"\n  Airflow UI   {stack.url}\n  login        admin / {password}\n"
+              f"  logs         {stack.logs}\n  pools        {', '.join(pools_for(args.specs_dir))}\n"
+              "\nPress Ctrl-C to stop.", flush=True)
+        while True:
+            stack.check_alive()
+            time.sleep(2)
+    except KeyboardInterrupt:
+        print("\nstopping Airflow ...", flush=True)
+    finally:
+        stack.stop()
+        print("stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
