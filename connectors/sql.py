@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC
+from datetime import UTC, date, datetime
+from typing import Any, cast
 
 import pandas as pd
 from sqlalchemy import Engine, bindparam, column, create_engine, func, select, table, text
@@ -44,6 +45,8 @@ class SqlSource:
         cursor_spec = self.spec.column(self.source.cursor)
         cursor = src.c[cursor_spec.source_name]
         bound_type = sql_type(cursor_spec.type)
+        start: datetime | date
+        end: datetime | date
         start, end = window.widened(self.source.lag).start, window.end
         if cursor_spec.type == "timestamp":  # naive column: bounds as naive UTC
             start, end = start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
@@ -71,7 +74,7 @@ class SqlSource:
         except SQLAlchemyError as exc:
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
-                f"{redact(self.engine.url)} failed: {str(exc.orig or exc).strip().splitlines()[0]}"
+                f"{redact(self.engine.url)} failed: {str(cast(Any, exc).orig or exc).strip().splitlines()[0]}"
             ) from None
 
     def count(self, window: Window) -> int:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow.compute as pc
@@ -134,14 +134,16 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     progress = writer.checkpoint or {}
     max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
     if resumable:
+        assert source is not None  # only a source built here can be resumable
         source.resume_from(progress.get("source"), writer.manifest.tables)
-    for frame in source.read(window) if source is not None else frames:
+    for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
         chunk = staged.write(frame)
         if chunk.num_rows:
             chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
             if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
                 max_cursor = chunk_max
         if resumable:  # resume point, written after the chunk it covers
+            assert source is not None
             staged.save_progress({"source": source.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))

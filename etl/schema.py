@@ -43,7 +43,7 @@ def sql_type(type_name: str) -> TypeEngine[Any]:
         return Numeric(int(m["precision"]), int(m["scale"]), asdecimal=True)
     if m["varchar"]:
         return String(int(m["length"])) if m["length"] else Text()
-    return {
+    types: dict[str, TypeEngine[Any]] = {
         "smallint": SmallInteger(),
         "integer": Integer(),
         "bigint": BigInteger(),
@@ -58,7 +58,8 @@ def sql_type(type_name: str) -> TypeEngine[Any]:
         "date": Date(),
         # JSONB on PostgreSQL: plain JSON has no equality operator, which the merge's IS DISTINCT FROM needs.
         "json": JSON().with_variant(postgresql.JSONB(), "postgresql"),
-    }[m["simple"]]
+    }
+    return types[m["simple"]]
 
 
 def arrow_type(type_name: str) -> pa.DataType:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     BigInteger,
@@ -85,6 +85,12 @@ def state_tables(schema: str | None = None) -> tuple[Table, Table]:
     return state, runs
 
 
+@overload
+def as_utc(value: datetime | str) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+@overload
+def as_utc(value: datetime | str | None) -> datetime | None: ...
 def as_utc(value: datetime | str | None) -> datetime | None:
     """Datetimes come back naive from SQLite and MySQL; all stored values are UTC."""
     if value is None:

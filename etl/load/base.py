@@ -14,10 +14,12 @@ from sqlalchemy import (
     URL,
     Column,
     Connection,
+    Delete,
     Engine,
     MetaData,
     PrimaryKeyConstraint,
     Table,
+    Update,
     and_,
     create_engine,
     delete,
@@ -131,6 +133,7 @@ class Loader(ABC):
             written += max(conn.execute(flagged).rowcount, 0)
         if mode.detects_deletes and keys_table is not None:
             key_names = [c.name for c in target.primary_key.columns]
+            stmt: Update | Delete
             seen = exists().where(and_(*[keys_table.c[k] == target.c[k] for k in key_names]))
             if mode.deletes == "soft":
                 stmt = (update(target).where(target.c[DELETED_AT].is_(None), *in_scope, ~seen)

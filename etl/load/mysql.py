@@ -107,7 +107,9 @@ class MySqlLoader(Loader):
         stage = self.quote(self._stage_table(target).name)
         columns = ", ".join(self.quote(n) for n in chunk.column_names)
         texts = [as_text(chunk[n]) for n in chunk.column_names]
-        cursor = conn.connection.driver_connection.cursor()
+        raw = conn.connection.driver_connection
+        assert raw is not None  # a connection inside a transaction is checked out, never detached
+        cursor = raw.cursor()
         try:
             if self._local:
                 try:

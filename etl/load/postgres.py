@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import psycopg
 import pyarrow as pa
@@ -69,7 +70,9 @@ class PostgresLoader(Loader):
         buf = io.BytesIO()
         pacsv.write_csv(chunk, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
         columns = ", ".join(self.quote(name) for name in chunk.column_names)
-        cursor = conn.connection.driver_connection.cursor()
+        raw = conn.connection.driver_connection
+        assert raw is not None  # a connection inside a transaction is checked out, never detached
+        cursor = raw.cursor()
         stage = self.quote(self._stage_name(target))
         try:
             with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
@@ -154,7 +157,8 @@ class PostgresLoader(Loader):
             if target.primary_key.name and into.primary_key.name:
                 conn.exec_driver_sql(
                     f"ALTER TABLE {self.quote_table(target)} RENAME CONSTRAINT "
-                    f"{self.quote(into.primary_key.name)} TO {self.quote(target.primary_key.name)}"
+                    f"{self.quote(cast(str, into.primary_key.name))} "
+                    f"TO {self.quote(cast(str, target.primary_key.name))}"
                 )
         keys_table = Table(stage_name, MetaData(), *[Column(k, target.c[k].type) for k in key_names])
         return written + self.apply_deletes(conn, target, mode, keys_table)

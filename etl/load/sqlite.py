@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from contextlib import contextmanager
 from typing import Any
 
@@ -103,6 +103,7 @@ class SqliteLoader(Loader):
             self._statements[key] = self._statement(into, target, columns)
         values = sqlite_columns(chunk, json_columns(target))
         raw = conn.connection.driver_connection
+        assert raw is not None  # a connection inside engine.begin() is checked out, never detached
         # Rows arrive ordered by cursor, so of two rows with one key the later (newer) one wins.
         try:
             cursor = raw.executemany(self._statements[key], zip(*values, strict=True))
@@ -127,7 +128,7 @@ class SqliteLoader(Loader):
         return self.apply_deletes(conn, target, mode, keys)
 
 
-def sqlite_columns(chunk: pa.Table, json_cols: set[str] = frozenset()) -> list[list[Any]]:
+def sqlite_columns(chunk: pa.Table, json_cols: Set[str] = frozenset()) -> list[list[Any]]:
     """A chunk's columns as lists of the Python values SQLAlchemy's SQLite types bind."""
     out = []
     for name in chunk.column_names:

@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from sqlalchemy import URL, Engine, MetaData, Table, text
+from sqlalchemy import URL, Connection, Engine, MetaData, Table, text
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from etl.connections import redact
@@ -137,7 +138,7 @@ class _Side:
                 f"(it has: {', '.join(c.name for c in self.table.columns)})"
             )
         self.sql_table = self.d.table(table, schema)
-        self._conn = None
+        self._conn: Connection | None = None
         self.columns = columns
         self.keys = keys
 
@@ -442,7 +443,7 @@ class DeepDiff:
         while ranges:
             next_ranges = []
             for batch in _chunks(ranges, RANGES_PER_QUERY):
-                sb, tb = self._both(lambda s, batch=batch, width=width: s.int_buckets_in(lo, width, batch))
+                sb, tb = self._both(partial(_Side.int_buckets_in, base=lo, width=width, ranges=batch))
                 for b in sorted(set(sb) | set(tb)):
                     a, c = sb.get(b, (0, 0)), tb.get(b, (0, 0))
                     if a == c:
@@ -454,7 +455,7 @@ class DeepDiff:
                         next_ranges.append(rng)
             ranges, width = _merge_ranges(next_ranges), max(1, width // SPLIT)
         for batch in _chunks(_merge_ranges(leaves), RANGES_PER_QUERY):
-            src_rows, tgt_rows = self._both(lambda s, batch=batch: s.rows_in(batch))
+            src_rows, tgt_rows = self._both(partial(_Side.rows_in, ranges=batch))
             self._compare(src_rows, tgt_rows)
 
     def _generic_range(self, lo: Key | None, hi: Key | None, cs: int, ct: int) -> None:
@@ -468,7 +469,7 @@ class DeepDiff:
         cuts = [keys[i] for i in range(step, len(keys), step)]
         edges = [lo, *cuts, hi]
         for a, b in zip(edges, edges[1:], strict=False):
-            (ca, ha), (cb, hb) = self._both(lambda s, a=a, b=b: s.checksum(a, b))
+            (ca, ha), (cb, hb) = self._both(partial(_Side.checksum, lo=a, hi=b))
             if (ca, ha) != (cb, hb):
                 if len(edges) == 2:  # cannot split further: compare the rows
                     self._leaf(a, b)
