@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from typing import Any, cast
 
 import pandas as pd
 from sqlalchemy import Engine, bindparam, column, create_engine, func, select, table, text
@@ -74,7 +73,7 @@ class SqlSource:
         except SQLAlchemyError as exc:
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
-                f"{redact(self.engine.url)} failed: {str(cast(Any, exc).orig or exc).strip().splitlines()[0]}"
+                f"{redact(self.engine.url)} failed: {str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]}"
             ) from None
 
     def count(self, window: Window) -> int:

@@ -363,3 +363,4 @@ def test_dagbag_with_50_generated_specs_reports_parse_time(record_property):
     record_property("dag_parse_seconds_50_specs", result["dag_parse_s"])
     print(f"\nparsed {result['dags']} DAGs from 50 generated specs in {result['dag_parse_s']:.3f}s")
     assert (result["dags"], result["import_errors"]) == (50, 0)
+    assert result["dags_total"] == 51  # the 50 pipelines and the consistency report
