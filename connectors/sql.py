@@ -71,9 +71,10 @@ class SqlSource:
                     # missing attribute by building an exception (2 per row: half of a 1M-row extract).
                     yield pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
         except SQLAlchemyError as exc:
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
-                f"{redact(self.engine.url)} failed: {str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]}"
+                f"{redact(self.engine.url)} failed: {detail}"
             ) from None
 
     def count(self, window: Window) -> int:
