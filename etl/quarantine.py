@@ -58,7 +58,7 @@ from sqlalchemy.dialects import mysql
 from etl.errors import LoadError, ValidationFailed
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter
-from etl.state import _TS
+from etl.state import UTC_TIMESTAMP
 from etl.transform import convert_column
 from etl.validate import ChunkResult, Validator
 from etl.window import Window
@@ -83,14 +83,14 @@ def quarantine_table(schema: str | None = None) -> Table:
         Column("entry_key", String(64), nullable=False, comment="sha256 of the key values (or of the record)"),
         Column("record_key", Text, comment="JSON list of the primary key values; null when the key is invalid"),
         Column("run_id", String(255), nullable=False),
-        Column("window_start", _TS, nullable=False),
-        Column("window_end", _TS, nullable=False),
+        Column("window_start", UTC_TIMESTAMP, nullable=False),
+        Column("window_end", UTC_TIMESTAMP, nullable=False),
         Column("record", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False,
                comment="the record as extracted, JSON"),
         Column("errors", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False,
                comment="JSON list of {column, check, message}"),
-        Column("first_seen", _TS, nullable=False),
-        Column("last_seen", _TS, nullable=False),
+        Column("first_seen", UTC_TIMESTAMP, nullable=False),
+        Column("last_seen", UTC_TIMESTAMP, nullable=False),
         Column("times_seen", Integer, nullable=False),
         UniqueConstraint("pipeline", "entry_key", name="uq_etl_quarantine_entry"),
     )

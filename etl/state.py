@@ -41,7 +41,8 @@ from etl.window import Window
 STATE_TABLE = "etl_state"
 RUNS_TABLE = "etl_runs"
 
-_TS = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# A UTC timestamp column on every dialect (MySQL/MariaDB DATETIME keeps microseconds only with fsp=6).
+UTC_TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def state_tables(schema: str | None = None) -> tuple[Table, Table]:
@@ -51,12 +52,12 @@ def state_tables(schema: str | None = None) -> tuple[Table, Table]:
         md,
         Column("pipeline", String(128), primary_key=True),
         Column("cursor_column", String(128), nullable=False),
-        Column("watermark", _TS),
-        Column("max_cursor", _TS),
-        Column("last_window_start", _TS),
-        Column("last_window_end", _TS),
+        Column("watermark", UTC_TIMESTAMP),
+        Column("max_cursor", UTC_TIMESTAMP),
+        Column("last_window_start", UTC_TIMESTAMP),
+        Column("last_window_end", UTC_TIMESTAMP),
         Column("last_run_id", String(255)),
-        Column("updated_at", _TS, nullable=False),
+        Column("updated_at", UTC_TIMESTAMP, nullable=False),
     )
     runs = Table(
         RUNS_TABLE,
@@ -65,15 +66,15 @@ def state_tables(schema: str | None = None) -> tuple[Table, Table]:
                autoincrement=True),
         Column("run_id", String(255), nullable=False),
         Column("pipeline", String(128), nullable=False),
-        Column("window_start", _TS, nullable=False),
-        Column("window_end", _TS, nullable=False),
+        Column("window_start", UTC_TIMESTAMP, nullable=False),
+        Column("window_end", UTC_TIMESTAMP, nullable=False),
         Column("status", String(16), nullable=False),
         Column("extracted", BigInteger),
         Column("loaded", BigInteger),
         Column("written", BigInteger),
-        Column("watermark", _TS),
-        Column("started_at", _TS, nullable=False),
-        Column("finished_at", _TS, nullable=False),
+        Column("watermark", UTC_TIMESTAMP),
+        Column("started_at", UTC_TIMESTAMP, nullable=False),
+        Column("finished_at", UTC_TIMESTAMP, nullable=False),
         Column("duration_s", Float),
         Column("message", Text),
         Column("metrics", Text),  # JSON: what the source's request loop did (REST sources)

@@ -28,13 +28,12 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import Column, DateTime, Table
-from sqlalchemy.dialects import mysql
+from sqlalchemy import Column, Table
 
 from etl.errors import LoadError
+from etl.state import UTC_TIMESTAMP
 
 DELETED_AT = "_deleted_at"
-_TS = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class WriteMode:
     def table(self, target: Table) -> Table:
         """The target table as this mode writes it (adds ``_deleted_at`` for soft deletes)."""
         if self.soft_deletes and DELETED_AT not in target.c:
-            target.append_column(Column(DELETED_AT, _TS, nullable=True))
+            target.append_column(Column(DELETED_AT, UTC_TIMESTAMP, nullable=True))
         return target
 
     def prepare(self, chunk: pa.Table, target: Table) -> pa.Table:

@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
-    DateTime,
     Engine,
     Float,
     Integer,
@@ -26,10 +25,10 @@ from sqlalchemy import (
     inspect,
     select,
 )
-from sqlalchemy.dialects import mysql
+
+from etl.state import UTC_TIMESTAMP
 
 RECONCILIATION_TABLE = "etl_reconciliation"
-_TS = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def reconciliation_table(schema: str | None = None) -> Table:
@@ -42,15 +41,15 @@ def reconciliation_table(schema: str | None = None) -> Table:
         Column("pipeline", String(128), nullable=False),
         Column("kind", String(16), nullable=False),
         Column("check_name", String(128), nullable=False),
-        Column("window_start", _TS),
-        Column("window_end", _TS),
+        Column("window_start", UTC_TIMESTAMP),
+        Column("window_end", UTC_TIMESTAMP),
         Column("status", String(8), nullable=False),
         Column("source_value", String(64)),
         Column("target_value", String(64)),
         Column("difference", Float),
         Column("message", Text),
         Column("details", Text),
-        Column("checked_at", _TS, nullable=False),
+        Column("checked_at", UTC_TIMESTAMP, nullable=False),
     )
 
 
