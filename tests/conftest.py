@@ -122,6 +122,18 @@ def target_url(request: pytest.FixtureRequest) -> URL:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def wh(request, connections) -> URL:
+    """A fresh target database of each dialect, defined as connection id ``wh``."""
+    if request.param == "sqlite":
+        url = request.getfixturevalue("sqlite_url")
+    else:
+        request.applymarker(pytest.mark.integration)
+        url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mariadb_url")
+    connections(wh=url)
+    return url
+
+
 @pytest.fixture
 def another_target(request: pytest.FixtureRequest, target_url: URL, tmp_path: Path):
     """A factory of further empty databases of the same dialect as ``target_url``."""

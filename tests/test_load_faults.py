@@ -20,15 +20,6 @@ RUNNER = Path(__file__).resolve().parent / "load_runner.py"
 LOCK_NAME = "driftless:orders"
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def wh(request, connections) -> URL:
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_url")
-    else:
-        request.applymarker(pytest.mark.integration)
-        url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mariadb_url")
-    connections(wh=url)
-    return url
 
 
 def start_runner(spec, window, manifest, run_id, tmp_path, failpoint, sleep) -> tuple[subprocess.Popen, Path]:

@@ -6,23 +6,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import URL, create_engine, text
+from sqlalchemy import create_engine, text
 
 from etl.errors import LoadError, SpecError
 from etl.pipeline import load_window
 from tests.loadkit import ALL, DAY1, DAY2, T0, order, orders_spec, read_target, stage_rows, state_of
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def wh(request, connections) -> URL:
-    """A fresh target database of each dialect, defined as connection id ``wh``."""
-    if request.param == "sqlite":
-        url = request.getfixturevalue("sqlite_url")
-    else:
-        request.applymarker(pytest.mark.integration)
-        url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mariadb_url")
-    connections(wh=url)
-    return url
 
 
 def load(tmp_path, spec, window, rows, run_id="r", **kw):

@@ -199,15 +199,6 @@ class _Side:
         count, lo, hi = self.execute(f"SELECT COUNT(*), MIN({k}), MAX({k}) FROM {self.sql_table}", {})[0]
         return int(count), lo, hi
 
-    def int_buckets(self, lo: int, hi: int, width: int) -> dict[int, tuple[int, int]]:
-        """Count and hash sum per bucket ``(key - lo) DIV width`` of the integer range ``[lo, hi)``."""
-        params: dict[str, Any] = {"base": lo, "width": width}
-        k = self.d.quote(self.keys[0])
-        bucket = self.d.int_div(f"{k} - :base", ":width")
-        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {self.sql_table} "
-               f"WHERE {self.where((lo,), (hi,), params)} GROUP BY {bucket}")
-        return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
-
     def _ranges(self, ranges: list[tuple[int, int]], params: dict[str, Any]) -> str:
         k = self.d.quote(self.keys[0])
         parts = []
