@@ -4,7 +4,13 @@ PostgreSQL holds the source; the target is MariaDB (keys ``recon_*``) and SQLite
 ``recon_sqlite_*``). 150 differences are planted at random (seeded) keys: 50 changed rows (amount,
 name, timestamp or flag), 50 rows missing in the target, 50 extra rows in the target.
 
+Both tables carry a stored row digest (``etl digest add``, ``etl.reconcile.digest``), added before
+the changes are planted, so the database itself re-hashes the changed rows. SQLite cannot hold one;
+against SQLite only the PostgreSQL side has it.
+
 * ``recon_deep_s``: the deep diff finding them (``etl.reconcile.diff.DeepDiff``, connections included).
+* ``recon_deep_hashing_s``: the same diff told not to use the digests (it hashes every row).
+* ``recon_digest_add_s``: adding the digests (once per table; afterwards the databases keep them).
 * ``recon_count_scan_s``: ``SELECT count(*)`` on both sides (in parallel, as the diff queries them).
 * ``recon_pandas_s``: both tables read into pandas, normalized, outer-merged and compared.
 * ``recon_found``: differences the deep diff found (all 150 expected, nothing else).
@@ -31,6 +37,7 @@ from sqlalchemy import URL, create_engine, text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from etl.reconcile.diff import DeepDiff  # noqa: E402
+from etl.reconcile.digest import digest_command_run  # noqa: E402
 
 PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
                       host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),
@@ -82,6 +89,13 @@ def setup_postgres(n: int, deleted: list[int]) -> URL:
     return url
 
 
+def add_digest(url: URL) -> float:
+    """Add the stored row digest; returns the seconds it took (SQLite: none possible, 0)."""
+    if url.get_backend_name() == "sqlite":
+        return 0.0
+    return float(digest_command_run(url, "bench", None, None)["duration_s"])
+
+
 def setup_mariadb(n: int, p: dict[str, list[int]]) -> URL:
     _exec(MARIADB_ADMIN, f"DROP DATABASE IF EXISTS `{DB}`", f"CREATE DATABASE `{DB}` CHARACTER SET utf8mb4")
     url = MARIADB_ADMIN.set(database=DB)
@@ -89,9 +103,13 @@ def setup_mariadb(n: int, p: dict[str, list[int]]) -> URL:
           "CREATE TABLE bench (id INT PRIMARY KEY, amount DECIMAL(12,2), name TEXT, ts DATETIME(6), flag BOOL)",
           f"INSERT INTO bench SELECT seq, (seq * 7 % 100000) / 100, CONCAT('name-', seq), "
           f"TIMESTAMP '2025-01-01 00:00:00' + INTERVAL seq SECOND, seq % 3 = 0 FROM seq_1_to_{n}",
-          f"DELETE FROM bench WHERE id IN ({','.join(map(str, p['missing']))})",
-          *[s.format(ts_plus="ts + INTERVAL 1 MICROSECOND") for s in _update_sql(p["changed"])])
+          f"DELETE FROM bench WHERE id IN ({','.join(map(str, p['missing']))})")
     return url
+
+
+def plant_changes(url: URL, p: dict[str, list[int]]) -> None:
+    ts_plus = {"mysql": "ts + INTERVAL 1 MICROSECOND", "sqlite": "substr(ts, 1, 20) || '000001'"}
+    _exec(url, *[s.format(ts_plus=ts_plus[url.get_backend_name()]) for s in _update_sql(p["changed"])])
 
 
 def setup_sqlite(n: int, p: dict[str, list[int]], directory: Path) -> URL:
@@ -101,20 +119,19 @@ def setup_sqlite(n: int, p: dict[str, list[int]], directory: Path) -> URL:
           f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {n}) "
           "INSERT INTO bench SELECT i, (i * 7 % 100000) / 100.0, 'name-' || i, "
           "strftime('%Y-%m-%d %H:%M:%S', '2025-01-01', '+' || i || ' seconds') || '.000000', i % 3 = 0 FROM s",
-          f"DELETE FROM bench WHERE id IN ({','.join(map(str, p['missing']))})",
-          *[s.format(ts_plus="substr(ts, 1, 20) || '000001'") for s in _update_sql(p["changed"])])
+          f"DELETE FROM bench WHERE id IN ({','.join(map(str, p['missing']))})")
     return url
 
 
-def time_deep(source: URL, target: URL) -> tuple[float, dict]:
+def time_deep(source: URL, target: URL, use_digest: bool = True) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    with DeepDiff(source, target, "bench", ["id"]) as diff:
+    with DeepDiff(source, target, "bench", ["id"], use_digest=use_digest) as diff:
         result = diff.run()
     elapsed = time.perf_counter() - t0
     return elapsed, {"missing": sorted(e["key"]["id"] for e in result.missing),
                      "extra": sorted(e["key"]["id"] for e in result.extra),
                      "changed": sorted(e["key"]["id"] for e in result.changed), "queries": result.queries,
-                     "rows_fetched": result.rows_fetched}
+                     "rows_fetched": result.rows_fetched, "row_digest": result.row_digest}
 
 
 def time_count(source: URL, target: URL) -> float:
@@ -158,14 +175,19 @@ def time_pandas(source: URL, target: URL) -> tuple[float, int]:
     return time.perf_counter() - t0, found
 
 
-def _measure(source: URL, target: URL, p: dict[str, list[int]], prefix: str) -> dict:
+def _measure(source: URL, target: URL, p: dict[str, list[int]], prefix: str, digest_s: float) -> dict:
     deep_s, found = time_deep(source, target)
+    hashing_s, found_hashing = time_deep(source, target, use_digest=False)
     count_s = time_count(source, target)
     pandas_s, pandas_found = time_pandas(source, target)
-    exact = found["missing"] == p["missing"] and found["extra"] == p["extra"] and found["changed"] == p["changed"]
+    exact = all(f["missing"] == p["missing"] and f["extra"] == p["extra"] and f["changed"] == p["changed"]
+                for f in (found, found_hashing))
     n_found = len(found["missing"]) + len(found["extra"]) + len(found["changed"])
     return {
         f"{prefix}_deep_s": round(deep_s, 3),
+        f"{prefix}_deep_hashing_s": round(hashing_s, 3),
+        f"{prefix}_digest_add_s": round(digest_s, 3),
+        f"{prefix}_row_digest": found["row_digest"],
         f"{prefix}_count_scan_s": round(count_s, 3),
         f"{prefix}_pandas_s": round(pandas_s, 3),
         f"{prefix}_found": n_found,
@@ -181,19 +203,23 @@ def run(n: int = 1_000_000, targets: tuple[str, ...] = ("mariadb", "sqlite")) ->
     p = plan(n)
     out: dict = {"recon_n": n, "recon_planted": PLANTED}
     pg = setup_postgres(n, p["extra"])
+    pg_digest_s = add_digest(pg)
     try:
         with tempfile.TemporaryDirectory(prefix="driftless-bench-") as tmp:
             for target in targets:
                 if target == "mariadb":
                     url = setup_mariadb(n, p)
+                    digest_s = add_digest(url)
+                    plant_changes(url, p)  # after the digest: the database re-hashes the changed rows
                     try:
-                        out.update(_measure(pg, url, p, "recon"))
+                        out.update(_measure(pg, url, p, "recon", pg_digest_s + digest_s))
                     finally:
                         _exec(MARIADB_ADMIN, f"DROP DATABASE IF EXISTS `{DB}`")
                 else:
                     url = setup_sqlite(n, p, Path(tmp))
+                    plant_changes(url, p)
                     prefix = "recon_sqlite" if "mariadb" in targets else "recon"
-                    out.update(_measure(pg, url, p, prefix))
+                    out.update(_measure(pg, url, p, prefix, pg_digest_s))
     finally:
         _exec(PG_ADMIN, f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)', autocommit=True)
     return out

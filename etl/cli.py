@@ -63,6 +63,12 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return reconcile_command(args)
 
 
+def _cmd_digest(args: argparse.Namespace) -> int:
+    from etl.reconcile.cli import digest_command
+
+    return digest_command(args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from etl.report import report_command
 
@@ -99,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--samples", type=int, default=5, help="sample rows per kind of difference (default 5)")
     rec.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
     rec.set_defaults(func=_cmd_reconcile)
+
+    dig = sub.add_parser("digest", help="stored row digests: deep diffs of the table sum one column instead of "
+                         "hashing every row (PostgreSQL, MariaDB/MySQL)")
+    dig_sub = dig.add_subparsers(dest="digest_command", required=True)
+    dig_add = dig_sub.add_parser("add", help="add (or bring up to date) the table's digest column; the database "
+                                 "then computes it on every write")
+    dig_drop = dig_sub.add_parser("drop", help="remove the table's digest column")
+    for d in (dig_add, dig_drop):
+        d.add_argument("database", help="database URL or connection id")
+        d.add_argument("--table", required=True, help="table name (schema.table allowed)")
+    dig_add.add_argument("--columns", help="covered columns, comma-separated (default: all; a diff uses the "
+                         "digest when it compares exactly these)")
+    dig.set_defaults(func=_cmd_digest)
 
     rep = sub.add_parser("report", help="write the data-consistency report (HTML + JSON) of all pipelines")
     rep.add_argument("--out", required=True, help="output directory (report.html and report.json)")

@@ -44,6 +44,17 @@ def diff_command(args: argparse.Namespace) -> int:
     return 0 if result.status == "PASS" else DIFFERENT
 
 
+def digest_command(args: argparse.Namespace) -> int:
+    from etl.reconcile.digest import digest_command_run
+
+    schema, _, table = args.table.rpartition(".")
+    summary = digest_command_run(url_from_arg(args.database), table, schema or None,
+                                 _split(getattr(args, "columns", None)) or None,
+                                 drop=args.digest_command == "drop")
+    print(json.dumps(summary))
+    return 0
+
+
 def reconcile_command(args: argparse.Namespace) -> int:
     from etl.reconcile.run import reconcile_pipeline
     from etl.spec import find_spec

@@ -27,13 +27,21 @@ from __future__ import annotations
 import hashlib
 from typing import Any, ClassVar
 
-from sqlalchemy import URL, Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects import mysql as mysql_types
+
+from etl.errors import ReconciliationFailed
 
 SEPARATOR = "\x1f"
+DIGEST_INDEX = "ix_driftless_h48"
 _md5 = hashlib.md5
 NULL_TEXT = "~"
 FLOAT_SCALE = 6
+
+
+class DigestUnsupported(ReconciliationFailed):
+    """A table cannot get a stored row digest (the message says why; the deep diff still works)."""
 
 
 def h48(text: str | bytes | None) -> int:
@@ -133,6 +141,34 @@ class HashDialect:
         """SQL for the aggregate sum of the hashes of the rows whose canonical values are ``canons``."""
         return self.hash_sum(self.row_text(canons))
 
+    # -- stored row digest (etl.reconcile.digest) ---------------------------------------------
+    def stored_canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int,
+                     functions_schema: str | None) -> str:
+        """Like ``canon``, with only what a generated (stored) column may use; raises ``DigestUnsupported``."""
+        return self.canon(expr, kind, physical, scale)
+
+    def digest_prepare(self, conn: Connection, schema: str | None) -> str | None:
+        """Create what ``stored_canon`` refers to; returns the schema holding it (None: nothing needed)."""
+        return None
+
+    def digest_add(self, table_sql: str, column: str, expr: str, comment: str) -> list[str]:
+        """Statements that add the generated digest column (with its comment)."""
+        raise DigestUnsupported(f"{self.name} databases cannot hold a stored row digest")
+
+    def digest_drop(self, table_sql: str, column: str) -> list[str]:
+        return [f"ALTER TABLE {table_sql} DROP COLUMN {self.quote(column)}"]
+
+    def digest_scan(self, table_sql: str) -> str:
+        """The FROM clause of a whole-table pass over the digest column."""
+        return table_sql
+
+    def group_suffix(self) -> str:
+        """What follows GROUP BY when the groups' order does not matter."""
+        return ""
+
+    def digest_session(self, conn: Connection) -> None:
+        """Session settings for queries that only read the digest column."""
+
     # -- keys -----------------------------------------------------------------------------
     def key_order(self, expr: str, kind: str) -> str:
         """The key as it must be compared and sorted: text keys bytewise (binary collation)."""
@@ -199,6 +235,45 @@ class PostgresHash(HashDialect):
         data = row_text if self.utf8 else f"convert_to({row_text}, 'UTF8')"
         return f"CAST(CAST(('x' || substr(md5({data}), 1, 12)) AS bit(48)) AS bigint)"
 
+    def stored_canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int,
+                     functions_schema: str | None) -> str:
+        if not self.utf8:
+            raise DigestUnsupported("a stored row digest needs a UTF-8 PostgreSQL database "
+                                    "(md5 hashes the server encoding's bytes)")
+        fn = (self.preparer.quote_schema(functions_schema) + "." if functions_schema else "")
+        if kind in ("timestamp", "date"):
+            if isinstance(physical, sqltypes.DateTime):
+                value = f"timezone('UTC', {expr})" if physical.timezone else expr
+            elif isinstance(physical, sqltypes.Date):
+                value = f"CAST({expr} AS timestamp)"
+            else:
+                raise DigestUnsupported(
+                    f"column {expr} holds {kind}s as {physical}; a stored digest needs a date or timestamp type")
+            return f"{fn}driftless_canon_{'ts' if kind == 'timestamp' else 'date'}({value})"
+        return self.canon(expr, kind, physical, scale)
+
+    def digest_prepare(self, conn: Connection, schema: str | None) -> str | None:
+        # to_char() is STABLE (some of its patterns follow the locale), so a generated column cannot
+        # call it; these wrappers use only numeric patterns, whose output never varies: IMMUTABLE holds.
+        if schema is None:
+            schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar())
+        s = self.preparer.quote_schema(schema)
+        for name, pattern in (("ts", "YYYY-MM-DD HH24:MI:SS.US"), ("date", "YYYY-MM-DD")):
+            conn.exec_driver_sql(
+                f"CREATE OR REPLACE FUNCTION {s}.driftless_canon_{name}(timestamp) RETURNS text "
+                f"LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT to_char($1, '{pattern}') $$")
+        return schema
+
+    def digest_add(self, table_sql: str, column: str, expr: str, comment: str) -> list[str]:
+        col = self.quote(column)
+        return [f"ALTER TABLE {table_sql} ADD COLUMN {col} bigint GENERATED ALWAYS AS ({expr}) STORED",
+                f"COMMENT ON COLUMN {table_sql}.{col} IS {self.literal(comment)}"]
+
+    def digest_session(self, conn: Connection) -> None:
+        # Summing a stored column is cheap; the planner's parallel plans for GROUP BY on an expression
+        # (it cannot estimate the number of groups) sort every row, measured 2x slower than one process.
+        conn.exec_driver_sql("SET max_parallel_workers_per_gather = 0")
+
     def key_order(self, expr: str, kind: str) -> str:
         return f'({expr} COLLATE "C")' if kind == "text" else expr
 
@@ -226,6 +301,10 @@ class MySqlHash(HashDialect):
         return "CONCAT(" + ", ".join(parts) + ")"
 
     def literal(self, text: str) -> str:
+        if text == SEPARATOR:
+            # A control character in a literal does not survive MariaDB's stored text of a generated
+            # column's expression (it comes back as 'x1F'); CHAR() does.
+            return f"CHAR({ord(SEPARATOR)} USING utf8mb4)"
         return "_utf8mb4'" + text.replace("'", "''").replace("\\", "\\\\") + "'"
 
     def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
@@ -243,6 +322,35 @@ class MySqlHash(HashDialect):
 
     def row_hash(self, row_text: str) -> str:
         return f"CAST(CONV(SUBSTRING(MD5({row_text}), 1, 12), 16, 10) AS UNSIGNED)"
+
+    def stored_canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int,
+                     functions_schema: str | None) -> str:
+        # DATE_FORMAT is refused in generated columns (it can follow lc_time_names); CAST gives the same text.
+        if kind in ("timestamp", "date"):
+            if isinstance(physical, mysql_types.TIMESTAMP):
+                raise DigestUnsupported(
+                    f"column {expr} is a TIMESTAMP, which reads in the writing session's time zone: a stored "
+                    "digest would depend on who wrote the row (DATETIME columns can have one)")
+            if not isinstance(physical, sqltypes.DateTime | sqltypes.Date):
+                raise DigestUnsupported(
+                    f"column {expr} holds {kind}s as {physical}; a stored digest needs a DATE or DATETIME type")
+            target = "DATETIME(6)" if kind == "timestamp" else "DATE"
+            return f"CAST(CAST({expr} AS {target}) AS CHAR CHARACTER SET utf8mb4)"
+        return self.canon(expr, kind, physical, scale)
+
+    def digest_add(self, table_sql: str, column: str, expr: str, comment: str) -> list[str]:
+        col = self.quote(column)
+        # The index holds (digest, key) only: a whole-table pass reads it instead of every row
+        # (measured on 1M rows: 0.58 s instead of 1.75 s per GROUP BY pass).
+        return [f"ALTER TABLE {table_sql} ADD COLUMN {col} BIGINT AS ({expr}) STORED "
+                f"COMMENT '{comment.replace(chr(39), chr(39) * 2)}', "
+                f"ADD INDEX {self.quote(DIGEST_INDEX)} ({col})"]
+
+    def digest_scan(self, table_sql: str) -> str:
+        return f"{table_sql} FORCE INDEX ({self.quote(DIGEST_INDEX)})"
+
+    def group_suffix(self) -> str:
+        return " ORDER BY NULL"  # MariaDB otherwise sorts the groups
 
     def key_order(self, expr: str, kind: str) -> str:
         # BINARY compares bytes with no trailing-space padding (utf8mb4_bin pads in MariaDB).
@@ -326,6 +434,10 @@ class SqliteHash(HashDialect):
     def hash_sum_of(self, canons: list[str]) -> str:
         return f"driftless_h48_sum_values({', '.join(canons)})"
 
+    def digest_add(self, table_sql: str, column: str, expr: str, comment: str) -> list[str]:
+        raise DigestUnsupported("SQLite has no MD5 a generated column could use (the deep diff hashes "
+                                "SQLite rows as it reads them instead)")
+
 
 HASH_DIALECTS: dict[str, type[HashDialect]] = {
     "postgresql": PostgresHash,
@@ -337,8 +449,6 @@ HASH_DIALECTS: dict[str, type[HashDialect]] = {
 
 def hash_dialect_for(url: URL) -> type[HashDialect]:
     """The ``HashDialect`` class of a database URL's backend."""
-    from etl.errors import ReconciliationFailed
-
     cls = HASH_DIALECTS.get(url.get_backend_name())
     if cls is None:
         raise ReconciliationFailed(

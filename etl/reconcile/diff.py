@@ -8,14 +8,18 @@ How it works (the approach of data-diff, extended to SQLite and to string and co
 2. Ranges whose numbers differ are split and compared again (integer keys: one ``GROUP BY``
    query per range and side splits it into 16 buckets; other keys: boundaries taken from the keys
    of the range), until a range holds at most ``leaf_rows`` rows.
-3. The rows of those small ranges are fetched from both sides as canonical texts and compared in
-   Python: which keys are missing in the target, which are extra, and which columns changed.
+3. For those small ranges each side sends its keys and row hashes; only the rows whose hash differs,
+   or whose key one side lacks, are fetched as canonical texts and compared column by column:
+   which keys are missing in the target, which are extra, and which columns changed.
 
-Both sides are queried at the same time (one thread each); the databases do the hashing.
+Both sides are queried at the same time (one thread each); the databases do the hashing. A side
+whose table carries a current stored row digest (``etl.reconcile.digest``) sums that column instead
+of hashing every row.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -30,10 +34,14 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from etl.connections import redact
 from etl.errors import ReconciliationFailed
 from etl.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
+from etl.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
 from etl.spec import TYPE_PATTERN, check_identifier
+
+log = logging.getLogger(__name__)
 
 SPLIT = 16
 RANGES_PER_QUERY = 200
+KEYS_PER_QUERY = 500
 MAX_BUCKETS = 65_536
 MAX_DETAILS = 1000  # rows of each kind of difference kept with their values (all keys are kept)
 Key = tuple[Any, ...]
@@ -79,6 +87,8 @@ class DiffResult:
     n_extra: int = 0
     n_changed: int = 0
     column_counts: dict[str, int] = field(default_factory=dict)
+    # which sides summed a stored row digest instead of hashing their rows
+    row_digest: dict[str, bool] = field(default_factory=dict)
 
     @property
     def differences(self) -> int:
@@ -102,6 +112,7 @@ class DiffResult:
             "rows_target": self.rows_target,
             "status": self.status,
             "duration_s": round(self.duration_s, 3),
+            "row_digest": self.row_digest,
             "samples": {
                 "missing_in_target": self.missing[:samples],
                 "extra_in_target": self.extra[:samples],
@@ -113,8 +124,8 @@ class DiffResult:
 class _Side:
     """One table in one database, with the SQL to hash, count and fetch its key ranges."""
 
-    def __init__(self, url: URL, table: str, schema: str | None, columns: list[str], keys: list[str]) -> None:
-        for name in [table, *columns, *([schema] if schema else [])]:
+    def __init__(self, url: URL, table: str, schema: str | None) -> None:
+        for name in [table, *([schema] if schema else [])]:
             check_identifier(name)
         self.url = url
         self.label = redact(url)
@@ -130,24 +141,30 @@ class _Side:
         except SQLAlchemyError as exc:
             self.engine.dispose()
             raise ReconciliationFailed(f"cannot read table {table!r} in {self.label}: {_first_line(exc)}") from None
-        missing = [c for c in columns if c not in self.table.c]
-        if missing:
-            self.engine.dispose()
-            raise ReconciliationFailed(
-                f"table {table!r} in {self.label} has no column(s) {missing} "
-                f"(it has: {', '.join(c.name for c in self.table.columns)})"
-            )
         self.sql_table = self.d.table(table, schema)
         self._conn: Connection | None = None
-        self.columns = columns
-        self.keys = keys
+        self.columns: list[str] = []
+        self.keys: list[str] = []
+
+    def use_columns(self, columns: list[str], keys: list[str]) -> None:
+        """The compared columns and key columns, by this side's names."""
+        for name in columns:
+            check_identifier(name)
+        missing = [c for c in columns if c not in self.table.c]
+        if missing:
+            raise ReconciliationFailed(
+                f"table {self.table_name!r} in {self.label} has no column(s) {missing} "
+                f"(it has: {', '.join(c.name for c in self.table.columns)})"
+            )
+        self.columns, self.keys = columns, keys
 
     def physical(self, name: str):
         return self.table.c[name].type
 
-    def bind(self, kinds: list[str], key_kinds: list[str], scales: list[int]) -> None:
+    def bind(self, kinds: list[str], key_kinds: list[str], scales: list[int], use_digest: bool = True) -> None:
         """Build the SQL fragments once the logical kinds of all columns are known."""
         q = self.d.quote
+        self.uses_digest = False
         self.canons = [self.d.canon(q(c), k, self.physical(c), s)
                        for c, k, s in zip(self.columns, kinds, scales, strict=True)]
         key_idx = [self.columns.index(k) for k in self.keys]
@@ -155,6 +172,16 @@ class _Side:
         self.key_kinds = key_kinds
         self.row_text = self.d.row_text(self.canons)
         self.hash_sum = self.d.hash_sum_of(self.canons)
+        stored = self.table.c.get(DIGEST_COLUMN)
+        if use_digest and stored is not None:
+            wanted = fingerprint([DigestColumn(c, k, s if k == "decimal" else None)
+                                  for c, k, s in zip(self.columns, kinds, scales, strict=True)])
+            if fingerprint_in(stored.comment) == wanted:
+                self.uses_digest = True
+                self.hash_sum = f"SUM({q(DIGEST_COLUMN)})"
+            else:
+                log.warning("row digest of %s in %s covers other columns than this comparison; hashing rows "
+                            "instead (etl digest add refreshes it)", self.table_name, self.label)
         self.key_orders = [self.d.key_order(q(k), kind) for k, kind in zip(self.keys, key_kinds, strict=False)]
 
     # -- predicates ---------------------------------------------------------------------------
@@ -181,7 +208,9 @@ class _Side:
         try:
             if self._conn is None:
                 self._conn = self.engine.connect()
-            return list(self._conn.execute(text(sql), params))
+                if self.uses_digest:
+                    self.d.digest_session(self._conn)
+            return list(self._conn.execute(text(sql), params).all())
         except SQLAlchemyError as exc:
             raise ReconciliationFailed(
                 f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}"
@@ -194,32 +223,92 @@ class _Side:
         count, total = self.execute(sql, params)[0]
         return int(count), int(total or 0)
 
-    def key_stats(self) -> tuple[int, Any, Any]:
+    def key_bounds(self) -> tuple[Any, Any]:
+        """The smallest and largest key (two index look-ups; no scan)."""
         k = self.d.quote(self.keys[0])
-        count, lo, hi = self.execute(f"SELECT COUNT(*), MIN({k}), MAX({k}) FROM {self.sql_table}", {})[0]
-        return int(count), lo, hi
+        lo, hi = self.execute(f"SELECT MIN({k}), MAX({k}) FROM {self.sql_table}", {})[0]
+        return lo, hi
 
-    def _ranges(self, ranges: list[tuple[int, int]], params: dict[str, Any]) -> str:
+    def _in_ranges(self, select: str, ranges: list[tuple[int, int]], params: dict[str, Any]) -> str:
+        """``SELECT select`` over the rows in any of the integer key ``ranges``.
+
+        One ``UNION ALL`` branch per range, so that every engine does one index range scan per range:
+        an ``OR`` of ranges is planned as a scan of the whole table by PostgreSQL and MariaDB
+        (measured: 0.28 s instead of 0.02 s for 150 ranges in a million rows).
+        """
         k = self.d.quote(self.keys[0])
         parts = []
         for i, (lo, hi) in enumerate(ranges):
             params[f"r{i}lo"], params[f"r{i}hi"] = lo, hi
-            parts.append(f"({k} >= :r{i}lo AND {k} < :r{i}hi)")
-        return " OR ".join(parts)
+            parts.append(f"SELECT {select} FROM {self.sql_table} WHERE {k} >= :r{i}lo AND {k} < :r{i}hi")
+        return " UNION ALL ".join(parts)
 
-    def int_buckets_in(self, base: int, width: int, ranges: list[tuple[int, int]]) -> dict[int, tuple[int, int]]:
-        """Count and hash sum per bucket ``(key - base) DIV width``, over rows in any of ``ranges``."""
+    def int_buckets_in(self, base: int, width: int, ranges: list[tuple[int, int]],
+                       whole: bool = False) -> dict[int, tuple[int, int]]:
+        """Count and hash sum per bucket ``(key - base) DIV width``, over rows in any of ``ranges``.
+
+        ``whole``: the ranges cover every row (the first pass), so no key predicate is needed.
+        """
         params: dict[str, Any] = {"base": base, "width": width}
         k = self.d.quote(self.keys[0])
         bucket = self.d.int_div(f"{k} - :base", ":width")
-        sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {self.sql_table} "
-               f"WHERE {self._ranges(ranges, params)} GROUP BY {bucket}")
+        if whole:
+            source = self.d.digest_scan(self.sql_table) if self.uses_digest else self.sql_table
+            sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {source} "
+                   f"GROUP BY {bucket}{self.d.group_suffix()}")
+        else:
+            if self.uses_digest:
+                values, total = f"{self.d.quote(DIGEST_COLUMN)} AS h", "SUM(h)"
+            else:
+                values = ", ".join(f"{c} AS c{i}" for i, c in enumerate(self.canons))
+                total = self.d.hash_sum_of([f"c{i}" for i in range(len(self.canons))])
+            inner = self._in_ranges(f"{bucket} AS b, {values}", ranges, params)
+            sql = f"SELECT b, COUNT(*), {total} FROM ({inner}) x GROUP BY b{self.d.group_suffix()}"
         return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
 
-    def rows_in(self, ranges: list[tuple[int, int]]) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
-        """Like ``rows`` for the rows in any of the integer ``ranges``."""
+    def hashes_in(self, ranges: list[tuple[int, int]]) -> dict[Key, tuple[Key, int]]:
+        """Like ``hashes`` for the rows in any of the integer ``ranges``."""
         params: dict[str, Any] = {}
-        return self._rows(self._ranges(ranges, params), params)
+        return self._hashes(None, params, ranges)
+
+    def hashes(self, lo: Key | None, hi: Key | None) -> dict[Key, tuple[Key, int]]:
+        """``canonical key -> (raw key, row hash)`` of every row in the range (two numbers per row)."""
+        params: dict[str, Any] = {}
+        return self._hashes(self.where(lo, hi, params), params)
+
+    def _hashes(self, where: str | None, params: dict[str, Any],
+                ranges: list[tuple[int, int]] | None = None) -> dict[Key, tuple[Key, int]]:
+        q = [self.d.quote(k) for k in self.keys]
+        row_hash = self.d.quote(DIGEST_COLUMN) if self.uses_digest else self.d.row_hash(self.row_text)
+        select = f"{', '.join(q)}, {', '.join(self.key_canons)}, {row_hash}"
+        if ranges is not None:
+            sql = self._in_ranges(select, ranges, params)
+        else:
+            sql = f"SELECT {select} FROM {self.sql_table} WHERE {where}"
+        n = len(self.keys)
+        return {tuple(r[n : 2 * n]): (tuple(r[:n]), int(r[2 * n])) for r in self.execute(sql, params)}
+
+    def rows_with_keys(self, keys: list[Key]) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
+        """``(raw key, canonical key, canonical values)`` of the rows with these raw keys.
+
+        The keys are as this side returned them: plain ``=`` finds exactly that row, with the key's index.
+        """
+        out = []
+        for batch in _chunks(keys, KEYS_PER_QUERY):
+            params: dict[str, Any] = {}
+            terms = []
+            for i, key in enumerate(batch):
+                parts = []
+                for j, value in enumerate(key):
+                    params[f"k{i}_{j}"] = value
+                    parts.append(f"{self.d.quote(self.keys[j])} = :k{i}_{j}")
+                terms.append("(" + " AND ".join(parts) + ")" if len(parts) > 1 else f":k{i}_0")
+            if len(self.keys) == 1:
+                where = f"{self.d.quote(self.keys[0])} IN ({', '.join(terms)})"
+            else:
+                where = " OR ".join(terms)
+            out.extend(self._rows(where, params))
+        return out
 
     def range_keys(self, lo: Key | None, hi: Key | None) -> list[Key]:
         params: dict[str, Any] = {}
@@ -227,11 +316,6 @@ class _Side:
         sql = (f"SELECT {q} FROM {self.sql_table} WHERE {self.where(lo, hi, params)} "
                f"ORDER BY {', '.join(self.key_orders)}")
         return [tuple(r) for r in self.execute(sql, params)]
-
-    def rows(self, lo: Key | None, hi: Key | None) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
-        """``(raw key, canonical key, canonical values)`` of every row in the range."""
-        params: dict[str, Any] = {}
-        return self._rows(self.where(lo, hi, params), params)
 
     def _rows(self, where: str, params: dict[str, Any]) -> list[tuple[Key, Key, tuple[str | None, ...]]]:
         q = [self.d.quote(k) for k in self.keys]
@@ -294,16 +378,42 @@ class DeepDiff:
             hashing pass locates the differences (the count and sum per range are cheap to transfer),
             up to ``MAX_BUCKETS`` ranges, then ranges are split level by level.
         leaf_rows: ranges of at most this many rows are fetched and compared row by row.
+        use_digest: sum a table's stored row digest when it covers exactly the compared columns
+            (``etl.reconcile.digest``); False hashes every row even then.
     """
 
     def __init__(self, source_url: URL, target_url: URL, source_table: str, key: Sequence[str],
                  columns: Sequence[ColumnMap | str] | None = None, target_table: str | None = None,
                  source_schema: str | None = None, target_schema: str | None = None,
-                 bucket_rows: int = 128, leaf_rows: int = 128) -> None:
+                 bucket_rows: int = 1024, leaf_rows: int = 16, use_digest: bool = True) -> None:
         self.bucket_rows, self.leaf_rows = bucket_rows, leaf_rows
         self.table_label = target_table or source_table
-        maps = self._column_maps(source_url, source_table, source_schema, target_url,
-                                 target_table or source_table, target_schema, key, columns)
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deep-diff")
+        # Both sides connect and reflect at the same time.
+        futures = [self.pool.submit(_Side, source_url, source_table, source_schema),
+                   self.pool.submit(_Side, target_url, target_table or source_table, target_schema)]
+        sides = []
+        for f in futures:
+            try:
+                sides.append(f.result())
+            except Exception as exc:
+                sides.append(exc)
+        errors = [s for s in sides if isinstance(s, Exception)]
+        if errors:
+            for s in sides:
+                if isinstance(s, _Side):
+                    s.dispose()
+            self.pool.shutdown()
+            raise errors[0]
+        self.src, self.tgt = sides
+        try:
+            self._setup(key, columns, use_digest)
+        except Exception:
+            self.close()
+            raise
+
+    def _setup(self, key: Sequence[str], columns: Sequence[ColumnMap | str] | None, use_digest: bool) -> None:
+        maps = self._column_maps(self.src.table, self.tgt.table, key, columns)
         keys_by_name = {m.name: m for m in maps}
         for k in key:
             if k not in keys_by_name:
@@ -311,14 +421,8 @@ class DeepDiff:
                     f"key column {k!r} must be a column of both tables (compared: {', '.join(keys_by_name)})")
         self.maps = maps
         self.key_maps = [keys_by_name[k] for k in key]
-        self.src = _Side(source_url, source_table, source_schema, [m.source for m in maps],
-                         [m.source for m in self.key_maps])
-        try:
-            self.tgt = _Side(target_url, target_table or source_table, target_schema, [m.target for m in maps],
-                             [m.target for m in self.key_maps])
-        except Exception:
-            self.src.dispose()
-            raise
+        self.src.use_columns([m.source for m in maps], [m.source for m in self.key_maps])
+        self.tgt.use_columns([m.target for m in maps], [m.target for m in self.key_maps])
         kinds, scales = [], []
         for m in maps:
             ps, pt = self.src.physical(m.source), self.tgt.physical(m.target)
@@ -332,14 +436,13 @@ class DeepDiff:
         self.kinds = kinds
         key_kinds = [kinds[maps.index(k)] for k in self.key_maps]
         for side in (self.src, self.tgt):
-            side.bind(kinds, key_kinds, scales)
+            side.bind(kinds, key_kinds, scales, use_digest)
         self.int_key = len(self.key_maps) == 1 and key_kinds[0] == "int"
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deep-diff")
         self.result = DiffResult(self.table_label)
 
     @staticmethod
-    def _column_maps(source_url, source_table, source_schema, target_url, target_table, target_schema, key,
-                     columns) -> list[ColumnMap]:
+    def _column_maps(source: Table, target: Table, key: Sequence[str],
+                     columns: Sequence[ColumnMap | str] | None) -> list[ColumnMap]:
         if columns:
             maps = [c if isinstance(c, ColumnMap) else ColumnMap(c, c, c) for c in columns]
             names = [m.name for m in maps]
@@ -348,24 +451,10 @@ class DeepDiff:
                     maps.insert(0, ColumnMap(k, k, k))
             return maps
         # Default: the columns both tables have, in the source's order.
-        from sqlalchemy import inspect
-
-        found = []
-        for url, table, schema in ((source_url, source_table, source_schema),
-                                   (target_url, target_table, target_schema)):
-            engine = hash_dialect_for(url).create_engine(url)
-            try:
-                found.append([c["name"] for c in inspect(engine).get_columns(table, schema=schema)])
-            except NoSuchTableError:
-                raise ReconciliationFailed(f"table {table!r} does not exist in {redact(url)}") from None
-            except SQLAlchemyError as exc:
-                raise ReconciliationFailed(f"cannot read table {table!r} in {redact(url)}: {_first_line(exc)}") \
-                    from None
-            finally:
-                engine.dispose()
-        common = [c for c in found[0] if c in set(found[1])]
+        in_target = {c.name for c in target.columns}
+        common = [c.name for c in source.columns if c.name in in_target and c.name != DIGEST_COLUMN]
         if not common:
-            raise ReconciliationFailed(f"tables {source_table!r} and {target_table!r} have no column in common")
+            raise ReconciliationFailed(f"tables {source.name!r} and {target.name!r} have no column in common")
         return [ColumnMap(c, c, c) for c in common]
 
     @classmethod
@@ -400,13 +489,14 @@ class DeepDiff:
         """Compare the whole table; returns what differs."""
         t0 = time.monotonic()
         self.result = DiffResult(self.table_label)
+        self.result.row_digest = {"source": self.src.uses_digest, "target": self.tgt.uses_digest}
         if self.int_key:
-            (cs, lo_s, hi_s), (ct, lo_t, hi_t) = self._both(lambda s: s.key_stats())
-            self.result.rows_source, self.result.rows_target = cs, ct
+            (lo_s, hi_s), (lo_t, hi_t) = self._both(lambda s: s.key_bounds())
             bounds = [int(v) for v in (lo_s, hi_s, lo_t, hi_t) if v is not None]
             if bounds:
                 lo, hi = min(bounds), max(bounds) + 1
-                n = min(MAX_BUCKETS, max(1, math.ceil(max(cs, ct) / self.bucket_rows)))
+                # dense keys: about bucket_rows rows per bucket; sparse keys: fewer (at most MAX_BUCKETS buckets)
+                n = min(MAX_BUCKETS, max(1, math.ceil((hi - lo) / self.bucket_rows)))
                 self._int_levels(lo, hi, max(1, math.ceil((hi - lo) / n)))
         else:
             (cs, hs), (ct, ht) = self._both(lambda s: s.checksum(None, None))
@@ -430,11 +520,14 @@ class DeepDiff:
     def _int_levels(self, lo: int, hi: int, width: int) -> None:
         """Integer keys, level by level: one GROUP BY query per side and level covers every open range."""
         width = 1 << max(0, width.bit_length() - 1)  # a power of two, so that each level splits exactly
-        ranges, leaves = [(lo, hi)], []
+        ranges, leaves, whole = [(lo, hi)], [], True
         while ranges:
             next_ranges = []
             for batch in _chunks(ranges, RANGES_PER_QUERY):
-                sb, tb = self._both(partial(_Side.int_buckets_in, base=lo, width=width, ranges=batch))
+                sb, tb = self._both(partial(_Side.int_buckets_in, base=lo, width=width, ranges=batch, whole=whole))
+                if whole:  # the first pass sees every row: its counts are the tables' row counts
+                    self.result.rows_source = sum(c for c, _ in sb.values())
+                    self.result.rows_target = sum(c for c, _ in tb.values())
                 for b in sorted(set(sb) | set(tb)):
                     a, c = sb.get(b, (0, 0)), tb.get(b, (0, 0))
                     if a == c:
@@ -444,10 +537,9 @@ class DeepDiff:
                         leaves.append(rng)
                     else:
                         next_ranges.append(rng)
-            ranges, width = _merge_ranges(next_ranges), max(1, width // SPLIT)
+            ranges, width, whole = _merge_ranges(next_ranges), max(1, width // SPLIT), False
         for batch in _chunks(_merge_ranges(leaves), RANGES_PER_QUERY):
-            src_rows, tgt_rows = self._both(partial(_Side.rows_in, ranges=batch))
-            self._compare(src_rows, tgt_rows)
+            self._compare_hashes(*self._both(partial(_Side.hashes_in, ranges=batch)))
 
     def _generic_range(self, lo: Key | None, hi: Key | None, cs: int, ct: int) -> None:
         if max(cs, ct) <= self.leaf_rows:
@@ -468,7 +560,17 @@ class DeepDiff:
                     self._generic_range(a, b, ca, cb)
 
     def _leaf(self, lo: Key | None, hi: Key | None) -> None:
-        src_rows, tgt_rows = self._both(lambda s: s.rows(lo, hi))
+        self._compare_hashes(*self._both(lambda s: s.hashes(lo, hi)))
+
+    def _compare_hashes(self, src: dict[Key, tuple[Key, int]], tgt: dict[Key, tuple[Key, int]]) -> None:
+        """Rows of small ranges, compared by key and row hash; only the rows that differ are fetched whole."""
+        self.result.rows_fetched += len(src) + len(tgt)
+        differ = [ck for ck in src.keys() & tgt.keys() if src[ck][1] != tgt[ck][1]]
+        src_keys = [src[ck][0] for ck in (src.keys() - tgt.keys())] + [src[ck][0] for ck in differ]
+        tgt_keys = [tgt[ck][0] for ck in (tgt.keys() - src.keys())] + [tgt[ck][0] for ck in differ]
+        if not src_keys and not tgt_keys:
+            return
+        src_rows, tgt_rows = self._both(lambda s: s.rows_with_keys(src_keys if s is self.src else tgt_keys))
         self._compare(src_rows, tgt_rows)
 
     def _compare(self, src_rows: list, tgt_rows: list) -> None:

@@ -1,0 +1,120 @@
+"""Stored row digests: the database's generated column equals the diff's computed hash, and diffs use it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from etl.cli import main
+from etl.reconcile.diff import DeepDiff, deep_diff
+from etl.reconcile.digest import DIGEST_COLUMN, DigestUnsupported, digest_command_run
+from tests.diff_fixtures import N_ROWS, create_filled, expected, found, plant, url_for
+
+DIGESTIBLE = ["postgresql", "mariadb"]
+PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql"), ("postgresql", "sqlite"), ("sqlite", "mariadb")]
+
+
+def _scalar(url, sql):
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", DIGESTIBLE)
+def test_stored_digest_equals_the_computed_row_hash(request, dialect):
+    url = url_for(request, dialect)
+    create_filled(url)  # every column type, NULLs, '' and unicode, microseconds, a time-zone-aware column
+    assert digest_command_run(url, "t", None, None)["digest"] == "added"
+    with DeepDiff(url, url, "t", ["id"], use_digest=False) as diff:
+        side = diff.src
+        computed = side.d.row_hash(side.row_text)
+        rows = side.execute(f"SELECT COUNT(*), SUM(CASE WHEN {DIGEST_COLUMN} = {computed} THEN 1 ELSE 0 END), "
+                            f"COUNT(DISTINCT {DIGEST_COLUMN}) FROM t", {})[0]
+    total, equal, distinct = (int(v) for v in rows)
+    assert total == N_ROWS
+    assert equal == N_ROWS  # the database's stored hash is the very hash the diff computes, row by row
+    assert distinct == N_ROWS  # and it is a hash of each row, not a constant
+
+
+@pytest.mark.parametrize(("src", "tgt"), PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_diffs_with_digests_find_changes_made_after_the_digest_was_added(request, src, tgt):
+    su, tu = url_for(request, src), url_for(request, tgt)
+    create_filled(su)
+    table = create_filled(tu)
+    for url in (su, tu):
+        if url.get_backend_name() != "sqlite":
+            digest_command_run(url, "t", None, None)
+    identical = deep_diff(su, tu, "t", ["id"])
+    assert identical.differences == 0
+    assert identical.row_digest == {"source": src != "sqlite", "target": tgt != "sqlite"}
+    plant(tu, table)  # ordinary writes: the database recomputes the digest of every changed row
+    result = deep_diff(su, tu, "t", ["id"], bucket_rows=512, leaf_rows=16)
+    assert result.row_digest == identical.row_digest
+    assert found(result, ["id"]) == expected()
+    assert result.rows_source == N_ROWS
+    assert result.rows_target == N_ROWS  # two rows deleted, two inserted
+
+
+@pytest.mark.parametrize("dialect", DIGESTIBLE)
+def test_digest_covering_other_columns_is_not_used_until_refreshed(request, dialect):
+    url = url_for(request, dialect)
+    other = url_for(request, "sqlite")
+    create_filled(url)
+    create_filled(other)
+    digest_command_run(url, "t", None, None)
+    subset = deep_diff(url, other, "t", ["id"], columns=["id", "i", "s"])
+    assert subset.row_digest["source"] is False and subset.differences == 0
+    for u in (url, other):
+        engine = create_engine(u)
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE t ADD COLUMN note VARCHAR(20)"))
+            conn.execute(text("UPDATE t SET note = 'x' WHERE id = 7"))
+        engine.dispose()
+    stale = deep_diff(url, other, "t", ["id"])
+    assert stale.row_digest["source"] is False  # the digest does not cover the new column: rows are hashed
+    assert stale.differences == 0
+    assert digest_command_run(url, "t", None, None)["digest"] == "refreshed"
+    assert digest_command_run(url, "t", None, None)["digest"] == "current"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE t SET note = 'y' WHERE id = 7"))
+    engine.dispose()
+    fresh = deep_diff(url, other, "t", ["id"])
+    assert fresh.row_digest["source"] is True
+    assert [(c["key"]["id"], set(c["columns"])) for c in fresh.changed] == [(7, {"note"})]
+
+
+def test_sqlite_and_mariadb_timestamp_columns_are_refused_with_the_reason(request, sqlite_url):
+    create_filled(sqlite_url)
+    with pytest.raises(DigestUnsupported, match="SQLite has no MD5"):
+        digest_command_run(sqlite_url, "t", None, None)
+    mariadb = url_for(request, "mariadb")
+    engine = create_engine(mariadb)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE tsz (id INT PRIMARY KEY, at TIMESTAMP(6) NULL)"))
+    try:
+        with pytest.raises(DigestUnsupported, match=r"`?at`? is a TIMESTAMP.*session's time zone"):
+            digest_command_run(mariadb, "tsz", None, None)
+        assert DIGEST_COLUMN not in {c["name"] for c in inspect(engine).get_columns("tsz")}  # nothing changed
+    finally:
+        engine.dispose()
+
+
+def test_cli_digest_add_is_idempotent_and_drop_removes_it(request, capsys):
+    url = url_for(request, "postgresql")
+    create_filled(url, n=50)
+    uri = url.render_as_string(hide_password=False)
+    outputs = []
+    for argv in (["digest", "add", uri, "--table", "t"], ["digest", "add", uri, "--table", "t"],
+                 ["digest", "drop", uri, "--table", "t"], ["digest", "drop", uri, "--table", "t"]):
+        assert main(argv) == 0
+        outputs.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert [o["digest"] for o in outputs] == ["added", "current", "dropped", "absent"]
+    assert outputs[0]["columns"][:3] == ["id", "i", "n"]
+    assert main(["digest", "add", uri, "--table", "t", "--columns", "id,nope"]) == 1
+    assert "no column(s) ['nope']" in capsys.readouterr().err
