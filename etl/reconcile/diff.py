@@ -392,17 +392,16 @@ class DeepDiff:
         # Both sides connect and reflect at the same time.
         futures = [self.pool.submit(_Side, source_url, source_table, source_schema),
                    self.pool.submit(_Side, target_url, target_table or source_table, target_schema)]
-        sides = []
+        sides: list[_Side] = []
+        errors: list[Exception] = []
         for f in futures:
             try:
                 sides.append(f.result())
             except Exception as exc:
-                sides.append(exc)
-        errors = [s for s in sides if isinstance(s, Exception)]
+                errors.append(exc)
         if errors:
-            for s in sides:
-                if isinstance(s, _Side):
-                    s.dispose()
+            for side in sides:
+                side.dispose()
             self.pool.shutdown()
             raise errors[0]
         self.src, self.tgt = sides
