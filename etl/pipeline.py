@@ -32,6 +32,7 @@ from etl.load import loader_for
 from etl.load.modes import write_mode_for
 from etl.logs import event
 from etl.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
+from etl.reconcile.digest import spec_digest_columns
 from etl.schema import target_table
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter, staging_root
@@ -164,6 +165,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     t0 = time.monotonic()
     url = resolve_url(spec.target.connection)
     loader = loader_for(url)
+    if spec.reconcile.row_digest:
+        loader.row_digest = spec_digest_columns(spec)
     mode = write_mode_for(spec, window)  # upsert / append / replace, plus delete detection
     target = mode.table(target_table(spec))
     schema = spec.target.db_schema

@@ -256,6 +256,9 @@ class ReconcileSpec(_Strict):
                               "(the window's task fails)")
     propagate_deletes: bool = Field(False, description="rows deleted in the source are deleted from the target "
                                     "by a repair (otherwise extras are only reported)")
+    row_digest: bool = Field(False, description="keep a stored row digest column in the target (PostgreSQL, "
+                             "MariaDB/MySQL): deep diffs then read one integer per row instead of hashing every "
+                             "row; costs one MD5 per written row (see etl.reconcile.digest)")
 
     @field_validator("sum_columns")
     @classmethod

@@ -8,9 +8,15 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from etl.cli import main
+from etl.pipeline import run_window
 from etl.reconcile.diff import DeepDiff, deep_diff
 from etl.reconcile.digest import DIGEST_COLUMN, DigestUnsupported, digest_command_run
+from etl.reconcile.run import reconcile_pipeline
+from etl.window import Window
 from tests.diff_fixtures import N_ROWS, create_filled, expected, found, plant, url_for
+from tests.helpers import INVOICES, invoices_spec
+
+WINDOW = Window.parse("2021-01-01", "2026-01-01")
 
 DIGESTIBLE = ["postgresql", "mariadb"]
 PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql"), ("postgresql", "sqlite"), ("sqlite", "mariadb")]
@@ -118,3 +124,33 @@ def test_cli_digest_add_is_idempotent_and_drop_removes_it(request, capsys):
     assert outputs[0]["columns"][:3] == ["id", "i", "n"]
     assert main(["digest", "add", uri, "--table", "t", "--columns", "id,nope"]) == 1
     assert "no column(s) ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", DIGESTIBLE)
+@pytest.mark.parametrize("write_mode", ["upsert", "replace"])
+def test_pipeline_target_keeps_its_digest_through_loads_evolution_and_replace(
+        request, chinook_copy, connections, target, write_mode):
+    url = url_for(request, target)
+    connections(src=chinook_copy, wh=url)
+    spec = invoices_spec(reconcile={"row_digest": True}, target={"write_mode": write_mode})
+    run_window(spec, WINDOW)
+    first = reconcile_pipeline(spec, deep=True)
+    assert first["status"] == "PASS" and first["rows_target"] == 412
+    assert first["row_digest"] == {"source": False, "target": True}  # the source is SQLite: hashed as read
+    # a new spec column: the loader adds it and brings the digest up to date in the same run
+    columns = [*INVOICES["columns"], {"name": "billing_country", "source": "BillingCountry", "type": "varchar(40)"}]
+    evolved = invoices_spec(reconcile={"row_digest": True}, target={"write_mode": write_mode}, columns=columns)
+    run_window(evolved, WINDOW)
+    engine = create_engine(url)
+    with engine.begin() as conn:  # drift made by hand, after the loads
+        conn.execute(text("UPDATE invoices SET billing_country = 'Nowhere' WHERE invoice_id = 3"))
+    engine.dispose()
+    second = reconcile_pipeline(evolved, deep=True)
+    assert second["row_digest"] == {"source": False, "target": True}
+    assert (second["missing_in_target"], second["extra_in_target"], second["changed"]) == (0, 0, 1)
+    assert second["changed_columns"] == {"billing_country": 1}
+    # re-running the window rewrites the drifted row (replace: re-creates the table, digest included)
+    run_window(evolved, WINDOW)
+    third = reconcile_pipeline(evolved, deep=True)
+    assert third["row_digest"]["target"] is True
+    assert (third["changed"], third["status"]) == (0, "PASS")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,8 @@ class Loader(ABC):
         self.engine = self.create_engine(url)
         self.mode: WriteMode | None = None
         self.staged = 0
+        #: columns of the stored row digest to keep on the target (spec ``reconcile.row_digest``); None: none
+        self.row_digest: list[Any] | None = None
 
     def create_engine(self, url: URL) -> Engine:
         return create_engine(url, pool_pre_ping=True)
@@ -71,7 +74,21 @@ class Loader(ABC):
         """
         with self.engine.begin() as conn:
             ensure_state_tables(conn, target.schema)
-            return evolve(conn, target)
+            changes = evolve(conn, target)
+            self.ensure_digest(conn, target)
+            return changes
+
+    def ensure_digest(self, conn: Connection, table: Table) -> None:
+        """Give ``table`` the spec's row digest (added, or refreshed after the columns changed)."""
+        if not self.row_digest:
+            return
+        from etl.reconcile.dialects import DigestUnsupported, hash_dialect_for
+        from etl.reconcile.digest import ensure_digest
+
+        try:
+            ensure_digest(conn, hash_dialect_for(self.url)(self.engine), table.name, table.schema, self.row_digest)
+        except DigestUnsupported as exc:  # a speed-up only: the deep diff hashes rows without it
+            logging.getLogger(__name__).warning("reconcile.row_digest ignored for %s: %s", table.name, exc)
 
     @contextmanager
     def transaction(self, target: Table, mode: WriteMode | None = None) -> Iterator[Connection]:

@@ -121,6 +121,7 @@ class PostgresLoader(Loader):
             into = sibling_table(target, self._new_name(target))
             into.drop(conn, checkfirst=True)
             into.create(conn)
+            self.ensure_digest(conn, into)  # the replacing table keeps the target's row digest
         tgt = self.quote_table(into)
         if others and mode.on_conflict == "update":
             action = (

@@ -259,6 +259,9 @@ class PostgresHash(HashDialect):
             schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar())
         s = self.preparer.quote_schema(schema)
         for name, pattern in (("ts", "YYYY-MM-DD HH24:MI:SS.US"), ("date", "YYYY-MM-DD")):
+            signature = f"{s}.driftless_canon_{name}(timestamp)"
+            if conn.exec_driver_sql(f"SELECT to_regprocedure('{signature}')").scalar() is not None:
+                continue  # (replacing it while another load uses it would make the two loads collide)
             conn.exec_driver_sql(
                 f"CREATE OR REPLACE FUNCTION {s}.driftless_canon_{name}(timestamp) RETURNS text "
                 f"LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT to_char($1, '{pattern}') $$")

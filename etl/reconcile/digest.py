@@ -95,6 +95,18 @@ def table_columns(table: Table) -> list[DigestColumn]:
     return out
 
 
+def spec_digest_columns(spec: Any) -> list[DigestColumn]:
+    """The columns a pipeline's target digest covers: the spec's, with the kinds ``DeepDiff.for_spec`` compares."""
+    from etl.reconcile.dialects import kind_of_spec_type
+    from etl.spec import TYPE_PATTERN
+
+    out = []
+    for c in spec.columns:
+        m = TYPE_PATTERN.match(c.type)
+        out.append(DigestColumn(c.name, kind_of_spec_type(c.type), int(m["scale"]) if m and m["numeric"] else None))
+    return out
+
+
 def _reflect(conn: Connection, name: str, schema: str | None) -> Table:
     try:
         return Table(name, MetaData(), autoload_with=conn, schema=schema)
@@ -186,4 +198,4 @@ def digest_command_run(url: URL, table: str, schema: str | None, columns: list[s
 
 
 __all__ = ["DIGEST_COLUMN", "DigestColumn", "DigestUnsupported", "comment_for", "digest_command_run",
-           "drop_digest", "ensure_digest", "fingerprint", "fingerprint_in", "table_columns"]
+           "drop_digest", "ensure_digest", "fingerprint", "fingerprint_in", "spec_digest_columns", "table_columns"]
