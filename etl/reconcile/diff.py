@@ -252,19 +252,29 @@ class _Side:
         params: dict[str, Any] = {"base": base, "width": width}
         k = self.d.quote(self.keys[0])
         bucket = self.d.int_div(f"{k} - :base", ":width")
+        digest = self.d.quote(DIGEST_COLUMN) if whole else "h"
+        # A bucket of unique integer keys holds at most `width` rows: the split sum is exact below 2**29.
+        parts = self.d.digest_sum_parts(digest) if self.uses_digest and width <= 2**29 else None
+        if self.uses_digest:
+            total = ", ".join(p for p, _ in parts) if parts else f"SUM({digest})"
         if whole:
             source = self.d.digest_scan(self.sql_table) if self.uses_digest else self.sql_table
-            sql = (f"SELECT {bucket} AS b, COUNT(*), {self.hash_sum} FROM {source} "
+            sql = (f"SELECT {bucket} AS b, COUNT(*), {total if self.uses_digest else self.hash_sum} FROM {source} "
                    f"GROUP BY {bucket}{self.d.group_suffix()}")
         else:
             if self.uses_digest:
-                values, total = f"{self.d.quote(DIGEST_COLUMN)} AS h", "SUM(h)"
+                values = f"{self.d.quote(DIGEST_COLUMN)} AS h"
             else:
                 values = ", ".join(f"{c} AS c{i}" for i, c in enumerate(self.canons))
                 total = self.d.hash_sum_of([f"c{i}" for i in range(len(self.canons))])
             inner = self._in_ranges(f"{bucket} AS b, {values}", ranges, params)
             sql = f"SELECT b, COUNT(*), {total} FROM ({inner}) x GROUP BY b{self.d.group_suffix()}"
-        return {int(b): (int(c), int(s or 0)) for b, c, s in self.execute(sql, params)}
+        out = {}
+        for b, c, *sums in self.execute(sql, params):
+            s = sum(int(v or 0) * weight for v, (_, weight) in zip(sums, parts, strict=True)) if parts \
+                else int(sums[0] or 0)
+            out[int(b)] = (int(c), s)
+        return out
 
     def hashes_in(self, ranges: list[tuple[int, int]]) -> dict[Key, tuple[Key, int]]:
         """Like ``hashes`` for the rows in any of the integer ``ranges``."""
