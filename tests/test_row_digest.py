@@ -18,7 +18,7 @@ from tests.helpers import INVOICES, invoices_spec
 
 WINDOW = Window.parse("2021-01-01", "2026-01-01")
 
-DIGESTIBLE = ["postgresql", "mariadb"]
+DIGESTIBLE = ["postgresql", "mariadb", "sqlite"]
 PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql"), ("postgresql", "sqlite"), ("sqlite", "mariadb")]
 
 
@@ -38,6 +38,7 @@ def test_stored_digest_equals_the_computed_row_hash(request, dialect):
     assert digest_command_run(url, "t", None, None)["digest"] == "added"
     with DeepDiff(url, url, "t", ["id"], use_digest=False) as diff:
         side = diff.src
+        # (SQLite: both are driftless_h48() of the same SQL row text; PostgreSQL/MariaDB: the database's MD5)
         computed = side.d.row_hash(side.row_text)
         rows = side.execute(f"SELECT COUNT(*), SUM(CASE WHEN {DIGEST_COLUMN} = {computed} THEN 1 ELSE 0 END), "
                             f"COUNT(DISTINCT {DIGEST_COLUMN}) FROM t", {})[0]
@@ -53,11 +54,10 @@ def test_diffs_with_digests_find_changes_made_after_the_digest_was_added(request
     create_filled(su)
     table = create_filled(tu)
     for url in (su, tu):
-        if url.get_backend_name() != "sqlite":
-            digest_command_run(url, "t", None, None)
+        digest_command_run(url, "t", None, None)
     identical = deep_diff(su, tu, "t", ["id"])
     assert identical.differences == 0
-    assert identical.row_digest == {"source": src != "sqlite", "target": tgt != "sqlite"}
+    assert identical.row_digest == {"source": True, "target": True}
     plant(tu, table)  # ordinary writes: the database recomputes the digest of every changed row
     result = deep_diff(su, tu, "t", ["id"], bucket_rows=512, leaf_rows=16)
     assert result.row_digest == identical.row_digest
@@ -69,7 +69,7 @@ def test_diffs_with_digests_find_changes_made_after_the_digest_was_added(request
 @pytest.mark.parametrize("dialect", DIGESTIBLE)
 def test_digest_covering_other_columns_is_not_used_until_refreshed(request, dialect):
     url = url_for(request, dialect)
-    other = url_for(request, "sqlite")
+    other = url_for(request, "sqlite" if dialect != "sqlite" else "postgresql")
     create_filled(url)
     create_filled(other)
     digest_command_run(url, "t", None, None)
@@ -95,10 +95,24 @@ def test_digest_covering_other_columns_is_not_used_until_refreshed(request, dial
     assert [(c["key"]["id"], set(c["columns"])) for c in fresh.changed] == [(7, {"note"})]
 
 
-def test_sqlite_and_mariadb_timestamp_columns_are_refused_with_the_reason(request, sqlite_url):
+def test_sqlite_digest_is_nulled_by_foreign_writes_and_hashed_by_the_diff(request, sqlite_url):
     create_filled(sqlite_url)
-    with pytest.raises(DigestUnsupported, match="SQLite has no MD5"):
-        digest_command_run(sqlite_url, "t", None, None)
+    other = url_for(request, "postgresql")
+    create_filled(other)
+    digest_command_run(sqlite_url, "t", None, None)
+    engine = create_engine(sqlite_url)  # a plain connection, without driftless's functions: any other tool
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE t SET v = 'by hand' WHERE id = 5"))
+        conn.execute(text("INSERT INTO t (id, v) VALUES (99999, 'new')"))
+        nulls = conn.execute(text(f"SELECT id FROM t WHERE {DIGEST_COLUMN} IS NULL ORDER BY id")).scalars().all()
+    engine.dispose()
+    assert nulls == [5, 99999]  # the trigger cleared the changed row's digest; the new row has none
+    result = deep_diff(other, sqlite_url, "t", ["id"])
+    assert result.row_digest == {"source": False, "target": True}
+    assert [c["key"]["id"] for c in result.changed] == [5] and [e["key"]["id"] for e in result.extra] == [99999]
+
+
+def test_mariadb_timestamp_columns_are_refused_with_the_reason(request):
     mariadb = url_for(request, "mariadb")
     engine = create_engine(mariadb)
     with engine.begin() as conn:

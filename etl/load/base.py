@@ -90,6 +90,17 @@ class Loader(ABC):
         except DigestUnsupported as exc:  # a speed-up only: the deep diff hashes rows without it
             logging.getLogger(__name__).warning("reconcile.row_digest ignored for %s: %s", table.name, exc)
 
+    def fill_digest(self, conn: Connection, table: Table) -> None:
+        """Digests the database does not compute itself (SQLite): fill them in the load's transaction."""
+        if not self.row_digest:
+            return
+        from etl.reconcile.dialects import hash_dialect_for
+        from etl.reconcile.digest import fill_digest
+
+        dialect = hash_dialect_for(self.url)(self.engine)
+        if dialect.fills_digest:
+            fill_digest(conn, dialect, table.name, table.schema, self.row_digest)
+
     @contextmanager
     def transaction(self, target: Table, mode: WriteMode | None = None) -> Iterator[Connection]:
         """A transaction holding the target's load lock, so concurrent loads of one table serialize.
@@ -102,6 +113,7 @@ class Loader(ABC):
         self.staged = 0
         with self._transaction(target) as conn:
             yield conn
+            self.fill_digest(conn, target)
 
     @abstractmethod
     @contextmanager

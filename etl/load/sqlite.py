@@ -71,6 +71,7 @@ class SqliteLoader(Loader):
                 into = self._into(target)
                 into.drop(conn, checkfirst=True)
                 into.create(conn)
+                self.ensure_digest(conn, into)  # the replacing table keeps the target's row digest
             if self.mode is not None and self.mode.detects_deletes:
                 keys = self._keys_table(target)
                 keys.drop(conn, checkfirst=True)

@@ -165,6 +165,7 @@ class _Side:
         """Build the SQL fragments once the logical kinds of all columns are known."""
         q = self.d.quote
         self.uses_digest = False
+        self.digest_sql = ""
         self.canons = [self.d.canon(q(c), k, self.physical(c), s)
                        for c, k, s in zip(self.columns, kinds, scales, strict=True)]
         key_idx = [self.columns.index(k) for k in self.keys]
@@ -176,9 +177,11 @@ class _Side:
         if use_digest and stored is not None:
             wanted = fingerprint([DigestColumn(c, k, s if k == "decimal" else None)
                                   for c, k, s in zip(self.columns, kinds, scales, strict=True)])
-            if fingerprint_in(stored.comment) == wanted:
+            with self.engine.connect() as conn:
+                comment = self.d.digest_comment(conn, self.table.name, self.table.schema, stored)
+            if fingerprint_in(comment) == wanted:
                 self.uses_digest = True
-                self.hash_sum = f"SUM({q(DIGEST_COLUMN)})"
+                self.digest_sql = self.d.digest_value(q(DIGEST_COLUMN), self.row_text)
             else:
                 log.warning("row digest of %s in %s covers other columns than this comparison; hashing rows "
                             "instead (etl digest add refreshes it)", self.table_name, self.label)
@@ -216,12 +219,23 @@ class _Side:
                 f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}"
             ) from None
 
+    def _sums(self, expr: str, max_rows: int | None) -> tuple[str, list[tuple[str, int]] | None]:
+        """The SELECT list of a digest sum, and its weighted parts (see ``HashDialect.digest_sum_parts``)."""
+        parts = self.d.digest_sum_parts(expr, max_rows)
+        return (", ".join(p for p, _ in parts) if parts else f"SUM({expr})"), parts
+
+    @staticmethod
+    def _total(values: Sequence[Any], parts: list[tuple[str, int]] | None) -> int:
+        if parts:
+            return sum(int(v or 0) * weight for v, (_, weight) in zip(values, parts, strict=True))
+        return int(values[0] or 0)
+
     def checksum(self, lo: Key | None, hi: Key | None) -> tuple[int, int]:
         params: dict[str, Any] = {}
-        sql = (f"SELECT COUNT(*), {self.hash_sum} FROM {self.sql_table} "
-               f"WHERE {self.where(lo, hi, params)}")
-        count, total = self.execute(sql, params)[0]
-        return int(count), int(total or 0)
+        select, parts = self._sums(self.digest_sql, None) if self.uses_digest else (self.hash_sum, None)
+        sql = f"SELECT COUNT(*), {select} FROM {self.sql_table} WHERE {self.where(lo, hi, params)}"
+        count, *sums = self.execute(sql, params)[0]
+        return int(count), self._total(sums, parts)
 
     def key_bounds(self) -> tuple[Any, Any]:
         """The smallest and largest key (two index look-ups; no scan)."""
@@ -252,29 +266,22 @@ class _Side:
         params: dict[str, Any] = {"base": base, "width": width}
         k = self.d.quote(self.keys[0])
         bucket = self.d.int_div(f"{k} - :base", ":width")
-        digest = self.d.quote(DIGEST_COLUMN) if whole else "h"
-        # A bucket of unique integer keys holds at most `width` rows: the split sum is exact below 2**29.
-        parts = self.d.digest_sum_parts(digest) if self.uses_digest and width <= 2**29 else None
-        if self.uses_digest:
-            total = ", ".join(p for p, _ in parts) if parts else f"SUM({digest})"
+        parts = None
+        if self.uses_digest:  # a bucket of unique integer keys holds at most `width` rows
+            total, parts = self._sums(self.digest_sql if whole else "h", width)
         if whole:
             source = self.d.digest_scan(self.sql_table) if self.uses_digest else self.sql_table
             sql = (f"SELECT {bucket} AS b, COUNT(*), {total if self.uses_digest else self.hash_sum} FROM {source} "
                    f"GROUP BY {bucket}{self.d.group_suffix()}")
         else:
             if self.uses_digest:
-                values = f"{self.d.quote(DIGEST_COLUMN)} AS h"
+                values = f"{self.digest_sql} AS h"
             else:
                 values = ", ".join(f"{c} AS c{i}" for i, c in enumerate(self.canons))
                 total = self.d.hash_sum_of([f"c{i}" for i in range(len(self.canons))])
             inner = self._in_ranges(f"{bucket} AS b, {values}", ranges, params)
             sql = f"SELECT b, COUNT(*), {total} FROM ({inner}) x GROUP BY b{self.d.group_suffix()}"
-        out = {}
-        for b, c, *sums in self.execute(sql, params):
-            s = sum(int(v or 0) * weight for v, (_, weight) in zip(sums, parts, strict=True)) if parts \
-                else int(sums[0] or 0)
-            out[int(b)] = (int(c), s)
-        return out
+        return {int(b): (int(c), self._total(sums, parts)) for b, c, *sums in self.execute(sql, params)}
 
     def hashes_in(self, ranges: list[tuple[int, int]]) -> dict[Key, tuple[Key, int]]:
         """Like ``hashes`` for the rows in any of the integer ``ranges``."""
@@ -289,7 +296,7 @@ class _Side:
     def _hashes(self, where: str | None, params: dict[str, Any],
                 ranges: list[tuple[int, int]] | None = None) -> dict[Key, tuple[Key, int]]:
         q = [self.d.quote(k) for k in self.keys]
-        row_hash = self.d.quote(DIGEST_COLUMN) if self.uses_digest else self.d.row_hash(self.row_text)
+        row_hash = self.digest_sql if self.uses_digest else self.d.row_hash(self.row_text)
         select = f"{', '.join(q)}, {', '.join(self.key_canons)}, {row_hash}"
         if ranges is not None:
             sql = self._in_ranges(select, ranges, params)

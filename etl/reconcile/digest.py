@@ -12,7 +12,10 @@ by another tool or by a restore is hashed like any other.
 * MariaDB/MySQL: a stored generated column plus an index on it, so that a whole-table pass reads the
   narrow index instead of the rows. TIMESTAMP columns (which read in the session's time zone) cannot
   be digested; DATETIME can.
-* SQLite: not possible (no MD5 a generated column could call); the diff hashes SQLite rows as it reads.
+* SQLite: no MD5 a generated column could call, so the digest is a plain column that driftless
+  fills (``etl digest add`` once, the loader after each write) and a trigger sets to NULL whenever
+  anything else updates a row; the diff hashes rows whose digest is NULL as it reads them, so a stale
+  digest is never compared. Its fingerprint is in the trigger's name (SQLite has no column comments).
 
 The column's comment records which columns, kinds and scales it covers (a fingerprint). A diff uses
 the digest only when that fingerprint equals the comparison it runs; otherwise it hashes the rows as
@@ -131,7 +134,8 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
         raise ReconciliationFailed(f"table {name!r} has no column(s) {missing} for its row digest")
     comment = comment_for(cols)
     existing = table.c.get(DIGEST_COLUMN)
-    if existing is not None and fingerprint_in(existing.comment) == fingerprint(cols):
+    covered = fingerprint_in(dialect.digest_comment(conn, name, schema, existing)) if existing is not None else None
+    if covered == fingerprint(cols):
         return "current"
     table_sql = dialect.table(name, schema)
     # Build the expression first: an unsupported column type fails before anything changes.
@@ -140,9 +144,9 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
                                    c.scale if c.scale is not None else FLOAT_SCALE, functions_schema)
               for c in cols]
     expr = dialect.row_hash(dialect.row_text(canons))
-    statements = dialect.digest_add(table_sql, DIGEST_COLUMN, expr, comment)
+    statements = dialect.digest_add(table_sql, name, DIGEST_COLUMN, expr, comment, fingerprint(cols))
     if existing is not None:
-        statements = dialect.digest_drop(table_sql, DIGEST_COLUMN) + statements
+        statements = dialect.digest_drop(conn, table_sql, name, DIGEST_COLUMN) + statements
     try:
         for sql in statements:
             conn.exec_driver_sql(sql)
@@ -159,9 +163,25 @@ def drop_digest(conn: Connection, dialect: HashDialect, name: str, schema: str |
     table = _reflect(conn, name, schema)
     if DIGEST_COLUMN not in table.c:
         return False
-    for sql in dialect.digest_drop(dialect.table(name, schema), DIGEST_COLUMN):
+    for sql in dialect.digest_drop(conn, dialect.table(name, schema), name, DIGEST_COLUMN):
         conn.exec_driver_sql(sql)
     return True
+
+
+def fill_digest(conn: Connection, dialect: HashDialect, name: str, schema: str | None,
+                columns: Sequence[DigestColumn]) -> None:
+    """After a write: compute the digest of rows that have none (SQLite; the other databases do it themselves)."""
+    table = _reflect(conn, name, schema)
+    existing = table.c.get(DIGEST_COLUMN)
+    if existing is None or fingerprint_in(dialect.digest_comment(conn, name, schema, existing)) != fingerprint(columns):
+        return
+    functions_schema = dialect.digest_prepare(conn, schema)
+    canons = [dialect.stored_canon(dialect.quote(c.name), c.kind, table.c[c.name].type,
+                                   c.scale if c.scale is not None else FLOAT_SCALE, functions_schema)
+              for c in columns]
+    for sql in dialect.digest_fill(dialect.table(name, schema), DIGEST_COLUMN,
+                                   dialect.row_hash(dialect.row_text(canons))):
+        conn.exec_driver_sql(sql)
 
 
 def digest_command_run(url: URL, table: str, schema: str | None, columns: list[str] | None,
@@ -198,4 +218,5 @@ def digest_command_run(url: URL, table: str, schema: str | None, columns: list[s
 
 
 __all__ = ["DIGEST_COLUMN", "DigestColumn", "DigestUnsupported", "comment_for", "digest_command_run",
-           "drop_digest", "ensure_digest", "fingerprint", "fingerprint_in", "spec_digest_columns", "table_columns"]
+           "drop_digest", "ensure_digest", "fill_digest", "fingerprint", "fingerprint_in", "spec_digest_columns",
+           "table_columns"]
