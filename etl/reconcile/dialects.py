@@ -155,8 +155,12 @@ class HashDialect:
         """Create what ``stored_canon`` refers to; returns the schema holding it (None: nothing needed)."""
         return None
 
-    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str) -> list[str]:
-        """Statements that add the digest column (with its comment and fingerprint ``fp``)."""
+    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str,
+                   keys: list[str]) -> list[str]:
+        """Statements that add the digest column, with its comment and fingerprint ``fp``.
+
+        ``keys`` are the table's primary key columns.
+        """
         raise DigestUnsupported(f"{self.name} databases cannot hold a stored row digest")
 
     def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str) -> list[str]:
@@ -291,7 +295,8 @@ class PostgresHash(HashDialect):
                 f"LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT to_char($1, '{pattern}') $$")
         return schema
 
-    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str) -> list[str]:
+    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str,
+                   keys: list[str]) -> list[str]:
         col = self.quote(column)
         return [f"ALTER TABLE {table_sql} ADD COLUMN {col} bigint GENERATED ALWAYS AS ({expr}) STORED",
                 f"COMMENT ON COLUMN {table_sql}.{col} IS {self.literal(comment)}"]
@@ -365,13 +370,15 @@ class MySqlHash(HashDialect):
             return f"CAST(CAST({expr} AS {target}) AS CHAR CHARACTER SET utf8mb4)"
         return self.canon(expr, kind, physical, scale)
 
-    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str) -> list[str]:
+    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str,
+                   keys: list[str]) -> list[str]:
         col = self.quote(column)
-        # The index holds (digest, key) only: a whole-table pass reads it instead of every row
-        # (measured on 1M rows: 0.58 s instead of 1.75 s per GROUP BY pass).
+        # The index holds (key, digest) only: diff passes read it instead of the rows, whole (measured on
+        # 1M rows: 0.58 s instead of 1.75 s per GROUP BY pass) or by key ranges.
+        indexed = ", ".join([*(self.quote(k) for k in keys), col])
         return [f"ALTER TABLE {table_sql} ADD COLUMN {col} BIGINT AS ({expr}) STORED "
                 f"COMMENT '{comment.replace(chr(39), chr(39) * 2)}', "
-                f"ADD INDEX {self.quote(DIGEST_INDEX)} ({col})"]
+                f"ADD INDEX {self.quote(DIGEST_INDEX)} ({indexed})"]
 
     def digest_scan(self, table_sql: str) -> str:
         return f"{table_sql} FORCE INDEX ({self.quote(DIGEST_INDEX)})"
@@ -483,7 +490,8 @@ class SqliteHash(HashDialect):
         register_functions(conn.connection.driver_connection)
         return None
 
-    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str) -> list[str]:
+    def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str,
+                   keys: list[str]) -> list[str]:
         col = self.quote(column)
         # trigger names are unique per database and a trigger keeps its name when its table is renamed
         # (a replace swaps tables): a random suffix, the table is found by sqlite_master.tbl_name

@@ -243,18 +243,21 @@ class _Side:
         lo, hi = self.execute(f"SELECT MIN({k}), MAX({k}) FROM {self.sql_table}", {})[0]
         return lo, hi
 
-    def _in_ranges(self, select: str, ranges: list[tuple[int, int]], params: dict[str, Any]) -> str:
+    def _in_ranges(self, select: str, ranges: list[tuple[int, int]], params: dict[str, Any],
+                   digest_only: bool = False) -> str:
         """``SELECT select`` over the rows in any of the integer key ``ranges``.
 
         One ``UNION ALL`` branch per range, so that every engine does one index range scan per range:
         an ``OR`` of ranges is planned as a scan of the whole table by PostgreSQL and MariaDB
-        (measured: 0.28 s instead of 0.02 s for 150 ranges in a million rows).
+        (measured: 0.28 s instead of 0.02 s for 150 ranges in a million rows). ``digest_only``: the
+        select list needs only the key and the digest (MariaDB then reads the digest's index).
         """
         k = self.d.quote(self.keys[0])
+        source = self.d.digest_scan(self.sql_table) if digest_only else self.sql_table
         parts = []
         for i, (lo, hi) in enumerate(ranges):
             params[f"r{i}lo"], params[f"r{i}hi"] = lo, hi
-            parts.append(f"SELECT {select} FROM {self.sql_table} WHERE {k} >= :r{i}lo AND {k} < :r{i}hi")
+            parts.append(f"SELECT {select} FROM {source} WHERE {k} >= :r{i}lo AND {k} < :r{i}hi")
         return " UNION ALL ".join(parts)
 
     def int_buckets_in(self, base: int, width: int, ranges: list[tuple[int, int]],
@@ -279,7 +282,7 @@ class _Side:
             else:
                 values = ", ".join(f"{c} AS c{i}" for i, c in enumerate(self.canons))
                 total = self.d.hash_sum_of([f"c{i}" for i in range(len(self.canons))])
-            inner = self._in_ranges(f"{bucket} AS b, {values}", ranges, params)
+            inner = self._in_ranges(f"{bucket} AS b, {values}", ranges, params, digest_only=self.uses_digest)
             sql = f"SELECT b, COUNT(*), {total} FROM ({inner}) x GROUP BY b{self.d.group_suffix()}"
         return {int(b): (int(c), self._total(sums, parts)) for b, c, *sums in self.execute(sql, params)}
 
@@ -299,7 +302,7 @@ class _Side:
         row_hash = self.digest_sql if self.uses_digest else self.d.row_hash(self.row_text)
         select = f"{', '.join(q)}, {', '.join(self.key_canons)}, {row_hash}"
         if ranges is not None:
-            sql = self._in_ranges(select, ranges, params)
+            sql = self._in_ranges(select, ranges, params, digest_only=self.uses_digest)
         else:
             sql = f"SELECT {select} FROM {self.sql_table} WHERE {where}"
         n = len(self.keys)

@@ -144,7 +144,8 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
                                    c.scale if c.scale is not None else FLOAT_SCALE, functions_schema)
               for c in cols]
     expr = dialect.row_hash(dialect.row_text(canons))
-    statements = dialect.digest_add(table_sql, name, DIGEST_COLUMN, expr, comment, fingerprint(cols))
+    statements = dialect.digest_add(table_sql, name, DIGEST_COLUMN, expr, comment, fingerprint(cols),
+                                    [c.name for c in table.primary_key.columns])
     if existing is not None:
         statements = dialect.digest_drop(conn, table_sql, name, DIGEST_COLUMN) + statements
     try:
