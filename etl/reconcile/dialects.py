@@ -380,6 +380,14 @@ class MySqlHash(HashDialect):
                 f"COMMENT '{comment.replace(chr(39), chr(39) * 2)}', "
                 f"ADD INDEX {self.quote(DIGEST_INDEX)} ({indexed})"]
 
+    def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str) -> list[str]:
+        # dropping the column alone would leave the index on the key columns behind
+        has_index = conn.exec_driver_sql(
+            "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() "
+            "AND table_name = %s AND index_name = %s", (name, DIGEST_INDEX)).scalar()
+        drop_index = f"DROP INDEX {self.quote(DIGEST_INDEX)}, " if has_index else ""
+        return [f"ALTER TABLE {table_sql} {drop_index}DROP COLUMN {self.quote(column)}"]
+
     def digest_scan(self, table_sql: str) -> str:
         return f"{table_sql} FORCE INDEX ({self.quote(DIGEST_INDEX)})"
 
