@@ -15,9 +15,9 @@ from typing import Any
 
 from etl import connections, lineage
 from etl.params import InvalidParams, RunOptions, run_options
-from etl.pipeline import WindowResult, extract_window, load_window, reconcile_window
+from etl.pipeline import WindowResult, extract_window, load_window, reconcile_window, staging_dir
 from etl.spec import PipelineSpec, load_spec
-from etl.staging import Manifest
+from etl.staging import Manifest, discard, prune_stale
 from etl.window import Window
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ def extract(spec_path: str, context: dict[str, Any]) -> dict[str, Any]:
     spec = load_spec(spec_path)
     options = options_from_context(spec, context)
     log.info("driftless run options: %s", json.dumps(options.as_dict()))
+    stale = prune_stale()
+    if stale:
+        log.info("removed %d staging directories of runs older than a week that never loaded", len(stale))
     manifest = extract_window(spec, options.window, context["run_id"])
     data = manifest.to_dict()
     if options.dry_run:
@@ -72,6 +75,7 @@ def load(spec_path: str, manifest: dict[str, Any], context: dict[str, Any]) -> d
 
         report = plan_window(spec, Manifest.from_dict(manifest))
         log.info("driftless dry run, nothing written: %s", json.dumps(report))
+        discard(manifest["directory"])
         return report
     window = Window.parse(manifest["window_start"], manifest["window_end"])
     result = load_window(spec, window, Manifest.from_dict(manifest), context["run_id"])
@@ -84,7 +88,11 @@ def reconcile(spec_path: str, result: dict[str, Any]) -> dict[str, Any]:
     if result.get("dry_run"):
         return result  # nothing was loaded, so there is nothing to reconcile
     spec = load_spec(spec_path)
-    return reconcile_window(spec, WindowResult.from_xcom(result)).to_xcom()
+    loaded = WindowResult.from_xcom(result)
+    checked = reconcile_window(spec, loaded).to_xcom()
+    # The window is loaded and checked: a retry of any task of this run no longer reads its staging files.
+    discard(staging_dir(spec, loaded.window, loaded.run_id))
+    return checked
 
 
 # Partitioned pipelines (``partition_by`` in the spec): plan -> sync_slice (mapped) -> finish.

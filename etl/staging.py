@@ -1,7 +1,9 @@
 """Staging files: a window's extracted records as Parquet, between the extract and load steps.
 
 Large data travels between Airflow tasks as files; XCom carries only the small manifest
-(paths, counts, watermarks). One directory per pipeline, window and run.
+(paths, counts, watermarks). One directory per pipeline, window and run: removed once the window's
+load has committed (``discard``); directories of runs that never got there (a failed load nobody
+retried) are removed after ``STALE_AFTER`` by the next extract of any pipeline (``prune_stale``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,11 +24,39 @@ from etl.errors import LoadError
 
 MANIFEST = "_manifest.json"
 PROGRESS = "_progress.json"
+#: a run's staging directory untouched for this long belongs to a run that will not be retried
+STALE_AFTER = timedelta(days=7)
 
 
 def staging_root() -> Path:
     """``$DRIFTLESS_STAGING_DIR``, or ``.staging`` in the working directory."""
     return Path(os.environ.get("DRIFTLESS_STAGING_DIR") or Path.cwd() / ".staging")
+
+
+def discard(directory: str | Path) -> None:
+    """Remove a run's staging directory (its window is loaded), and the window's if now empty."""
+    path = Path(directory)
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.parent.rmdir()  # only succeeds when no other run of the window is staged
+    except OSError:
+        pass
+
+
+def prune_stale(root: Path | None = None, older_than: timedelta = STALE_AFTER) -> list[Path]:
+    """Remove run directories (``root/pipeline/window/run``) not written to for ``older_than``."""
+    root = root or staging_root()
+    cutoff = time.time() - older_than.total_seconds()
+    removed = []
+    for run_dir in root.glob("*/*/*"):
+        try:
+            newest = max([run_dir.stat().st_mtime, *(f.stat().st_mtime for f in run_dir.iterdir())])
+        except OSError:  # removed meanwhile, or not a directory
+            continue
+        if newest < cutoff:
+            discard(run_dir)
+            removed.append(run_dir)
+    return removed
 
 
 @dataclass

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from etl.pipeline import staging_dir
+from etl.window import Window
 from tests.helpers import INVOICES, fingerprint, invoices_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +73,10 @@ def test_dag_test_end_to_end(airflow_db, tmp_path, monkeypatch, connections, chi
     fp = fingerprint(target_url, invoices_spec())
     assert fp["rows"] == 83
     assert fp["watermark"] == datetime(2025, 1, 1, tzinfo=UTC)
+    # loaded and reconciled: the run's staging files are gone
+    window = Window.parse("2024-01-01T00:00:00+00:00", "2025-01-01T00:00:00+00:00")
+    assert not staging_dir(invoices_spec(), window, run.run_id).exists()
+    assert staging_dir(invoices_spec(), window, run.run_id).parent.parent.is_dir()  # the path is the real one
 
     # Without an override the run's data interval is the window. A manual run at 2025-12-23 gets the
     # interval that ended last, [2025-12-22, 2025-12-23), which holds one invoice.
@@ -82,3 +88,24 @@ def test_dag_test_end_to_end(airflow_db, tmp_path, monkeypatch, connections, chi
     fp2 = fingerprint(target_url, invoices_spec())
     assert fp2["rows"] == 84
     assert fp2["watermark"] == datetime(2025, 12, 23, tzinfo=UTC)
+
+
+def test_staging_of_a_loaded_window_is_removed_and_stale_runs_are_pruned(tmp_path):
+    import os
+    import time
+
+    from etl.staging import discard, prune_stale
+
+    root = tmp_path / "staging"
+    fresh, stale, done = (root / "p" / "w1" / "run_a", root / "p" / "w2" / "run_b", root / "q" / "w3" / "run_c")
+    for d in (fresh, stale, done):
+        d.mkdir(parents=True)
+        (d / "part-00000.parquet").write_bytes(b"x")
+    week_ago = time.time() - 8 * 86400
+    for path in (stale / "part-00000.parquet", stale):
+        os.utime(path, (week_ago, week_ago))
+    assert prune_stale(root) == [stale]
+    assert fresh.exists() and not stale.exists()
+    discard(done)
+    assert not done.exists() and not done.parent.exists()  # the window's directory went with its last run
+    assert fresh.exists()
