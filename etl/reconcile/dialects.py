@@ -91,6 +91,8 @@ class HashDialect:
     name: ClassVar[str] = "generic"
     #: the digest is filled by driftless after writes, not computed by the database (SQLite)
     fills_digest: ClassVar[bool] = False
+    #: the database runs inside this process: a query costs microseconds, not a network round trip
+    in_process: ClassVar[bool] = False
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -449,6 +451,7 @@ def register_functions(dbapi_conn: Any) -> None:
 class SqliteHash(HashDialect):
     name = "sqlite"
     fills_digest = True
+    in_process = True
 
     @classmethod
     def create_engine(cls, url: URL) -> Engine:

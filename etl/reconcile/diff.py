@@ -44,6 +44,8 @@ SPLIT = 16
 INT_SPLIT = 64
 RANGES_PER_QUERY = 200
 KEYS_PER_QUERY = 500
+#: an in-process database answers a first pass of up to this many buckets one key range at a time
+IN_PROCESS_BUCKETS = 4096
 MAX_BUCKETS = 65_536
 MAX_DETAILS = 1000  # rows of each kind of difference kept with their values (all keys are kept)
 Key = tuple[Any, ...]
@@ -274,6 +276,9 @@ class _Side:
         parts = None
         if self.uses_digest:  # a bucket of unique integer keys holds at most `width` rows
             total, parts = self._sums(self.digest_sql if whole else "h", width)
+        if whole and self.d.in_process and math.ceil((ranges[0][1] - ranges[0][0]) / width) <= IN_PROCESS_BUCKETS:
+            return self._buckets_one_by_one(base, width, ranges[0], total if self.uses_digest else self.hash_sum,
+                                            parts)
         if whole:
             source = self.d.digest_scan(self.sql_table) if self.uses_digest else self.sql_table
             sql = (f"SELECT {bucket} AS b, COUNT(*), {total if self.uses_digest else self.hash_sum} FROM {source} "
@@ -287,6 +292,23 @@ class _Side:
             inner = self._in_ranges(f"{bucket} AS b, {values}", ranges, params, digest_only=self.uses_digest)
             sql = f"SELECT b, COUNT(*), {total} FROM ({inner}) x GROUP BY b{self.d.group_suffix()}"
         return {int(b): (int(c), self._total(sums, parts)) for b, c, *sums in self.execute(sql, params)}
+
+    def _buckets_one_by_one(self, base: int, width: int, whole: tuple[int, int], total: str,
+                            parts: list[tuple[str, int]] | None) -> dict[int, tuple[int, int]]:
+        """The first pass as one key-range query per bucket, for an in-process database (SQLite).
+
+        SQLite sorts every row into a temporary B-tree for a GROUP BY on an expression (measured on
+        1M rows: 0.60 s); a thousand range scans on the rowid cost a few microseconds each plus the rows.
+        """
+        k = self.d.quote(self.keys[0])
+        sql = f"SELECT COUNT(*), {total} FROM {self.sql_table} WHERE {k} >= :lo AND {k} < :hi"
+        out = {}
+        for b in range((whole[1] - whole[0] + width - 1) // width):
+            lo = base + b * width
+            count, *sums = self.execute(sql, {"lo": lo, "hi": lo + width})[0]
+            if count:
+                out[b] = (int(count), self._total(sums, parts))
+        return out
 
     def hashes_in(self, ranges: list[tuple[int, int]]) -> dict[Key, tuple[Key, int]]:
         """Like ``hashes`` for the rows in any of the integer ``ranges``."""
