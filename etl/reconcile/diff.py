@@ -6,7 +6,7 @@ How it works (the approach of data-diff, extended to SQLite and to string and co
    canonical text of every row (``etl.reconcile.dialects``). Only these two numbers per range
    cross the network.
 2. Ranges whose numbers differ are split and compared again (integer keys: one ``GROUP BY``
-   query per level and side splits every open range into 64 buckets; other keys: boundaries taken
+   query per level and side splits every open range into 16 buckets; other keys: boundaries taken
    from the keys of the range), until a range holds at most ``leaf_rows`` rows.
 3. For those small ranges each side sends its keys and row hashes; only the rows whose hash differs,
    or whose key one side lacks, are fetched as canonical texts and compared column by column:
@@ -40,8 +40,6 @@ from etl.spec import TYPE_PATTERN, check_identifier
 log = logging.getLogger(__name__)
 
 SPLIT = 16
-#: integer keys split 64-fold per level: first-pass buckets of 1024 keys reach leaves of 16 in one level
-INT_SPLIT = 64
 RANGES_PER_QUERY = 200
 KEYS_PER_QUERY = 500
 #: an in-process database answers a first pass of up to this many buckets one key range at a time
@@ -580,7 +578,7 @@ class DeepDiff:
                         leaves.append(rng)
                     else:
                         next_ranges.append(rng)
-            ranges, width, whole = _merge_ranges(next_ranges), max(1, width // INT_SPLIT), False
+            ranges, width, whole = _merge_ranges(next_ranges), max(1, width // SPLIT), False
         for batch in _chunks(_merge_ranges(leaves), RANGES_PER_QUERY):
             self._compare_hashes(*self._both(partial(_Side.hashes_in, ranges=batch)))
 
