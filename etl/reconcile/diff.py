@@ -296,16 +296,25 @@ class _Side:
         """The first pass as one key-range query per bucket, for an in-process database (SQLite).
 
         SQLite sorts every row into a temporary B-tree for a GROUP BY on an expression (measured on
-        1M rows: 0.60 s); a thousand range scans on the rowid cost a few microseconds each plus the rows.
+        1M rows: 0.60 s); a few thousand range scans on the rowid, through the driver's own cursor
+        (SQLAlchemy adds ~0.3 ms per statement), cost microseconds each plus the rows.
         """
         k = self.d.quote(self.keys[0])
-        sql = f"SELECT COUNT(*), {total} FROM {self.sql_table} WHERE {k} >= :lo AND {k} < :hi"
+        sql = f"SELECT COUNT(*), {total} FROM {self.sql_table} WHERE {k} >= ? AND {k} < ?"
+        self.execute("SELECT 1", {})  # opens the side's connection
+        assert self._conn is not None
+        raw = self._conn.connection.driver_connection
+        assert raw is not None  # a connection in use is checked out, never detached
         out = {}
-        for b in range((whole[1] - whole[0] + width - 1) // width):
-            lo = base + b * width
-            count, *sums = self.execute(sql, {"lo": lo, "hi": lo + width})[0]
-            if count:
-                out[b] = (int(count), self._total(sums, parts))
+        try:
+            for b in range((whole[1] - whole[0] + width - 1) // width):
+                lo = base + b * width
+                count, *sums = raw.execute(sql, (lo, lo + width)).fetchone()
+                if count:
+                    out[b] = (int(count), self._total(sums, parts))
+        except Exception as exc:  # sqlite3.Error, or an error raised inside a registered function
+            raise ReconciliationFailed(
+                f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}") from None
         return out
 
     def hashes_in(self, ranges: list[tuple[int, int]]) -> dict[Key, tuple[Key, int]]:
@@ -427,7 +436,7 @@ class DeepDiff:
     def __init__(self, source_url: URL, target_url: URL, source_table: str, key: Sequence[str],
                  columns: Sequence[ColumnMap | str] | None = None, target_table: str | None = None,
                  source_schema: str | None = None, target_schema: str | None = None,
-                 bucket_rows: int = 1024, leaf_rows: int = 16, use_digest: bool = True) -> None:
+                 bucket_rows: int = 256, leaf_rows: int = 16, use_digest: bool = True) -> None:
         self.bucket_rows, self.leaf_rows = bucket_rows, leaf_rows
         self.table_label = target_table or source_table
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deep-diff")
