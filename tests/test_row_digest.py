@@ -173,3 +173,25 @@ def test_pipeline_target_keeps_its_digest_through_loads_evolution_and_replace(
     third = reconcile_pipeline(evolved, deep=True)
     assert third["row_digest"]["target"] is True
     assert (third["changed"], third["status"]) == (0, "PASS")
+
+
+def test_mariadb_digest_of_a_table_in_another_schema_refreshes_and_drops(request):
+    url = url_for(request, "mariadb")
+    schema = f"{url.database}_other"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE DATABASE `{schema}`"))
+    try:
+        create_filled(url.set(database=schema), n=20)
+        assert digest_command_run(url, "t", schema, None)["digest"] == "added"
+        with engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE `{schema}`.t ADD COLUMN note VARCHAR(10)"))
+        assert digest_command_run(url, "t", schema, None)["digest"] == "refreshed"
+        indexes = [(ix["name"], ix["column_names"]) for ix in inspect(engine).get_indexes("t", schema=schema)]
+        assert indexes == [("ix_driftless_h48", ["id", DIGEST_COLUMN])]
+        assert digest_command_run(url, "t", schema, None, drop=True)["digest"] == "dropped"
+        assert inspect(engine).get_indexes("t", schema=schema) == []
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS `{schema}`"))
+        engine.dispose()

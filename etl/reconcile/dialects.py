@@ -165,7 +165,8 @@ class HashDialect:
         """
         raise DigestUnsupported(f"{self.name} databases cannot hold a stored row digest")
 
-    def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str) -> list[str]:
+    def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str,
+                    schema: str | None = None) -> list[str]:
         return [f"ALTER TABLE {table_sql} DROP COLUMN {self.quote(column)}"]
 
     def digest_comment(self, conn: Connection, name: str, schema: str | None, column: Any) -> str | None:
@@ -382,11 +383,12 @@ class MySqlHash(HashDialect):
                 f"COMMENT '{comment.replace(chr(39), chr(39) * 2)}', "
                 f"ADD INDEX {self.quote(DIGEST_INDEX)} ({indexed})"]
 
-    def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str) -> list[str]:
+    def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str,
+                    schema: str | None = None) -> list[str]:
         # dropping the column alone would leave the index on the key columns behind
         has_index = conn.exec_driver_sql(
-            "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() "
-            "AND table_name = %s AND index_name = %s", (name, DIGEST_INDEX)).scalar()
+            "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = COALESCE(%s, DATABASE()) "
+            "AND table_name = %s AND index_name = %s", (schema, name, DIGEST_INDEX)).scalar()
         drop_index = f"DROP INDEX {self.quote(DIGEST_INDEX)}, " if has_index else ""
         return [f"ALTER TABLE {table_sql} {drop_index}DROP COLUMN {self.quote(column)}"]
 
@@ -521,7 +523,8 @@ class SqliteHash(HashDialect):
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? AND name LIKE ? ESCAPE '!'",
             (name, SQLITE_TRIGGER_PREFIX.replace("_", "!_") + "%"))]
 
-    def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str) -> list[str]:
+    def digest_drop(self, conn: Connection, table_sql: str, name: str, column: str,
+                    schema: str | None = None) -> list[str]:
         drops = [f"DROP TRIGGER IF EXISTS {self.quote(t)}" for t in self._triggers(conn, name)]
         return [*drops, f"ALTER TABLE {table_sql} DROP COLUMN {self.quote(column)}"]
 

@@ -147,7 +147,7 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
     statements = dialect.digest_add(table_sql, name, DIGEST_COLUMN, expr, comment, fingerprint(cols),
                                     [c.name for c in table.primary_key.columns])
     if existing is not None:
-        statements = dialect.digest_drop(conn, table_sql, name, DIGEST_COLUMN) + statements
+        statements = dialect.digest_drop(conn, table_sql, name, DIGEST_COLUMN, schema) + statements
     try:
         for sql in statements:
             conn.exec_driver_sql(sql)
@@ -164,7 +164,7 @@ def drop_digest(conn: Connection, dialect: HashDialect, name: str, schema: str |
     table = _reflect(conn, name, schema)
     if DIGEST_COLUMN not in table.c:
         return False
-    for sql in dialect.digest_drop(conn, dialect.table(name, schema), name, DIGEST_COLUMN):
+    for sql in dialect.digest_drop(conn, dialect.table(name, schema), name, DIGEST_COLUMN, schema):
         conn.exec_driver_sql(sql)
     return True
 
