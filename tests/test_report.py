@@ -28,7 +28,7 @@ PASSWORD = "s3cret-Pw"
 @pytest.mark.integration
 def test_report_html_is_self_contained_and_json_complete(chinook_copy, pg_url, connections, tmp_path):
     connections(src=chinook_copy, wh=pg_url.set(password=PASSWORD))  # trust auth ignores the password
-    spec = invoices_spec(reconcile={"sum_columns": ["total"]})
+    spec = invoices_spec(reconcile={"sum_columns": ["total"], "row_digest": True})
     for start, end in (("2021-01-01", "2022-01-01"), ("2022-01-01", "2023-01-01"), ("2023-01-01", "2026-01-01")):
         run_window(spec, Window.parse(start, end))
     engine = create_engine(pg_url)
@@ -60,6 +60,8 @@ def test_report_html_is_self_contained_and_json_complete(chinook_copy, pg_url, c
     assert p["source"]["table"] == "Invoice" and p["schedule"] == "@daily"
     assert by_name["broken_test"]["error"].startswith("connection 'nowhere' is not defined")
     assert "billing_city = NULL" in html  # the changed sample shows NULL, not an empty cell
+    assert diff["row_digest"] == {"source": False, "target": True}  # SQLite source hashed, PG target's digest read
+    assert "stored row digest read on\nsource: no, target: yes" in html
 
 
 def test_report_command_writes_both_files(chinook_copy, sqlite_url, connections, tmp_path, capsys):

@@ -144,7 +144,9 @@ pipeline yet</p>{% else %}
 <div class="kpi">extra in target<b>{{ d.extra_in_target if d.extra_in_target is not none else '?' }}</b></div>
 <div class="kpi">changed<b>{{ d.changed if d.changed is not none else '?' }}</b></div>
 <div class="kpi">seconds<b>{{ d.duration_s }}</b></div></div>
-<p class="muted">checked {{ d.checked_at }} ({{ d.check }}){% if d.changed_columns %}; changed columns:
+<p class="muted">checked {{ d.checked_at }} ({{ d.check }}){% if d.row_digest %}; stored row digest read on
+source: {{ 'yes' if d.row_digest.source else 'no' }}, target: {{ 'yes' if d.row_digest.target else 'no' }}
+{%- endif %}{% if d.changed_columns %}; changed columns:
 {% for k, v in d.changed_columns.items() %}{{ k }} ({{ v }}){% if not loop.last %}, {% endif %}{% endfor %}{% endif %}
 {% if d.repair %}; repair upserted {{ d.repair.upserted }}, deleted {{ d.repair.deleted }},
 after repair: {{ d.repair.after.status }}{% endif %}</p>
