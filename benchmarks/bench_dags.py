@@ -1,5 +1,7 @@
 """DAG parse time with many pipeline specs: DagBag over dags/ with N generated specs (goal: < 1 s for 50).
 
+``dag_parse_s`` is the first parse in a fresh process (imports included); ``dag_parse_warm_s`` the next.
+
     python benchmarks/bench_dags.py --n 50      # prints one JSON line
 
 ``run(n)`` is what ``make bench`` calls; it returns the measurement as a dict.
@@ -48,6 +50,11 @@ def run(n: int = 50) -> dict:
             started = time.perf_counter()
             bag = DagBag(dag_folder=str(REPO / "dags"))
             elapsed = time.perf_counter() - started
+            # A DAG processor parses again and again in one process: the second parse has the imports
+            # (Airflow's own, driftless's) done, as every later one will.
+            started = time.perf_counter()
+            DagBag(dag_folder=str(REPO / "dags"))
+            warm = time.perf_counter() - started
         finally:
             if previous is None:
                 os.environ.pop("DRIFTLESS_SPECS_DIR", None)
@@ -56,7 +63,8 @@ def run(n: int = 50) -> dict:
     # The folder also holds DAGs that are not generated from specs (the consistency report).
     pipeline_dags = sum(1 for dag_id in bag.dags if dag_id.startswith("bench_pipeline_"))
     return {"dag_specs": n, "dags": pipeline_dags, "dags_total": len(bag.dags), "import_errors": len(bag.import_errors),
-            "dag_parse_s": round(elapsed, 3), "dag_parse_ms_per_dag": round(1000 * elapsed / max(n, 1), 2),
+            "dag_parse_s": round(elapsed, 3), "dag_parse_warm_s": round(warm, 3),
+            "dag_parse_ms_per_dag": round(1000 * elapsed / max(n, 1), 2),
             "dag_parse_goal_met": elapsed < 1.0}
 
 
