@@ -22,15 +22,6 @@ DIGESTIBLE = ["postgresql", "mariadb", "sqlite"]
 PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql"), ("postgresql", "sqlite"), ("sqlite", "mariadb")]
 
 
-def _scalar(url, sql):
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text(sql)).scalar()
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("dialect", DIGESTIBLE)
 def test_stored_digest_equals_the_computed_row_hash(request, dialect):
     url = url_for(request, dialect)

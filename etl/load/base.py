@@ -7,7 +7,8 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +36,10 @@ from etl.load.evolution import evolve
 from etl.load.modes import DELETED_AT, WriteMode, as_write_mode
 from etl.state import ensure_state_tables
 
+if TYPE_CHECKING:  # the reconcile package is imported only by loads that keep a row digest
+    from etl.reconcile.dialects import HashDialect
+    from etl.reconcile.digest import DigestColumn
+
 
 class Loader(ABC):
     """Loads a window's chunks into one target table, exactly once.
@@ -58,7 +63,7 @@ class Loader(ABC):
         self.mode: WriteMode | None = None
         self.staged = 0
         #: columns of the stored row digest to keep on the target (spec ``reconcile.row_digest``); None: none
-        self.row_digest: list[Any] | None = None
+        self.row_digest: list[DigestColumn] | None = None
 
     def create_engine(self, url: URL) -> Engine:
         return create_engine(url, pool_pre_ping=True)
@@ -78,28 +83,31 @@ class Loader(ABC):
             self.ensure_digest(conn, target)
             return changes
 
+    @cached_property
+    def _hash_dialect(self) -> HashDialect:
+        from etl.reconcile.dialects import hash_dialect_for
+
+        return hash_dialect_for(self.url)(self.engine)
+
     def ensure_digest(self, conn: Connection, table: Table) -> None:
         """Give ``table`` the spec's row digest (added, or refreshed after the columns changed)."""
         if not self.row_digest:
             return
-        from etl.reconcile.dialects import DigestUnsupported, hash_dialect_for
+        from etl.reconcile.dialects import DigestUnsupported
         from etl.reconcile.digest import ensure_digest
 
         try:
-            ensure_digest(conn, hash_dialect_for(self.url)(self.engine), table.name, table.schema, self.row_digest)
+            ensure_digest(conn, self._hash_dialect, table.name, table.schema, self.row_digest)
         except DigestUnsupported as exc:  # a speed-up only: the deep diff hashes rows without it
             logging.getLogger(__name__).warning("reconcile.row_digest ignored for %s: %s", table.name, exc)
 
     def fill_digest(self, conn: Connection, table: Table) -> None:
         """Digests the database does not compute itself (SQLite): fill them in the load's transaction."""
-        if not self.row_digest:
+        if not self.row_digest or not self._hash_dialect.fills_digest:
             return
-        from etl.reconcile.dialects import hash_dialect_for
         from etl.reconcile.digest import fill_digest
 
-        dialect = hash_dialect_for(self.url)(self.engine)
-        if dialect.fills_digest:
-            fill_digest(conn, dialect, table.name, table.schema, self.row_digest)
+        fill_digest(conn, self._hash_dialect, table.name, table.schema, self.row_digest)
 
     @contextmanager
     def transaction(self, target: Table, mode: WriteMode | None = None) -> Iterator[Connection]:

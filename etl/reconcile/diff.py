@@ -166,8 +166,7 @@ class _Side:
     def bind(self, kinds: list[str], key_kinds: list[str], scales: list[int], use_digest: bool = True) -> None:
         """Build the SQL fragments once the logical kinds of all columns are known."""
         q = self.d.quote
-        self.uses_digest = False
-        self.digest_sql = ""
+        self.digest_sql = ""  # SQL of a row's hash from the stored digest; "" when the digest is not used
         self.canons = [self.d.canon(q(c), k, self.physical(c), s)
                        for c, k, s in zip(self.columns, kinds, scales, strict=True)]
         key_idx = [self.columns.index(k) for k in self.keys]
@@ -179,15 +178,19 @@ class _Side:
         if use_digest and stored is not None:
             wanted = fingerprint([DigestColumn(c, k, s if k == "decimal" else None)
                                   for c, k, s in zip(self.columns, kinds, scales, strict=True)])
-            with self.engine.connect() as conn:
-                comment = self.d.digest_comment(conn, self.table.name, self.table.schema, stored)
+            comment = self.d.digest_comment(self._connection(), self.table.name, self.table.schema, stored)
             if fingerprint_in(comment) == wanted:
-                self.uses_digest = True
                 self.digest_sql = self.d.digest_value(q(DIGEST_COLUMN), self.row_text)
+                self.d.digest_session(self._connection())
             else:
                 log.warning("row digest of %s in %s covers other columns than this comparison; hashing rows "
                             "instead (etl digest add refreshes it)", self.table_name, self.label)
         self.key_orders = [self.d.key_order(q(k), kind) for k, kind in zip(self.keys, key_kinds, strict=False)]
+
+    @property
+    def uses_digest(self) -> bool:
+        """Whether this side sums its table's stored row digest instead of hashing rows."""
+        return bool(self.digest_sql)
 
     # -- predicates ---------------------------------------------------------------------------
     def _bound(self, op: str, bound: Key, prefix: str, params: dict[str, Any]) -> str:
@@ -208,14 +211,15 @@ class _Side:
         return " AND ".join(parts) or "1 = 1"
 
     # -- queries ------------------------------------------------------------------------------
-    def execute(self, sql: str, params: dict[str, Any]) -> list[Any]:
+    def _connection(self) -> Connection:
         # One connection per side for the whole diff: dozens of small queries, no checkout per query.
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def execute(self, sql: str, params: dict[str, Any]) -> list[Any]:
         try:
-            if self._conn is None:
-                self._conn = self.engine.connect()
-                if self.uses_digest:
-                    self.d.digest_session(self._conn)
-            return list(self._conn.execute(text(sql), params).all())
+            return list(self._connection().execute(text(sql), params).all())
         except SQLAlchemyError as exc:
             raise ReconciliationFailed(
                 f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}"
@@ -274,19 +278,21 @@ class _Side:
         parts = None
         if self.uses_digest:  # a bucket of unique integer keys holds at most `width` rows
             total, parts = self._sums(self.digest_sql if whole else "h", width)
+        elif whole:
+            total = self.hash_sum
+        else:  # the branches of the UNION ALL name the canonical values c0, c1, ...
+            total = self.d.hash_sum_of([f"c{i}" for i in range(len(self.canons))])
         if whole and self.d.in_process and math.ceil((ranges[0][1] - ranges[0][0]) / width) <= IN_PROCESS_BUCKETS:
-            return self._buckets_one_by_one(base, width, ranges[0], total if self.uses_digest else self.hash_sum,
-                                            parts)
+            return self._buckets_one_by_one(base, width, ranges[0], total, parts)
         if whole:
             source = self.d.digest_scan(self.sql_table) if self.uses_digest else self.sql_table
-            sql = (f"SELECT {bucket} AS b, COUNT(*), {total if self.uses_digest else self.hash_sum} FROM {source} "
+            sql = (f"SELECT {bucket} AS b, COUNT(*), {total} FROM {source} "
                    f"GROUP BY {bucket}{self.d.group_suffix()}")
         else:
             if self.uses_digest:
                 values = f"{self.digest_sql} AS h"
             else:
                 values = ", ".join(f"{c} AS c{i}" for i, c in enumerate(self.canons))
-                total = self.d.hash_sum_of([f"c{i}" for i in range(len(self.canons))])
             inner = self._in_ranges(f"{bucket} AS b, {values}", ranges, params, digest_only=self.uses_digest)
             sql = f"SELECT b, COUNT(*), {total} FROM ({inner}) x GROUP BY b{self.d.group_suffix()}"
         return {int(b): (int(c), self._total(sums, parts)) for b, c, *sums in self.execute(sql, params)}
@@ -301,9 +307,7 @@ class _Side:
         """
         k = self.d.quote(self.keys[0])
         sql = f"SELECT COUNT(*), {total} FROM {self.sql_table} WHERE {k} >= ? AND {k} < ?"
-        self.execute("SELECT 1", {})  # opens the side's connection
-        assert self._conn is not None
-        raw = self._conn.connection.driver_connection
+        raw = self._connection().connection.driver_connection
         assert raw is not None  # a connection in use is checked out, never detached
         out = {}
         try:
@@ -320,22 +324,20 @@ class _Side:
     def hashes_in(self, ranges: list[tuple[int, int]]) -> dict[Key, tuple[Key, int]]:
         """Like ``hashes`` for the rows in any of the integer ``ranges``."""
         params: dict[str, Any] = {}
-        return self._hashes(None, params, ranges)
+        return self._hashes(self._in_ranges(self._hash_select(), ranges, params, digest_only=self.uses_digest), params)
 
     def hashes(self, lo: Key | None, hi: Key | None) -> dict[Key, tuple[Key, int]]:
         """``canonical key -> (raw key, row hash)`` of every row in the range (two numbers per row)."""
         params: dict[str, Any] = {}
-        return self._hashes(self.where(lo, hi, params), params)
+        where = self.where(lo, hi, params)
+        return self._hashes(f"SELECT {self._hash_select()} FROM {self.sql_table} WHERE {where}", params)
 
-    def _hashes(self, where: str | None, params: dict[str, Any],
-                ranges: list[tuple[int, int]] | None = None) -> dict[Key, tuple[Key, int]]:
-        q = [self.d.quote(k) for k in self.keys]
+    def _hash_select(self) -> str:
+        """The select list of ``_hashes``: raw keys, canonical keys, row hash."""
         row_hash = self.digest_sql if self.uses_digest else self.d.row_hash(self.row_text)
-        select = f"{', '.join(q)}, {', '.join(self.key_canons)}, {row_hash}"
-        if ranges is not None:
-            sql = self._in_ranges(select, ranges, params, digest_only=self.uses_digest)
-        else:
-            sql = f"SELECT {select} FROM {self.sql_table} WHERE {where}"
+        return f"{', '.join(self.d.quote(k) for k in self.keys)}, {', '.join(self.key_canons)}, {row_hash}"
+
+    def _hashes(self, sql: str, params: dict[str, Any]) -> dict[Key, tuple[Key, int]]:
         n = len(self.keys)
         return {tuple(r[n : 2 * n]): (tuple(r[:n]), int(r[2 * n])) for r in self.execute(sql, params)}
 

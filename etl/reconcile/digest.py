@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,23 @@ def _reflect(conn: Connection, name: str, schema: str | None) -> Table:
         raise ReconciliationFailed(f"table {name!r} does not exist") from None
 
 
+def _covered(conn: Connection, dialect: HashDialect, table: Table) -> str | None:
+    """The fingerprint of the table's current digest (None: it has none, or not driftless's)."""
+    existing = table.c.get(DIGEST_COLUMN)
+    if existing is None:
+        return None
+    return fingerprint_in(dialect.digest_comment(conn, table.name, table.schema, existing))
+
+
+def _hash_expr(conn: Connection, dialect: HashDialect, table: Table, columns: Sequence[DigestColumn]) -> str:
+    """SQL a stored digest holds: the row hash of ``columns``, with what generated columns may call."""
+    functions_schema = dialect.digest_prepare(conn, table.schema)
+    canons = [dialect.stored_canon(dialect.quote(c.name), c.kind, table.c[c.name].type,
+                                   c.scale if c.scale is not None else FLOAT_SCALE, functions_schema)
+              for c in columns]
+    return dialect.row_hash(dialect.row_text(canons))
+
+
 def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str | None,
                   columns: Sequence[DigestColumn] | None = None) -> str:
     """Give table ``name`` a current row digest over ``columns`` (default: all its columns).
@@ -132,19 +150,13 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
     missing = [c.name for c in cols if c.name not in table.c]
     if missing:
         raise ReconciliationFailed(f"table {name!r} has no column(s) {missing} for its row digest")
-    comment = comment_for(cols)
-    existing = table.c.get(DIGEST_COLUMN)
-    covered = fingerprint_in(dialect.digest_comment(conn, name, schema, existing)) if existing is not None else None
-    if covered == fingerprint(cols):
+    if _covered(conn, dialect, table) == fingerprint(cols):
         return "current"
+    existing = table.c.get(DIGEST_COLUMN)
     table_sql = dialect.table(name, schema)
     # Build the expression first: an unsupported column type fails before anything changes.
-    functions_schema = dialect.digest_prepare(conn, schema)
-    canons = [dialect.stored_canon(dialect.quote(c.name), c.kind, table.c[c.name].type,
-                                   c.scale if c.scale is not None else FLOAT_SCALE, functions_schema)
-              for c in cols]
-    expr = dialect.row_hash(dialect.row_text(canons))
-    statements = dialect.digest_add(table_sql, name, DIGEST_COLUMN, expr, comment, fingerprint(cols),
+    expr = _hash_expr(conn, dialect, table, cols)
+    statements = dialect.digest_add(table_sql, name, DIGEST_COLUMN, expr, comment_for(cols), fingerprint(cols),
                                     [c.name for c in table.primary_key.columns])
     if existing is not None:
         statements = dialect.digest_drop(conn, table_sql, name, DIGEST_COLUMN, schema) + statements
@@ -173,23 +185,16 @@ def fill_digest(conn: Connection, dialect: HashDialect, name: str, schema: str |
                 columns: Sequence[DigestColumn]) -> None:
     """After a write: compute the digest of rows that have none (SQLite; the other databases do it themselves)."""
     table = _reflect(conn, name, schema)
-    existing = table.c.get(DIGEST_COLUMN)
-    if existing is None or fingerprint_in(dialect.digest_comment(conn, name, schema, existing)) != fingerprint(columns):
+    if _covered(conn, dialect, table) != fingerprint(columns):
         return
-    functions_schema = dialect.digest_prepare(conn, schema)
-    canons = [dialect.stored_canon(dialect.quote(c.name), c.kind, table.c[c.name].type,
-                                   c.scale if c.scale is not None else FLOAT_SCALE, functions_schema)
-              for c in columns]
     for sql in dialect.digest_fill(dialect.table(name, schema), DIGEST_COLUMN,
-                                   dialect.row_hash(dialect.row_text(canons))):
+                                   _hash_expr(conn, dialect, table, columns)):
         conn.exec_driver_sql(sql)
 
 
 def digest_command_run(url: URL, table: str, schema: str | None, columns: list[str] | None,
                        drop: bool = False) -> dict[str, Any]:
     """What ``etl digest add|drop`` does: returns the JSON summary it prints."""
-    import time
-
     t0 = time.monotonic()
     dialect_cls = hash_dialect_for(url)
     engine = dialect_cls.create_engine(url)
