@@ -19,6 +19,22 @@ from etl.window import Window
 log = logging.getLogger(__name__)
 
 
+def _frame(rows: list[tuple], names: list[str]) -> pd.DataFrame:
+    """Rows as a DataFrame that keeps a float NaN apart from a NULL.
+
+    pandas reads a column of floats and None as float64 with NaN for both; where a column really holds a NaN
+    (PostgreSQL 'NaN', a SQLite REAL), it is kept as Python objects so conversion can refuse the NaN and keep
+    the NULL. Columns without a NaN keep the fast inferred dtypes.
+    """
+    frame = pd.DataFrame.from_records(rows, columns=names)
+    for i, name in enumerate(names):
+        if frame[name].dtype.kind == "f" and frame[name].isna().any():
+            raw = [r[i] for r in rows]
+            if any(isinstance(v, float) and v != v for v in raw):
+                frame[name] = pd.Series(raw, dtype=object)
+    return frame
+
+
 class SqlSource:
     """Rows whose cursor column lies in ``[window.start - lag, window.end)``, ordered by cursor and key.
 
@@ -32,7 +48,10 @@ class SqlSource:
         self.engine = engine or create_engine(resolve_url(self.source.connection))
 
     def _selectable(self):
-        cols = [column(c.source_name, sql_type(c.type)) for c in self.spec.source_columns]
+        # Untyped columns: the driver hands over its raw values and SQLAlchemy applies no result processor.
+        # A spec type given here would convert in the driver (text -> numeric, text -> date) and one bad value
+        # would fail the whole window; driftless converts instead (etl.transform), quarantining bad values.
+        cols = [column(c.source_name) for c in self.spec.source_columns]
         if self.source.table:
             schema, _, name = self.source.table.rpartition(".")
             return table(name, *cols, schema=schema or None)
@@ -69,7 +88,7 @@ class SqlSource:
                 for rows in result.partitions():
                     # Plain tuples: pandas probes each SQLAlchemy Row with hasattr(), and a Row answers a
                     # missing attribute by building an exception (2 per row: half of a 1M-row extract).
-                    yield pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
+                    yield _frame([tuple(r) for r in rows], names)
         except SQLAlchemyError as exc:
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise SourceError(

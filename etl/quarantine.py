@@ -59,7 +59,7 @@ from etl.errors import LoadError, ValidationFailed
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter
 from etl.state import UTC_TIMESTAMP
-from etl.transform import convert_column
+from etl.transform import convert_column, convert_for
 from etl.validate import ChunkResult, Validator
 from etl.window import Window
 
@@ -354,7 +354,7 @@ def resolve_loaded(conn: Connection, spec: PipelineSpec, manifest: Manifest) -> 
     wanted["_cursor"] = [json.loads(e.record).get(cursor) for e in entries]
     for name in keys:
         wanted[name] = convert_column(wanted[name].astype(object), types[name]).values
-    wanted["_cursor"] = convert_column(wanted["_cursor"].astype(object), types[cursor]).values
+    wanted["_cursor"] = convert_for(spec.column(cursor), wanted["_cursor"].astype(object)).values  # as extracted
     resolved: set[int] = set()
     for name in manifest.files:
         staged = pq.read_table(Path(manifest.directory) / name, columns=list(dict.fromkeys([*keys, cursor])))

@@ -28,6 +28,7 @@ TYPE_PATTERN = re.compile(
 )
 CURSOR_TYPES = {"timestamp", "timestamptz", "date"}
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric", "decimal", "float", "double"}
+EPOCH_FORMATS = {"epoch_s", "epoch_ms"}
 
 
 def check_identifier(value: str) -> str:
@@ -83,6 +84,15 @@ class ColumnSpec(_Strict):
     nullable: bool = True
     unique: bool = Field(False, description="values must be unique within a chunk (keys are deduplicated instead)")
     checks: ColumnChecks | None = Field(None, description="value checks; a row failing one is quarantined")
+    format: str | None = Field(
+        None, description="date, timestamp and timestamptz columns: how text values are written, as a strptime "
+        "layout ('%d/%m/%Y', '%d.%m.%Y %H:%M:%S'), or 'epoch_s' / 'epoch_ms' for numbers of seconds / "
+        "milliseconds since 1970-01-01 UTC. Without it, text must be ISO 8601 and numbers are refused")
+    decimal_separator: Literal[".", ","] = Field(
+        ".", description="numeric columns: the decimal mark of text values ('1234,50' needs ',')")
+    thousands_separator: Literal[",", ".", " ", "'", "_"] | None = Field(
+        None, description="numeric columns: the digit-group mark of text values ('1,234.50' needs ','); without "
+        "it a grouped number is refused. Groups must be of three digits")
 
     _name = field_validator("name")(check_identifier)
     _source = field_validator("source")(check_identifier)
@@ -101,6 +111,36 @@ class ColumnSpec(_Strict):
                 "varchar(n), numeric(p,s), float, double, boolean, timestamp, timestamptz, date, json)"
             )
         return normalized
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str | None) -> str | None:
+        if value is None or value in EPOCH_FORMATS:
+            return value
+        if "%" not in value:
+            raise ValueError(f"{value!r} is not a strptime layout (expected e.g. '%d/%m/%Y') or one of "
+                             f"{sorted(EPOCH_FORMATS)}")
+        sample = datetime(2001, 2, 3, 4, 5, 6, 7000)
+        try:
+            datetime.strptime(sample.strftime(value), value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a usable strptime layout ({exc})") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _parsing_fits_type(self) -> ColumnSpec:
+        kind = self.type.split("(")[0]
+        if self.format is not None and kind not in CURSOR_TYPES:
+            raise ValueError(f"format: only date, timestamp and timestamptz columns take a format "
+                             f"(column {self.name!r} is {self.type!r})")
+        separators = self.decimal_separator != "." or self.thousands_separator is not None
+        if separators and kind not in NUMERIC_TYPES:
+            raise ValueError(f"decimal_separator/thousands_separator: only numeric columns take them "
+                             f"(column {self.name!r} is {self.type!r})")
+        if self.thousands_separator == self.decimal_separator:
+            raise ValueError(f"thousands_separator and decimal_separator must differ (both "
+                             f"{self.decimal_separator!r})")
+        return self
 
 
 class SqlSourceSpec(_Strict):

@@ -18,25 +18,49 @@ import importlib
 import json
 import math
 import operator
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from etl.errors import SpecError
-from etl.spec import TYPE_PATTERN, PipelineSpec
+from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 
 INT_BOUNDS = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
 FLOAT32_MAX = 3.4028234663852886e38
 TRUE_WORDS = {"true", "t", "yes", "y", "1"}
 FALSE_WORDS = {"false", "f", "no", "n", "0"}
 _STR = pd.StringDtype(na_value=np.nan)
+
+# What a number written as text may look like (after the declared separators are normalized): an optional sign,
+# digits with an optional '.' fraction, an optional exponent. No NaN, Infinity, hex, '_' or locale guessing.
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+# ISO 8601 as driftless accepts it by default: a calendar date, optionally a time (hours and minutes, optional
+# seconds and up to 6 fractional digits) after 'T' or a space, optionally a zone ('Z', +HH, +HHMM, +HH:MM).
+_ISO_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?")
+
+
+@dataclass(frozen=True)
+class Parsing:
+    """How text values of a column are read: the column's declared ``format`` and number separators."""
+
+    format: str | None = None
+    decimal_separator: str = "."
+    thousands_separator: str | None = None
+
+    @classmethod
+    def of(cls, column: ColumnSpec) -> Parsing:
+        return cls(column.format, column.decimal_separator, column.thousands_separator)
+
+
+DEFAULT_PARSING = Parsing()
 
 
 @dataclass(frozen=True)
@@ -61,6 +85,14 @@ class Conversion:
 # ---------------------------------------------------------------------------------------------------------
 # Type conversion
 # ---------------------------------------------------------------------------------------------------------
+#
+# The rules (the README's "Type conversion" section states them for users):
+# * NULL (None, pd.NA, NaT) stays NULL. A float NaN or infinity is a value, not a NULL: every type refuses it.
+# * Numbers written as text: optional sign, digits, optional '.' fraction, optional exponent, surrounding
+#   whitespace ignored. Another decimal mark or digit grouping only when the column declares it.
+# * Dates and timestamps written as text: ISO 8601 only (_ISO_TEXT), unless the column declares a strptime
+#   ``format``; numbers only when it declares ``epoch_s`` / ``epoch_ms``. Never a guessed layout.
+# A value that does not convert is flagged ``bad`` (the row is quarantined with the reason); nothing is rounded.
 
 
 def _is_stringish(series: pd.Series) -> bool:
@@ -77,35 +109,99 @@ def _is_bool(value: Any) -> bool:
     return isinstance(value, bool | np.bool_)
 
 
-def _to_integer(series: pd.Series, kind: str) -> Conversion:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | Decimal | np.integer | np.floating) and not _is_bool(value)
+
+
+def _missing(series: pd.Series) -> np.ndarray:
+    """Which values are NULL. In an object column a NaN (float or Decimal) is a value (a bad one), not a NULL.
+
+    Sources hand over object columns wherever a NaN could be confused with a NULL (``connectors.sql``
+    keeps a float column with a real NaN as objects), so only a typed float column's NaN means NULL.
+    """
+    missing = series.isna().to_numpy().copy()
+    if series.dtype == object and missing.any():
+        where = np.flatnonzero(missing)
+        values = series.array
+        nan = np.fromiter((isinstance(values[i], float | np.floating | Decimal) for i in where), dtype=bool,
+                          count=len(where))  # pandas counts float NaN and Decimal('NaN') as missing
+        missing[where[nan]] = False
+    return missing
+
+
+def _number_text(value: str, parsing: Parsing) -> str | None:
+    """A number written as text, normalized to plain ``[+-]digits[.digits][e..]``; None if it is not one."""
+    text = value.strip()
+    thousands, mark = parsing.thousands_separator, parsing.decimal_separator
+    if thousands and thousands in text:
+        whole, _, _ = text.partition(mark)
+        groups = whole.lstrip("+-").split(thousands)
+        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:])):
+            return None  # 12,34 or 1,2345: not a grouping of thousands
+        text = text.replace(thousands, "")
+    if mark != ".":
+        if "." in text:
+            return None
+        text = text.replace(mark, ".")
+    return text if _NUMBER_TEXT.fullmatch(text) else None
+
+
+def _numbers_from_text(series: pd.Series, parsing: Parsing) -> tuple[pd.Series, np.ndarray]:
+    """Text values replaced by their normalized number text; returns the series and which text was no number."""
+    texts = series.map(lambda v: _number_text(v, parsing) if isinstance(v, str) else v)
+    was_text = _object_mask(series, lambda v: isinstance(v, str)) if not _is_stringish(series) else series.notna(
+    ).to_numpy()
+    bad = was_text & texts.isna().to_numpy()
+    return texts.astype(object) if _is_stringish(series) else texts, bad
+
+
+def _numeric_source(series: pd.Series, parsing: Parsing) -> tuple[pd.Series, np.ndarray]:
+    """An object/text column ready for ``pd.to_numeric``; returns it and the values already known bad."""
+    wrong = _object_mask(series, lambda v: _is_bool(v) or not isinstance(
+        v, int | float | str | Decimal | np.integer | np.floating | type(None)))
+    if _is_stringish(series) or series.dtype == object:
+        series, bad_text = _numbers_from_text(series, parsing)
+        wrong |= bad_text
+    if wrong.any():
+        series = series.where(~wrong, None)
+    return series, wrong
+
+
+def _to_integer(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
     lo, hi = INT_BOUNDS[kind]
-    missing = series.isna().to_numpy()
+    missing = _missing(series)
+    wrong = np.zeros(len(series), dtype=bool)
     if pd.api.types.is_integer_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         values = series.astype("Int64") if str(series.dtype) not in ("uint64", "UInt64") else series
         num = values
+        original = series
     else:
-        wrong = _object_mask(series, lambda v: _is_bool(v) or not isinstance(
-            v, int | float | str | Decimal | np.integer | np.floating | type(None)))
-        source = series.where(~wrong, None) if wrong.any() else series
-        if _is_stringish(source) or source.dtype == object:
-            source = source.map(lambda v: v.strip() if isinstance(v, str) else v)
-        num = pd.to_numeric(source, errors="coerce")
+        original, wrong = _numeric_source(series, parsing)
+        num = pd.to_numeric(original, errors="coerce")
         if wrong.any():
             num = num.where(~wrong)
     numeric = num.to_numpy(dtype="float64", na_value=np.nan)
     with np.errstate(invalid="ignore"):
-        bad = (~missing) & (np.isnan(numeric) | (numeric != np.floor(numeric)) | (numeric < lo) | (numeric > hi))
+        bad = (~missing) & (wrong | np.isnan(numeric) | (numeric != np.floor(numeric)) | (numeric < lo)
+                            | (numeric > hi))
     if num.dtype.kind == "f":
         # float64 holds integers exactly only up to 2**53: parse big ones again from their text.
         big = (~bad) & (~missing) & (np.abs(np.nan_to_num(numeric)) >= 2**53)
         if big.any():
-            exact = [_exact_int(v, lo, hi) for v in series[big].array]
+            exact = [_exact_int(v, lo, hi) for v in original[big].array]
             bad[np.flatnonzero(big)[[e is None for e in exact]]] = True
             num = num.astype(object)
             num[big] = exact
     values = pd.Series(num, index=series.index).where(~bad)
     values = values.astype("Int64") if values.dtype != "Int64" else values
-    return Conversion(values, bad, f"expected {kind} (whole number in [{lo}, {hi}])")
+    return Conversion(values, bad, f"expected {kind} (whole number in [{lo}, {hi}]{_separators(parsing)})")
+
+
+def _separators(parsing: Parsing) -> str:
+    if parsing == DEFAULT_PARSING:
+        return "; text like -1234.5 or 1.5e3, no digit grouping"
+    grouping = f", digits grouped by {parsing.thousands_separator!r}" if parsing.thousands_separator else ""
+    return f"; text with decimal mark {parsing.decimal_separator!r}{grouping}"
 
 
 def _exact_int(value: Any, lo: int, hi: int) -> int | None:
@@ -116,26 +212,26 @@ def _exact_int(value: Any, lo: int, hi: int) -> int | None:
     return number if lo <= number <= hi and Decimal(str(value).strip()) == number else None
 
 
-def _to_float(series: pd.Series, kind: str) -> Conversion:
-    missing = series.isna().to_numpy()
+def _to_float(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
+    missing = _missing(series)
     if pd.api.types.is_float_dtype(series.dtype) or (
         pd.api.types.is_integer_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
     ):
         num = series.astype("float64")
         bad = np.zeros(len(series), dtype=bool)
     else:
-        wrong = _object_mask(series, lambda v: _is_bool(v) or not isinstance(
-            v, int | float | str | Decimal | np.integer | np.floating | type(None)))
-        source = series.where(~wrong, None) if wrong.any() else series
+        source, wrong = _numeric_source(series, parsing)
         num = pd.to_numeric(source, errors="coerce").astype("float64")
-        bad = (~missing) & num.isna().to_numpy()
-    if kind == "float":
-        with np.errstate(invalid="ignore"):
-            bad |= np.isfinite(num.to_numpy()) & (np.abs(num.to_numpy()) > FLOAT32_MAX)
-    return Conversion(num.where(~bad), bad, f"expected a {kind} number")
+        bad = (~missing) & (num.isna().to_numpy() | wrong)
+    values = num.to_numpy()
+    with np.errstate(invalid="ignore"):
+        bad |= np.isinf(values)  # Infinity is no value any target stores portably
+        if kind == "float":
+            bad |= np.isfinite(values) & (np.abs(values) > FLOAT32_MAX)
+    return Conversion(num.where(~bad), bad, f"expected a finite {kind} number{_separators(parsing)}")
 
 
-def _decimal_value(value: Any, quantum: Decimal, int_digits: int) -> Decimal | None:
+def _decimal_value(value: Any, quantum: Decimal, int_digits: int, parsing: Parsing) -> Decimal | None:
     if isinstance(value, Decimal):
         number = value
     elif _is_bool(value):
@@ -146,10 +242,10 @@ def _decimal_value(value: Any, quantum: Decimal, int_digits: int) -> Decimal | N
         # repr gives the shortest text that round-trips, so 1.1 becomes Decimal('1.1'), not 1.1000000000000000888.
         number = Decimal(repr(float(value)))
     elif isinstance(value, str):
-        try:
-            number = Decimal(value.strip())
-        except InvalidOperation:
+        text = _number_text(value, parsing)
+        if text is None:
             return None
+        number = Decimal(text)
     else:
         return None
     if not number.is_finite():
@@ -163,17 +259,19 @@ def _decimal_value(value: Any, quantum: Decimal, int_digits: int) -> Decimal | N
     return exact
 
 
-def _to_decimal(series: pd.Series, precision: int, scale: int) -> Conversion:
-    missing = series.isna().to_numpy()
+def _to_decimal(series: pd.Series, precision: int, scale: int, parsing: Parsing) -> Conversion:
+    missing = _missing(series)
     reason = (f"expected numeric({precision},{scale}): at most {precision - scale} digits before and {scale} after "
-              "the decimal point, exactly")
-    if series.dtype == object:
+              f"the decimal point, exactly{_separators(parsing)}")
+    if series.dtype == object and np.array_equal(missing, series.isna().to_numpy()):
         # Fast path (C): Arrow accepts only Decimal and int values, and refuses any that would need rounding
         # or more digits than the precision; one refusal sends the chunk down the exact per-value path.
+        # (Only when no NaN float is present: Arrow would read it as NULL.)
         try:
             pa.array(series, type=pa.decimal128(precision, scale), from_pandas=True)  # refuses booleans too
             values = series.where(~missing, None) if missing.any() else series
-            return Conversion(values, np.zeros(len(series), dtype=bool), reason)
+            if not any(isinstance(v, Decimal) and not v.is_finite() for v in values.array):
+                return Conversion(values, np.zeros(len(series), dtype=bool), reason)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             pass
     quantum = Decimal(1).scaleb(-scale)
@@ -184,7 +282,7 @@ def _to_decimal(series: pd.Series, precision: int, scale: int) -> Conversion:
         if absent:
             out[i] = None
             continue
-        converted = _decimal_value(value, quantum, int_digits)
+        converted = _decimal_value(value, quantum, int_digits, parsing)
         if converted is None:
             bad[i] = True
         out[i] = converted
@@ -194,10 +292,12 @@ def _to_decimal(series: pd.Series, precision: int, scale: int) -> Conversion:
 def _text_value(value: Any) -> tuple[str | None, bool]:
     if isinstance(value, str):
         text = value
-    elif isinstance(value, int | float | Decimal | np.integer | np.floating) and not _is_bool(value):
+    elif isinstance(value, int | Decimal | np.integer) and not _is_bool(value):
+        text = str(value)
+    elif isinstance(value, float | np.floating) and math.isfinite(value):
         text = str(value)
     else:
-        return None, True
+        return None, True  # also NaN and Infinity: no text a reader could trust
     if "\x00" in text:
         return None, True
     try:
@@ -208,7 +308,7 @@ def _text_value(value: Any) -> tuple[str | None, bool]:
 
 
 def _to_text(series: pd.Series, kind: str) -> Conversion:
-    missing = series.isna().to_numpy()
+    missing = _missing(series)
     if _is_stringish(series):
         values = series.astype(_STR)
         bad = values.str.contains("\x00", regex=False).fillna(False).to_numpy(dtype=bool)
@@ -222,7 +322,7 @@ def _to_text(series: pd.Series, kind: str) -> Conversion:
                 out[i], bad[i] = _text_value(value)
         values = pd.Series(out, index=series.index, dtype=object).astype(_STR)
     return Conversion(values.where(~bad), bad,
-                      f"expected {kind}: text (or a number) in valid UTF-8 without NUL characters")
+                      f"expected {kind}: text (or a finite number) in valid UTF-8 without NUL characters")
 
 
 def _bool_value(value: Any) -> bool | None:
@@ -240,7 +340,7 @@ def _bool_value(value: Any) -> bool | None:
 
 
 def _to_boolean(series: pd.Series) -> Conversion:
-    missing = series.isna().to_numpy()
+    missing = _missing(series)
     if pd.api.types.is_bool_dtype(series.dtype):
         return Conversion(series.astype("boolean"), np.zeros(len(series), dtype=bool), "expected a boolean")
     out = np.empty(len(series), dtype=object)
@@ -250,41 +350,82 @@ def _to_boolean(series: pd.Series) -> Conversion:
         bad[i] = not absent and converted is None
         out[i] = converted
     return Conversion(pd.Series(out, index=series.index).astype("boolean"), bad,
-                      "expected a boolean (true/false, t/f, yes/no, 1/0)")
+                      "expected a boolean (true/false, t/f, yes/no, y/n, 1/0)")
 
 
-def _to_timestamp(series: pd.Series, kind: str) -> Conversion:
-    missing = series.isna().to_numpy()
+def _stamps_from_text(texts: pd.Series, parsing: Parsing) -> pd.Series:
+    """Text (already stripped) to UTC timestamps under the column's rules; NaT where a value does not match."""
+    fmt = parsing.format
+    if fmt is None:
+        iso = texts.map(lambda v: isinstance(v, str) and _ISO_TEXT.fullmatch(v) is not None).to_numpy(dtype=bool)
+        return pd.to_datetime(texts.where(iso, None), utc=True, errors="coerce", format="ISO8601")
+    if fmt in EPOCH_UNITS:
+        return _stamps_from_epoch(texts.map(lambda v: _number_text(v, DEFAULT_PARSING)), fmt)
+    return pd.to_datetime(texts, utc=True, errors="coerce", format=fmt, exact=True)
+
+
+def _stamps_from_epoch(numbers: pd.Series, fmt: str) -> pd.Series:
+    num = pd.to_numeric(numbers, errors="coerce").astype("float64")
+    with np.errstate(invalid="ignore"):
+        num = num.where(np.isfinite(num.to_numpy()))
+    # Out of range (year > 9999 or < 1) is no timestamp: NaT, so the row is quarantined, not an OverflowError.
+    seconds = num / 1000 if fmt == "epoch_ms" else num
+    num = num.where(seconds.abs() < 253402300800)
+    return pd.to_datetime(num, unit=EPOCH_UNITS[fmt], utc=True, errors="coerce")
+
+
+def _to_timestamp(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
+    missing = _missing(series)
+    epoch = parsing.format in EPOCH_UNITS
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         stamps = series.dt.tz_convert("UTC") if series.dt.tz is not None else series.dt.tz_localize("UTC")
         bad = np.zeros(len(series), dtype=bool)
+    elif epoch and pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        stamps = _stamps_from_epoch(series, cast(str, parsing.format))
+        bad = (~missing) & stamps.isna().to_numpy()
     else:
-        # Numbers are not timestamps (pandas would read them as nanoseconds since 1970).
-        wrong = _object_mask(series, lambda v: not isinstance(v, str | datetime | date | pd.Timestamp | type(None)))
+        wrong = _object_mask(series, lambda v: not (
+            isinstance(v, str | datetime | date | pd.Timestamp | type(None)) or (epoch and _is_number(v))))
         source = series.where(~wrong, None) if wrong.any() else series
-        stamps = pd.to_datetime(source, utc=True, errors="coerce", format="ISO8601")
-        retry = (~missing) & (~wrong) & stamps.isna().to_numpy()
-        if retry.any():  # not ISO 8601: let pandas infer each value's format
-            stamps = stamps.astype("datetime64[us, UTC]")
-            stamps[retry] = pd.to_datetime(source[retry], utc=True, errors="coerce", format="mixed")
+        texts = source.map(lambda v: v.strip() if isinstance(v, str) else None)
+        is_text = texts.notna().to_numpy()
+        stamps = pd.Series(pd.NaT, index=series.index, dtype="datetime64[us, UTC]")
+        if is_text.any():
+            stamps[is_text] = _stamps_from_text(texts[is_text], parsing).astype("datetime64[us, UTC]")
+        other = (~is_text) & (~missing) & (~wrong)
+        if other.any():  # datetime/date objects, or numbers under a declared epoch format
+            values = source[other]
+            numbers = values.map(_is_number).to_numpy(dtype=bool)
+            converted = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+            if numbers.any():
+                converted[numbers] = _stamps_from_epoch(values[numbers], cast(str, parsing.format)).astype(
+                    "datetime64[us, UTC]")
+            if (~numbers).any():
+                converted[~numbers] = pd.to_datetime(values[~numbers], utc=True, errors="coerce",
+                                                     format="ISO8601").astype("datetime64[us, UTC]")
+            stamps[other] = converted
         bad = (~missing) & stamps.isna().to_numpy()
     stamps = stamps.astype("datetime64[us, UTC]") if str(stamps.dtype) != "datetime64[us, UTC]" else stamps
     years = stamps.dt.year.to_numpy(dtype="float64", na_value=np.nan)
     with np.errstate(invalid="ignore"):
         bad |= (years < 1) | (years > 9999)
+    layout = {None: "ISO 8601", "epoch_s": "seconds since 1970-01-01 UTC",
+              "epoch_ms": "milliseconds since 1970-01-01 UTC"}.get(parsing.format, f"format {parsing.format!r}")
     if kind == "date":
         naive = stamps.dt.tz_convert(None)
         bad |= (~naive.isna().to_numpy()) & (naive != naive.dt.normalize()).to_numpy()
-        return Conversion(naive.where(~bad), bad, "expected a date (YYYY-MM-DD, no time of day)")
+        example = "YYYY-MM-DD" if parsing.format is None else layout
+        return Conversion(naive.where(~bad), bad, f"expected a date ({example}, no time of day)")
     if kind == "timestamp":
         stamps = stamps.dt.tz_convert(None)
-    return Conversion(stamps.where(~bad), bad, f"expected a {kind} (ISO 8601; values without a zone are UTC)")
+    zone = "; values without a zone are UTC" if parsing.format is None else ""
+    return Conversion(stamps.where(~bad), bad, f"expected a {kind} ({layout}{zone})")
 
 
 def _json_value(value: Any) -> tuple[str | None, bool]:
     if isinstance(value, str):
         try:
-            json.loads(value)
+            json.loads(value, parse_constant=_refuse_constant)
         except ValueError:
             return None, True
         return value, False
@@ -294,19 +435,28 @@ def _json_value(value: Any) -> tuple[str | None, bool]:
         return None, True
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN/Infinity, which no database's JSON holds
+
+
 def _to_json(series: pd.Series) -> Conversion:
-    missing = series.isna().to_numpy() if series.dtype != object else np.fromiter(
-        (v is None or (isinstance(v, float) and math.isnan(v)) for v in series.array), dtype=bool, count=len(series))
+    missing = _missing(series)
     out = np.empty(len(series), dtype=object)
     bad = np.zeros(len(series), dtype=bool)
     for i, (value, absent) in enumerate(zip(series.array, missing, strict=True)):
         out[i], bad[i] = (None, False) if absent else _json_value(value)
     return Conversion(pd.Series(out, index=series.index, dtype=object), bad, "expected JSON (valid JSON text or a "
-                      "value that encodes as JSON)")
+                      "value that encodes as JSON; no NaN or Infinity)")
 
 
-def convert_column(series: pd.Series, type_name: str) -> Conversion:
+EPOCH_UNITS = {"epoch_s": "s", "epoch_ms": "ms"}
+
+
+def convert_column(series: pd.Series, type_name: str, parsing: Parsing = DEFAULT_PARSING) -> Conversion:
     """Convert a column to a spec type; values that do not fit become NA and are flagged in ``bad``.
+
+    ``parsing`` carries the column's declared text layouts (``Parsing.of(column)``); the default is strict:
+    ISO 8601 dates and timestamps, numbers with a '.' decimal mark and no grouping.
 
     Result dtypes: integers ``Int64``; float/double ``float64``; numeric ``object`` of ``Decimal``;
     text/varchar ``str``; boolean ``boolean``; timestamptz ``datetime64[us, UTC]``; timestamp
@@ -315,21 +465,26 @@ def convert_column(series: pd.Series, type_name: str) -> Conversion:
     m = TYPE_PATTERN.match(type_name)
     assert m, type_name
     if m["numeric"]:
-        return _to_decimal(series, int(m["precision"]), int(m["scale"]))
+        return _to_decimal(series, int(m["precision"]), int(m["scale"]), parsing)
     if m["varchar"]:
         return _to_text(series, type_name)
     kind = m["simple"]
     if kind in INT_BOUNDS:
-        return _to_integer(series, kind)
+        return _to_integer(series, kind, parsing)
     if kind in ("float", "double"):
-        return _to_float(series, kind)
+        return _to_float(series, kind, parsing)
     if kind == "text":
         return _to_text(series, kind)
     if kind == "boolean":
         return _to_boolean(series)
     if kind in ("timestamp", "timestamptz", "date"):
-        return _to_timestamp(series, kind)
+        return _to_timestamp(series, kind, parsing)
     return _to_json(series)
+
+
+def convert_for(column: ColumnSpec, series: pd.Series) -> Conversion:
+    """``convert_column`` with the column's type and declared text layouts."""
+    return convert_column(series, column.type, Parsing.of(column))
 
 
 def _json_default(value: Any) -> Any:

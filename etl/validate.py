@@ -29,7 +29,7 @@ import pyarrow as arrow
 from etl.errors import SourceError, SpecError
 from etl.schema import arrow_type, frame_to_arrow
 from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
-from etl.transform import RowFailure, apply_transforms, convert_column, load_reference, to_json_value
+from etl.transform import RowFailure, apply_transforms, convert_column, convert_for, load_reference, to_json_value
 
 MAX_SHOWN_VALUE = 200
 
@@ -135,7 +135,7 @@ class Validator:
                                            f"column {column.name!r} is missing from the records"))
                 converted[column.name] = pd.Series([None] * n, index=raw.index, dtype=object)
                 continue
-            conv = convert_column(transformed[column.name], column.type)
+            conv = convert_for(column, transformed[column.name])
             converted[column.name] = conv.values
             if conv.bad.any():
                 conv_bad[column.name] = conv.bad

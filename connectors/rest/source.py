@@ -13,7 +13,6 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pandas as pd
@@ -32,36 +31,34 @@ log = logging.getLogger(__name__)
 _NEVER = object()
 
 
-def _decimal(value: Any) -> Any:
-    if value is None or isinstance(value, Decimal):
-        return value
-    if isinstance(value, float) and value != value:  # NaN: a missing field
-        return None
-    try:
-        return Decimal(str(value))
-    except InvalidOperation:
-        return value  # frame_to_arrow names the column and the value
-
-
 def _text(value: Any) -> Any:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float) and value != value:
-        return None
+    if value is None or isinstance(value, str | float):
+        return value  # a float (NaN included) is converted, or refused, by etl.transform
     return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
-def parse_cursor(value: Any) -> datetime | None:
-    """A cursor value as an aware UTC datetime: ISO-8601 text (no zone = UTC) or epoch seconds."""
-    if type(value) is str:  # the common case first: this runs once per record
+def parse_cursor(value: Any, fmt: str | None = None) -> datetime | None:
+    """A cursor value as an aware UTC datetime, read under the cursor column's declared ``format``.
+
+    Without a format: ISO-8601 text (no zone = UTC). ``epoch_s`` / ``epoch_ms``: a number of seconds /
+    milliseconds. A strptime layout: text in that layout. Anything else raises ``ValueError``.
+    """
+    if type(value) is str and fmt is None:  # the common case first: this runs once per record
         dt = datetime.fromisoformat(value)
         return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     if value is None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a timestamp")
+    if fmt in ("epoch_s", "epoch_ms"):
+        if not isinstance(value, int | float):
+            raise ValueError(f"{value!r} is not a number of {'milli' if fmt == 'epoch_ms' else ''}seconds")
+        return datetime.fromtimestamp(value / 1000 if fmt == "epoch_ms" else value, UTC)
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
+        raise ValueError(f"{value!r} is a number; declare `format: epoch_s` (or epoch_ms) on the cursor column")
+    if fmt is not None:
+        dt = datetime.strptime(str(value), fmt)
+        return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     if isinstance(value, datetime):
         dt = value
     else:
@@ -107,11 +104,13 @@ class RestSource:
                     self._seen[str(key[0]) if len(key) == 1 else tuple(str(v) for v in key)] = value
 
     def _cursor(self, value: Any, page: int) -> datetime | None:
+        fmt = self.spec.column(self.source.cursor).format
         try:
-            return parse_cursor(value)
-        except (ValueError, TypeError, OverflowError, OSError):
+            return parse_cursor(value, fmt)
+        except (ValueError, TypeError, OverflowError, OSError) as exc:
+            expected = {None: "an ISO-8601 timestamp", "epoch_s": "epoch seconds", "epoch_ms": "epoch milliseconds"}
             raise SourceError(f"pipeline {self.spec.name!r}: page {page}: cursor {self.source.cursor!r} is "
-                              f"{value!r}, expected an ISO-8601 timestamp or epoch seconds") from None
+                              f"{value!r}, expected {expected.get(fmt, f'text in format {fmt!r}')}") from exc
 
     def _keep(self, records: list[Any], page: int, bounds: Window | None) -> tuple[list[dict], int, int]:
         """The records of a page that lie in the window and were not seen before in it.
@@ -153,12 +152,9 @@ class RestSource:
         data = {}
         for name, src, kind in self._columns:
             values = [r.get(src) for r in records]
-            if kind.startswith(("numeric", "decimal")):
-                values = [_decimal(v) for v in values]
-            elif kind in ("timestamp", "timestamptz", "date"):
-                if any(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-                    values = [parse_cursor(v) if isinstance(v, int | float) else v for v in values]  # epoch
-            elif kind == "text" or kind.startswith(("varchar", "string")):
+            # Numbers, dates and timestamps stay as received: etl.transform converts them under the column's
+            # declared rules (an epoch number is a timestamp only where the column says `format: epoch_s`).
+            if kind == "text" or kind.startswith(("varchar", "string")):
                 if not all(v is None or type(v) is str for v in values):
                     values = [_text(v) for v in values]
             data[name] = pd.Series(values, dtype=object)
