@@ -76,8 +76,12 @@ def source_sums(source: Any, window, columns: list[str]) -> dict[str, Any] | Non
     if statement is None:
         return None
     sub = statement(window).order_by(None).subquery()
+    spec = source.spec
+    # The source reads untyped columns (raw values); the sum is read as the spec's type, e.g. a SQLite REAL
+    # sum as numeric(p,s) (its float noise past the scale is not a difference).
+    sums = [func.sum(sub.c[c], type_=sql_type(spec.column(c).type)) for c in columns]
     with source.engine.connect() as conn:
-        row = conn.execute(select(*[func.sum(sub.c[c]) for c in columns])).one()
+        row = conn.execute(select(*sums)).one()
     return dict(zip(columns, row, strict=False))
 
 
