@@ -41,10 +41,11 @@ _STR = pd.StringDtype(na_value=np.nan)
 
 # What a number written as text may look like (after the declared separators are normalized): an optional sign,
 # digits with an optional '.' fraction, an optional exponent. No NaN, Infinity, hex, '_' or locale guessing.
-_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NUMBER_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)  # ASCII digits only
 # ISO 8601 as driftless accepts it by default: a calendar date, optionally a time (hours and minutes, optional
 # seconds and up to 6 fractional digits) after 'T' or a space, optionally a zone ('Z', +HH, +HHMM, +HH:MM).
-_ISO_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?")
+_ISO_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:[Zz]|[+-]\d{2}(?::?\d{2})?)?)?",
+                       re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def _number_text(value: str, parsing: Parsing) -> str | None:
     if thousands and thousands in text:
         whole, _, _ = text.partition(mark)
         groups = whole.lstrip("+-").split(thousands)
-        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:])):
+        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 and g.isascii() and g.isdigit() for g in groups[1:])):
             return None  # 12,34 or 1,2345: not a grouping of thousands
         text = text.replace(thousands, "")
     if mark != ".":
