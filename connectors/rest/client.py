@@ -163,6 +163,8 @@ class Page:
     number: int
     response: requests.Response
     next_state: State | None = None
+    received_before: int = 0  # records received in the window on the pages before this one
+    total: int | None = None  # the latest total the API announced (``source.total``), up to this page
 
 
 class RestClient:
@@ -195,12 +197,18 @@ class RestClient:
 
     # ---- the loop ----
 
-    def pages(self, window: Window, start: State | None = None, first_number: int = 1) -> Iterator[Page]:
-        """Every page of the window, first to last (or from ``start``, a checkpointed state)."""
+    def pages(self, window: Window, start: State | None = None, first_number: int = 1, received: int = 0,
+              total: int | None = None) -> Iterator[Page]:
+        """Every page of the window, first to last (or from ``start``, a checkpointed state).
+
+        A resumed read passes the records ``received`` on the pages before ``start`` and the ``total``
+        announced so far, so the end-of-window checks (``_check_end``) count the whole window.
+        """
         params = render_params(self.spec.params, window.widened(self.spec.lag))
         state: State | None = start if start is not None else self.paginator.initial_state()
         seen: set[str] = set()
         number = first_number - 1
+        self.metrics.total = total
         while state is not None:
             fingerprint = json.dumps(state, sort_keys=True, default=str)
             if fingerprint in seen:
@@ -237,8 +245,66 @@ class RestClient:
                 next_state = self._scrub(self.paginator.advance(state, response, body, records))
             except SourceError as exc:
                 raise SourceError(self._describe(response, str(exc))) from None
-            yield Page(records, state, number, response, next_state)
+            if self.spec.total is not None:
+                self.metrics.total = self._announced_total(response, body, self.metrics.total)
+            if next_state is None:  # before the last page is yielded: a failed check stages nothing as done
+                self._check_end(window, number, records, received + len(records), response, body, params)
+            yield Page(records, state, number, response, next_state, received, self.metrics.total)
+            received += len(records)
             state = next_state
+
+    def _announced_total(self, response: requests.Response, body: Any, previous: int | None) -> int | None:
+        """The total this response announces (``source.total``), or ``previous`` when it has none."""
+        spec = self.spec.total
+        assert spec is not None
+        value: Any = response.headers.get(spec.header) if spec.header is not None else select(body, spec.path or "$")
+        if value is None or value is MISSING:
+            return previous
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise SourceError(self._describe(response, f"source.total: {spec.describe()} is {value!r}, expected a "
+                                                       "whole number of records")) from None
+        if number < 0:
+            raise SourceError(self._describe(response, f"source.total: {spec.describe()} is {number}, expected a "
+                                                       "count of records"))
+        return number
+
+    def _check_end(self, window: Window, number: int, records: list[Any], received: int,
+                   response: requests.Response, body: Any, params: dict[str, Any]) -> None:
+        """The window's last page: the records must match the announced total, and a full page must be the end.
+
+        With ``source.total`` the API's count decides. Without it, a page as full as the page size from
+        which the paginator found no way forward, and where the API did not say it was the last, is what
+        a misconfigured paginator looks like (one page loaded, success reported): the window fails.
+        """
+        where = f"{self.spec.method} {self.redact.url(self.url)}"
+        total_spec = self.spec.total
+        if total_spec is not None:
+            total = self.metrics.total
+            if total is None:
+                raise SourceError(self._describe(response, f"source.total: no response of window {window.key} had "
+                                                           f"{total_spec.describe()}; fix source.total or remove it"))
+            if received != total:
+                raise SourceError(
+                    f"{where}: read {received} records in window {window.key} over {number} page(s), but the API "
+                    f"announced a total of {total} ({total_spec.describe()}); the pagination stopped "
+                    + ("early" if received < total else "late (records repeated across pages)")
+                    + " or the data changed while paging. Check source.paginator, then re-run the window")
+            return
+        size = self.paginator.page_size(params)
+        if size is None or len(records) < size[0] or getattr(self.spec.paginator, "end_on_full_page", False):
+            return
+        missing = self.paginator.missing_way_forward(response, body)
+        if missing is None:
+            return
+        raise SourceError(self.redact.text(
+            f"{where}: page {number} of window {window.key} is full ({len(records)} records, page size {size[0]} "
+            f"from {size[1]}), but paginator {self.paginator.type!r} found no way to a next page: "
+            f"{missing}. Stopping here could silently drop records. Fix the spec: set source.paginator to the "
+            "pagination this API really uses (offset, page_number, cursor, next_url or link_header), or set "
+            "source.total (e.g. {header: X-Total-Count} or {path: meta.total}) so the API's count proves the end, "
+            "or, if this API can end on a full page without saying so, set source.paginator.end_on_full_page: true"))
 
     def _scrub(self, state: State | None) -> State | None:
         """Drop a query-parameter API key that an API echoed into its next-page URL.

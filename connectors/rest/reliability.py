@@ -126,6 +126,7 @@ class Metrics:
     bytes: int = 0
     status: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    total: int | None = None  # the record count the API announced (``source.total``)
 
     def response(self, status: int | None, latency: float, size: int) -> None:
         key = str(status) if status is not None else "error"
@@ -143,6 +144,7 @@ class Metrics:
             return round(lat[min(len(lat) - 1, max(0, int(-(-p * len(lat) // 100)) - 1))] * 1000, 2)
 
         return {
+            **({"total": self.total} if self.total is not None else {}),
             "requests": self.requests,
             "retries": self.retries,
             "retry_wait_s": round(self.retry_wait_s, 3),
