@@ -17,7 +17,7 @@ import re
 import string
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -154,6 +154,52 @@ for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connectio
     logging.getLogger(_name).addFilter(_LIBRARY_LOG_FILTER)
 
 
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """A URL's origin: scheme, host and port (the scheme's default port when none is written)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+class RedirectGuard(requests.Session):
+    """A ``requests.Session`` whose redirects keep credentials on one origin and never go from HTTPS to HTTP.
+
+    On a redirect to another origin (scheme, host or port) every credential the auth added is removed:
+    ``credential_headers`` (``Authorization`` and an API-key header) and ``credential_params`` (a query
+    API key the server may echo into the ``Location``). Once removed they stay removed for the rest of
+    the redirect chain. A redirect from ``https`` to ``http`` raises ``SourceError``.
+
+    Why an override of ``rebuild_auth`` and not a redirect loop of our own: requests already follows
+    redirects correctly (relative and scheme-less ``Location``, 301/302/303 method rewrite, body and
+    cookie handling, the ``max_redirects`` hop limit); only its decision of which credentials the next
+    hop keeps is wrong for us (it strips ``Authorization`` alone, and only on a host change).
+    ``rebuild_auth`` is requests' per-hop hook for exactly that decision, so this is the least code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.credential_headers: set[str] = {"Authorization"}
+        self.credential_params: set[str] = set()
+        self.show_url: Callable[[str], str] = lambda url: url  # the client's redactor
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        # No super(): besides stripping Authorization it would add ~/.netrc credentials for the new host;
+        # a pipeline sends its connection's credentials to its API's origin and nothing else anywhere.
+        old, new = response.request.url or "", prepared_request.url or ""
+        if urlsplit(old).scheme.lower() == "https" and urlsplit(new).scheme.lower() != "https":
+            raise SourceError(f"{response.request.method} {self.show_url(old)} -> HTTP {response.status_code}: "
+                              f"redirected to {self.show_url(new)}; refusing to downgrade HTTPS to plain HTTP")
+        if origin_of(old) == origin_of(new):
+            return
+        for name in self.credential_headers:
+            prepared_request.headers.pop(name, None)
+        if self.credential_params:
+            parts = urlsplit(new)
+            query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                     if k not in self.credential_params]
+            prepared_request.url = urlunsplit((*parts[:3], urlencode(query), parts.fragment))
+
+
 @dataclass
 class Page:
     """One response of the loop: its records, the state that fetched it, its number, the next page's state."""
@@ -173,16 +219,25 @@ class RestClient:
     Args:
         spec: the ``source:`` block of the pipeline.
         fields: the connection's fields (``etl.connections.connection_fields``); hold the secrets.
-        session: a ``requests.Session`` to reuse (connection pooling); one is made when omitted.
+        session: a ``RedirectGuard`` session to reuse (connection pooling); one is made when omitted.
     """
 
     def __init__(self, spec: RestSourceSpec, fields: dict[str, Any], session: requests.Session | None = None) -> None:
         self.spec = spec
-        self.session = session or requests.Session()
+        if session is not None and not isinstance(session, RedirectGuard):
+            raise TypeError("RestClient needs a connectors.rest.client.RedirectGuard session: a plain "
+                            "requests.Session sends API-key headers along redirects to other hosts")
+        self.session: RedirectGuard = session or RedirectGuard()
         self.session.headers.update({"Accept": "application/json", **spec.headers})
         self.timeout = (spec.timeouts.connect, spec.timeouts.read)
         self.auth = auth_from_connection(spec.connection, spec.auth, fields, self.timeout)
         self.redact = Redactor(self.auth)
+        self.session.show_url = self.redact.url
+        key_name = getattr(self.auth, "name", None)
+        if key_name and getattr(self.auth, "location", None) == "query":
+            self.session.credential_params.add(key_name)
+        elif key_name:
+            self.session.credential_headers.add(key_name)
         self.base = base_url(fields)
         self.url = spec.endpoint if "://" in spec.endpoint else urljoin(self.base, spec.endpoint.lstrip("/"))
         origin = urlsplit(self.url)
@@ -433,6 +488,9 @@ class RestClient:
                 self._last_failure = f"HTTP {status}"
                 raise TransientError(description, retry_after=parse_retry_after(response.headers.get("Retry-After")),
                                      host_failure=status != 429)
+            if status in (401, 403) and response.history and origin_of(response.url) != origin_of(url):
+                description += (f" (the API redirected to {self.redact.url(response.url)}, another origin: no "
+                                "credentials are sent there; if the API moved, point the connection at it)")
             raise SourceError(description + ("" if status != 401 else " (check the connection's credentials)"))
 
     def _reason(self, exc: Exception) -> str:
