@@ -144,7 +144,6 @@ class Metrics:
             return round(lat[min(len(lat) - 1, max(0, int(-(-p * len(lat) // 100)) - 1))] * 1000, 2)
 
         return {
-            **({"total": self.total} if self.total is not None else {}),
             "requests": self.requests,
             "retries": self.retries,
             "retry_wait_s": round(self.retry_wait_s, 3),
@@ -155,6 +154,7 @@ class Metrics:
             "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
             "pages": self.pages,
             "records": self.records,
+            **({"total": self.total} if self.total is not None else {}),  # only with source.total
             "bytes": self.bytes,
             "status": dict(sorted(self.status.items())),
         }
