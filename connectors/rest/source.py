@@ -18,9 +18,8 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import requests
 
-from connectors.rest.client import Page, RestClient
+from connectors.rest.client import Page, RedirectGuard, RestClient
 from connectors.rest.paginators import State
 from connectors.rest.spec import RestSourceSpec
 from etl.connections import connection_fields
@@ -82,7 +81,7 @@ class RestSource:
 
     resumable = True
 
-    def __init__(self, spec: PipelineSpec, session: requests.Session | None = None) -> None:
+    def __init__(self, spec: PipelineSpec, session: RedirectGuard | None = None) -> None:
         self.spec = spec
         if not isinstance(spec.source, RestSourceSpec):
             raise TypeError(f"pipeline {spec.name!r}: RestSource needs a source of type 'rest'")
