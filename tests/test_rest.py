@@ -143,7 +143,9 @@ STYLES = {
     "next_url": ({"records": "items", "paginator": {"type": "next_url", "next_url_path": "links.next"}},
                  next_url_api),
     "link_header": ({"records": "$", "paginator": "link_header"}, None),
-    "single_page": ({"records": "data.rows", "paginator": "single_page"}, single_api),
+    # No limit parameter: a single page as full as a limit would fail the page-size guard.
+    "single_page": ({"records": "data.rows", "paginator": "single_page",
+                     "params": {"updated_since": "{start}", "updated_before": "{end}"}}, single_api),
 }
 
 

@@ -109,10 +109,15 @@ class OAuth2ClientCredentials(AuthBase):
             data.update(client_id=self.client_id, client_secret=self.client_secret)
         self.token_requests += 1
         try:
+            # Redirects are not followed: a 307/308 would re-send the client secret to wherever it points.
             resp = self.session.post(self.token_url, data=data, auth=auth, timeout=self.timeout,
-                                     headers={"Accept": "application/json"})
+                                     headers={"Accept": "application/json"}, allow_redirects=False)
         except requests.RequestException as exc:
             raise TransientError(f"POST {self.token_url} (OAuth2 token) failed: {type(exc).__name__}") from None
+        if resp.is_redirect:
+            raise SourceError(f"POST {self.token_url} (OAuth2 token) -> HTTP {resp.status_code}: redirected to "
+                              f"{resp.headers.get('Location')!r}; token requests do not follow redirects (they "
+                              "would carry the client secret): set token_url to the token endpoint's final URL")
         if resp.status_code == 429 or resp.status_code >= 500:  # retried like any page request
             raise TransientError(f"POST {self.token_url} (OAuth2 token) failed: HTTP {resp.status_code} "
                                  f"{resp.reason}: {resp.text[:200]!r}",

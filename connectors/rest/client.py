@@ -17,7 +17,7 @@ import re
 import string
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
@@ -154,6 +154,52 @@ for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connectio
     logging.getLogger(_name).addFilter(_LIBRARY_LOG_FILTER)
 
 
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    """A URL's origin: scheme, host and port (the scheme's default port when none is written)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+class RedirectGuard(requests.Session):
+    """A ``requests.Session`` whose redirects keep credentials on one origin and never go from HTTPS to HTTP.
+
+    On a redirect to another origin (scheme, host or port) every credential the auth added is removed:
+    ``credential_headers`` (``Authorization`` and an API-key header) and ``credential_params`` (a query
+    API key the server may echo into the ``Location``). Once removed they stay removed for the rest of
+    the redirect chain. A redirect from ``https`` to ``http`` raises ``SourceError``.
+
+    Why an override of ``rebuild_auth`` and not a redirect loop of our own: requests already follows
+    redirects correctly (relative and scheme-less ``Location``, 301/302/303 method rewrite, body and
+    cookie handling, the ``max_redirects`` hop limit); only its decision of which credentials the next
+    hop keeps is wrong for us (it strips ``Authorization`` alone, and only on a host change).
+    ``rebuild_auth`` is requests' per-hop hook for exactly that decision, so this is the least code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.credential_headers: set[str] = {"Authorization"}
+        self.credential_params: set[str] = set()
+        self.show_url: Callable[[str], str] = lambda url: url  # the client's redactor
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        # No super(): besides stripping Authorization it would add ~/.netrc credentials for the new host;
+        # a pipeline sends its connection's credentials to its API's origin and nothing else anywhere.
+        old, new = response.request.url or "", prepared_request.url or ""
+        if urlsplit(old).scheme.lower() == "https" and urlsplit(new).scheme.lower() != "https":
+            raise SourceError(f"{response.request.method} {self.show_url(old)} -> HTTP {response.status_code}: "
+                              f"redirected to {self.show_url(new)}; refusing to downgrade HTTPS to plain HTTP")
+        if origin_of(old) == origin_of(new):
+            return
+        for name in self.credential_headers:
+            prepared_request.headers.pop(name, None)
+        if self.credential_params:
+            parts = urlsplit(new)
+            query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                     if k not in self.credential_params]
+            prepared_request.url = urlunsplit((*parts[:3], urlencode(query), parts.fragment))
+
+
 @dataclass
 class Page:
     """One response of the loop: its records, the state that fetched it, its number, the next page's state."""
@@ -163,6 +209,8 @@ class Page:
     number: int
     response: requests.Response
     next_state: State | None = None
+    received_before: int = 0  # records received in the window on the pages before this one
+    total: int | None = None  # the latest total the API announced (``source.total``), up to this page
 
 
 class RestClient:
@@ -171,16 +219,25 @@ class RestClient:
     Args:
         spec: the ``source:`` block of the pipeline.
         fields: the connection's fields (``etl.connections.connection_fields``); hold the secrets.
-        session: a ``requests.Session`` to reuse (connection pooling); one is made when omitted.
+        session: a ``RedirectGuard`` session to reuse (connection pooling); one is made when omitted.
     """
 
     def __init__(self, spec: RestSourceSpec, fields: dict[str, Any], session: requests.Session | None = None) -> None:
         self.spec = spec
-        self.session = session or requests.Session()
+        if session is not None and not isinstance(session, RedirectGuard):
+            raise TypeError("RestClient needs a connectors.rest.client.RedirectGuard session: a plain "
+                            "requests.Session sends API-key headers along redirects to other hosts")
+        self.session: RedirectGuard = session or RedirectGuard()
         self.session.headers.update({"Accept": "application/json", **spec.headers})
         self.timeout = (spec.timeouts.connect, spec.timeouts.read)
         self.auth = auth_from_connection(spec.connection, spec.auth, fields, self.timeout)
         self.redact = Redactor(self.auth)
+        self.session.show_url = self.redact.url
+        key_name = getattr(self.auth, "name", None)
+        if key_name and getattr(self.auth, "location", None) == "query":
+            self.session.credential_params.add(key_name)
+        elif key_name:
+            self.session.credential_headers.add(key_name)
         self.base = base_url(fields)
         self.url = spec.endpoint if "://" in spec.endpoint else urljoin(self.base, spec.endpoint.lstrip("/"))
         origin = urlsplit(self.url)
@@ -195,12 +252,18 @@ class RestClient:
 
     # ---- the loop ----
 
-    def pages(self, window: Window, start: State | None = None, first_number: int = 1) -> Iterator[Page]:
-        """Every page of the window, first to last (or from ``start``, a checkpointed state)."""
+    def pages(self, window: Window, start: State | None = None, first_number: int = 1, received: int = 0,
+              total: int | None = None) -> Iterator[Page]:
+        """Every page of the window, first to last (or from ``start``, a checkpointed state).
+
+        A resumed read passes the records ``received`` on the pages before ``start`` and the ``total``
+        announced so far, so the end-of-window checks (``_check_end``) count the whole window.
+        """
         params = render_params(self.spec.params, window.widened(self.spec.lag))
         state: State | None = start if start is not None else self.paginator.initial_state()
         seen: set[str] = set()
         number = first_number - 1
+        self.metrics.total = total
         while state is not None:
             fingerprint = json.dumps(state, sort_keys=True, default=str)
             if fingerprint in seen:
@@ -237,8 +300,66 @@ class RestClient:
                 next_state = self._scrub(self.paginator.advance(state, response, body, records))
             except SourceError as exc:
                 raise SourceError(self._describe(response, str(exc))) from None
-            yield Page(records, state, number, response, next_state)
+            if self.spec.total is not None:
+                self.metrics.total = self._announced_total(response, body, self.metrics.total)
+            if next_state is None:  # before the last page is yielded: a failed check stages nothing as done
+                self._check_end(window, number, records, received + len(records), response, body, params)
+            yield Page(records, state, number, response, next_state, received, self.metrics.total)
+            received += len(records)
             state = next_state
+
+    def _announced_total(self, response: requests.Response, body: Any, previous: int | None) -> int | None:
+        """The total this response announces (``source.total``), or ``previous`` when it has none."""
+        spec = self.spec.total
+        assert spec is not None
+        value: Any = response.headers.get(spec.header) if spec.header is not None else select(body, spec.path or "$")
+        if value is None or value is MISSING:
+            return previous
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise SourceError(self._describe(response, f"source.total: {spec.describe()} is {value!r}, expected a "
+                                                       "whole number of records")) from None
+        if number < 0:
+            raise SourceError(self._describe(response, f"source.total: {spec.describe()} is {number}, expected a "
+                                                       "count of records"))
+        return number
+
+    def _check_end(self, window: Window, number: int, records: list[Any], received: int,
+                   response: requests.Response, body: Any, params: dict[str, Any]) -> None:
+        """The window's last page: the records must match the announced total, and a full page must be the end.
+
+        With ``source.total`` the API's count decides. Without it, a page as full as the page size from
+        which the paginator found no way forward, and where the API did not say it was the last, is what
+        a misconfigured paginator looks like (one page loaded, success reported): the window fails.
+        """
+        where = f"{self.spec.method} {self.redact.url(self.url)}"
+        total_spec = self.spec.total
+        if total_spec is not None:
+            total = self.metrics.total
+            if total is None:
+                raise SourceError(self._describe(response, f"source.total: no response of window {window.key} had "
+                                                           f"{total_spec.describe()}; fix source.total or remove it"))
+            if received != total:
+                raise SourceError(
+                    f"{where}: read {received} records in window {window.key} over {number} page(s), but the API "
+                    f"announced a total of {total} ({total_spec.describe()}); the pagination stopped "
+                    + ("early" if received < total else "late (records repeated across pages)")
+                    + " or the data changed while paging. Check source.paginator, then re-run the window")
+            return
+        size = self.paginator.page_size(params)
+        if size is None or len(records) < size[0] or getattr(self.spec.paginator, "end_on_full_page", False):
+            return
+        missing = self.paginator.missing_way_forward(response, body)
+        if missing is None:
+            return
+        raise SourceError(self.redact.text(
+            f"{where}: page {number} of window {window.key} is full ({len(records)} records, page size {size[0]} "
+            f"from {size[1]}), but paginator {self.paginator.type!r} found no way to a next page: "
+            f"{missing}. Stopping here could silently drop records. Fix the spec: set source.paginator to the "
+            "pagination this API really uses (offset, page_number, cursor, next_url or link_header), or set "
+            "source.total (e.g. {header: X-Total-Count} or {path: meta.total}) so the API's count proves the end, "
+            "or, if this API can end on a full page without saying so, set source.paginator.end_on_full_page: true"))
 
     def _scrub(self, state: State | None) -> State | None:
         """Drop a query-parameter API key that an API echoed into its next-page URL.
@@ -367,6 +488,9 @@ class RestClient:
                 self._last_failure = f"HTTP {status}"
                 raise TransientError(description, retry_after=parse_retry_after(response.headers.get("Retry-After")),
                                      host_failure=status != 429)
+            if status in (401, 403) and response.history and origin_of(response.url) != origin_of(url):
+                description += (f" (the API redirected to {self.redact.url(response.url)}, another origin: no "
+                                "credentials are sent there; if the API moved, point the connection at it)")
             raise SourceError(description + ("" if status != 401 else " (check the connection's credentials)"))
 
     def _reason(self, exc: Exception) -> str:

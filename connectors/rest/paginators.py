@@ -7,6 +7,11 @@ The state is all the request loop needs to checkpoint a page (resume) and to not
 sends the same cursor twice (an error, never an endless loop).
 
 The spec's ``paginator:`` (``type:`` string or shorthand) picks the class through ``PAGINATORS``.
+
+When ``advance`` ends the pagination on a page as full as the page size, the request loop asks
+``missing_way_forward``: ``None`` when the API itself said this was the last page (``has_more``
+false, a total reached, a ``next`` that is explicitly null), else what was missing; the loop then
+fails the window instead of reporting one page as all of it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,17 @@ from connectors.rest.jsonpath import MISSING, select
 from etl.errors import SourceError
 
 State = dict[str, Any]
+
+
+def _size_in(params: dict[str, Any], names: tuple[str, ...]) -> tuple[int, str] | None:
+    """The first of ``names`` in ``params`` that holds a whole number above zero, and where it was found."""
+    for name in names:
+        value = params.get(name)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"params.{name}"
+    return None
 
 
 class Paginator:
@@ -39,6 +55,19 @@ class Paginator:
 
     def advance(self, state: State, response: requests.Response, body: Any, records: list[Any]) -> State | None:
         return None
+
+    def page_size(self, params: dict[str, Any]) -> tuple[int, str] | None:
+        """The number of records on a full page and where it comes from, when known.
+
+        The paginator's ``page_size`` if it has one, else the first of ``PAGE_SIZE_PARAMS`` in the
+        spec's ``params`` that holds a whole number.
+        """
+        size = getattr(self.config, "page_size", None)
+        return (size, "paginator.page_size") if size else _size_in(params, rs.PAGE_SIZE_PARAMS)
+
+    def missing_way_forward(self, response: requests.Response, body: Any) -> str | None:
+        """After ``advance`` returned ``None``: ``None`` if the API stated the end, else what was missing."""
+        return f"paginator {self.type!r} never asks for a next page"
 
     def _number(self, body: Any, path: str | None) -> int | None:
         if path is None:
@@ -72,6 +101,12 @@ class OffsetPaginator(Paginator):
     def initial_state(self) -> State:
         return {"offset": 0}
 
+    def page_size(self, params):
+        return self.config.limit, "paginator.limit"
+
+    def missing_way_forward(self, response, body):
+        return None  # it ends on a full page only when total_path says every record was read
+
     def prepare(self, state, url, params):
         return url, {**params, self.config.offset_param: state["offset"], self.config.limit_param: self.config.limit}
 
@@ -95,6 +130,14 @@ class PageNumberPaginator(Paginator):
 
     def initial_state(self) -> State:
         return {"page": self.config.start_page}
+
+    def page_size(self, params):
+        if self.config.page_size:
+            return self.config.page_size, "paginator.page_size"
+        return _size_in(params, (self.config.page_size_param, *rs.PAGE_SIZE_PARAMS))
+
+    def missing_way_forward(self, response, body):
+        return None  # it ends on a full page only when total_pages_path says it was the last
 
     def prepare(self, state, url, params):
         params = {**params, self.config.page_param: state["page"]}
@@ -124,6 +167,14 @@ class BodyCursorPaginator(Paginator):
 
     def initial_state(self) -> State:
         return {"cursor": None}
+
+    def missing_way_forward(self, response, body):
+        cfg = self.config
+        if cfg.has_more_path is not None:
+            return None  # has_more was false
+        if cfg.cursor_path is not None and select(body, cfg.cursor_path) is not MISSING:
+            return None  # the cursor is there and explicitly empty
+        return f"no {cfg.cursor_path!r} in the body and no has_more_path to say whether more pages follow"
 
     def prepare(self, state, url, params):
         if state["cursor"] is None:
@@ -174,6 +225,12 @@ class NextUrlPaginator(Paginator):
         # The next URL already carries every query parameter the API wants.
         return (state["url"], {}) if state["url"] else (url, params)
 
+    def missing_way_forward(self, response, body):
+        if select(body, self.config.next_url_path) is not MISSING:
+            return None  # the API sent the field, explicitly empty: the last page
+        keys = sorted(body)[:10] if isinstance(body, dict) else type(body).__name__
+        return f"no {self.config.next_url_path!r} in the body (top-level keys: {keys})"
+
     def advance(self, state, response, body, records):
         nxt = select(body, self.config.next_url_path, None)
         if not nxt:
@@ -199,6 +256,11 @@ class LinkHeaderPaginator(Paginator):
     def advance(self, state, response, body, records):
         nxt = (response.links.get(self.config.rel) or {}).get("url")
         return {"url": urljoin(response.url, nxt)} if nxt else None
+
+    def missing_way_forward(self, response, body):
+        if response.links:
+            return None  # a Link header with other relations (first, prev) and no next: the last page
+        return f"the response has no Link header (expected one with rel={self.config.rel!r})"
 
 
 PAGINATORS: dict[str, type[Paginator]] = {

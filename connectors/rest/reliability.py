@@ -126,6 +126,7 @@ class Metrics:
     bytes: int = 0
     status: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    total: int | None = None  # the record count the API announced (``source.total``)
 
     def response(self, status: int | None, latency: float, size: int) -> None:
         key = str(status) if status is not None else "error"
@@ -153,6 +154,7 @@ class Metrics:
             "latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99)},
             "pages": self.pages,
             "records": self.records,
+            **({"total": self.total} if self.total is not None else {}),  # only with source.total
             "bytes": self.bytes,
             "status": dict(sorted(self.status.items())),
         }

@@ -17,9 +17,8 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import requests
 
-from connectors.rest.client import Page, RestClient
+from connectors.rest.client import Page, RedirectGuard, RestClient
 from connectors.rest.paginators import State
 from connectors.rest.spec import RestSourceSpec
 from etl.connections import connection_fields
@@ -79,7 +78,7 @@ class RestSource:
 
     resumable = True
 
-    def __init__(self, spec: PipelineSpec, session: requests.Session | None = None) -> None:
+    def __init__(self, spec: PipelineSpec, session: RedirectGuard | None = None) -> None:
         self.spec = spec
         if not isinstance(spec.source, RestSourceSpec):
             raise TypeError(f"pipeline {spec.name!r}: RestSource needs a source of type 'rest'")
@@ -168,8 +167,10 @@ class RestSource:
         client = RestClient(self.source, connection_fields(self.source.connection), self.session)
         start: State | None = (self._start or {}).get("state")
         first = int((self._start or {}).get("page") or 1)
+        received, total = int((self._start or {}).get("received") or 0), (self._start or {}).get("total")
         size = self.spec.chunk_size
-        buffer: deque[tuple[State, int, list[dict]]] = deque()  # (page state, page number, records not yielded)
+        # (page state, page number, records received before the page, its records not yielded)
+        buffer: deque[tuple[State, int, int, list[dict]]] = deque()
         bounds = window.widened(self.source.lag) if self.source.filter_by_cursor else None
         buffered = filtered = duplicates = 0
         self.checkpoint = None
@@ -178,33 +179,35 @@ class RestSource:
             nonlocal buffered
             parts, need = [], limit
             while need and buffer:
-                state, number, frame = buffer[0]
+                state, number, before, frame = buffer[0]
                 take = frame[:need]
                 parts.extend(take)
                 need -= len(take)
                 if len(take) == len(frame):
                     buffer.popleft()
                 else:
-                    buffer[0] = (state, number, frame[len(take):])
+                    buffer[0] = (state, number, before, frame[len(take):])
             buffered -= limit - need
             return self._frame(parts)
 
         def snapshot(page: Page) -> dict[str, Any]:
             # Resume point: the page holding the oldest record not yet yielded; its records that were
-            # staged already are dropped as repeats when it is fetched again. Else the next page.
+            # staged already are dropped as repeats when it is fetched again. Else the next page. With the
+            # records received before it and the total announced so far, for the end-of-window checks.
             if buffer:
-                return {"state": buffer[0][0], "page": buffer[0][1]}
+                return {"state": buffer[0][0], "page": buffer[0][1], "received": buffer[0][2], "total": page.total}
             if page.next_state is None:
                 return {"state": None, "page": page.number, "done": True}
-            return {"state": page.next_state, "page": page.number + 1}
+            return {"state": page.next_state, "page": page.number + 1,
+                    "received": page.received_before + len(page.records), "total": page.total}
 
         try:
-            for page in client.pages(window, start, first):
+            for page in client.pages(window, start, first, received, total):
                 frame, page_filtered, page_dupes = self._keep(page.records, page.number, bounds)
                 filtered += page_filtered
                 duplicates += page_dupes
                 if len(frame):
-                    buffer.append((page.state, page.number, frame))
+                    buffer.append((page.state, page.number, page.received_before, frame))
                     buffered += len(frame)
                 while buffered >= size:
                     chunk = cut(size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _identifier(value: str) -> str:
@@ -24,6 +24,14 @@ class _Strict(BaseModel):
 
 
 # ---- paginators: one config model per ``type``; a bare string is shorthand for ``{type: <string>}`` ----
+
+# The page-size guard: a page as full as the page size with no way to the next page is an error, since
+# it is what a misconfigured paginator looks like (it would otherwise load one page and report success).
+PAGE_SIZE_PARAMS = ("limit", "per_page", "page_size", "pageSize", "perPage")
+PAGE_SIZE_HELP = ("records on a full page; default: the value of the limit, per_page, page_size, pageSize or "
+                  "perPage query parameter in params. A page this full with no way to the next page fails the window")
+END_ON_FULL_PAGE_HELP = ("true: a full page without a way to the next one is taken as the last (the page-size "
+                         "guard is off; prefer source.total when the API announces a count)")
 
 class OffsetPaginatorSpec(_Strict):
     """``?offset=0&limit=100``, then ``offset=100`` ...; stops on a short page or when ``total`` is reached."""
@@ -61,6 +69,8 @@ class BodyCursorPaginatorSpec(_Strict):
                                     "cursor_field)")
     has_more_path: str | None = Field("has_more", description="JSON path of the 'more pages' flag; null: stop "
                                       "only when no cursor is returned or the page is empty")
+    page_size: int | None = Field(None, gt=0, description=PAGE_SIZE_HELP)
+    end_on_full_page: bool = Field(False, description=END_ON_FULL_PAGE_HELP)
 
 
 class NextUrlPaginatorSpec(_Strict):
@@ -68,6 +78,8 @@ class NextUrlPaginatorSpec(_Strict):
 
     type: Literal["next_url"]
     next_url_path: str = "next"
+    page_size: int | None = Field(None, gt=0, description=PAGE_SIZE_HELP)
+    end_on_full_page: bool = Field(False, description=END_ON_FULL_PAGE_HELP)
 
 
 class LinkHeaderPaginatorSpec(_Strict):
@@ -75,12 +87,16 @@ class LinkHeaderPaginatorSpec(_Strict):
 
     type: Literal["link_header"]
     rel: str = "next"
+    page_size: int | None = Field(None, gt=0, description=PAGE_SIZE_HELP)
+    end_on_full_page: bool = Field(False, description=END_ON_FULL_PAGE_HELP)
 
 
 class SinglePagePaginatorSpec(_Strict):
     """One request, one page."""
 
     type: Literal["single_page"]
+    page_size: int | None = Field(None, gt=0, description=PAGE_SIZE_HELP)
+    end_on_full_page: bool = Field(False, description=END_ON_FULL_PAGE_HELP)
 
 
 PaginatorSpec = Annotated[
@@ -109,6 +125,30 @@ class AuthSpec(_Strict):
     token_url: str | None = Field(None, description="oauth2: the token endpoint (or extra token_url)")
     scope: str | None = Field(None, description="oauth2: requested scope")
     client_auth: Literal["basic", "body"] = Field("basic", description="oauth2: how the client id/secret are sent")
+
+
+class TotalSpec(_Strict):
+    """Where the API announces how many records the window's query matches: a ``header`` or a body ``path``.
+
+    The records received over all pages of the window (before client-side filtering and de-duplication)
+    must equal the total announced by the last response that carries it; otherwise the window fails.
+    """
+
+    header: str | None = Field(None, description="response header holding the count, e.g. X-Total-Count")
+    path: str | None = Field(None, description="JSON path of the count in the body, e.g. meta.total")
+
+    @model_validator(mode="after")
+    def _one(self) -> TotalSpec:
+        if (self.header is None) == (self.path is None):
+            raise ValueError("set exactly one of header (e.g. X-Total-Count) or path (e.g. meta.total)")
+        if self.path is not None:
+            from connectors.rest.jsonpath import parse_path
+
+            parse_path(self.path)
+        return self
+
+    def describe(self) -> str:
+        return f"header {self.header}" if self.header is not None else f"body path {self.path!r}"
 
 
 class RateLimitSpec(_Strict):
@@ -162,6 +202,8 @@ class RestSourceSpec(_Strict):
     records: str = Field("$", description="JSON path of the list of records in a page ('$' = the body itself)")
     paginator: PaginatorSpec = Field(default_factory=lambda: SinglePagePaginatorSpec(type="single_page"))
     auth: AuthSpec | None = None
+    total: TotalSpec | None = Field(None, description="where the API announces the window's record count; "
+                                    "the records read must equal it")
     primary_key: list[str] = Field(min_length=1)
     cursor: str = Field(description="column whose value places a record in a window")
     lag: timedelta = Field(timedelta(0), description="widen the window start by this much")
@@ -180,6 +222,11 @@ class RestSourceSpec(_Strict):
     @classmethod
     def _paginator_shorthand(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
+
+    @field_validator("total", mode="before")
+    @classmethod
+    def _total_shorthand(cls, value: Any) -> Any:
+        return {"header": value} if isinstance(value, str) else value
 
     @field_validator("auth", mode="before")
     @classmethod
