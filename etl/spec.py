@@ -328,6 +328,14 @@ class PipelineSpec(_Strict):
         for i, derived in enumerate(self.transforms.derive):
             if derived.name not in by_name:
                 raise ValueError(f"transforms.derive[{i}].name: column {derived.name!r} is not listed in columns")
+        derived_names = {d.name for d in self.transforms.derive}
+        for name in self.transforms.cast:
+            if name not in by_name:
+                raise ValueError(f"transforms.cast.{name}: column {name!r} is not listed in columns "
+                                 f"(expected one of: {', '.join(by_name)})")
+            if name in derived_names:
+                raise ValueError(f"transforms.cast.{name}: column {name!r} is derived, and casts run before "
+                                 "derive; convert in the expression instead")
         for name in self.transforms.drop:
             if name in by_name:
                 raise ValueError(f"transforms.drop: {name!r} is a column of the target; remove it from columns "
