@@ -7,8 +7,10 @@ converted chunk in addition to the column checks.
 
 Per chunk: transforms (``etl.transform``) -> conversion to the spec's types -> lazy pandera validation.
 A row is rejected for every value that does not convert, every failed check and every failed transform;
-``SchemaErrors.failure_cases`` names the row (its index), the column and the check. A failure that names
-no row (a column missing, a wrong dtype under a DataFrameModel) rejects every row of the chunk.
+``SchemaErrors.failure_cases`` names the row (its index), the column and the check. A DataFrame-wide check
+(``@pa.dataframe_check``) is one row-level reason (column null, the check's name), whatever columns pandera
+lists for it, so the row keeps its key. A failure that names no row (a column missing, a wrong dtype
+under a DataFrameModel) rejects every row of the chunk.
 """
 
 from __future__ import annotations
