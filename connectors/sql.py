@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import pandas as pd
-from sqlalchemy import Engine, bindparam, column, create_engine, func, select, table, text
+from sqlalchemy import Engine, and_, bindparam, column, create_engine, func, or_, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import redact, resolve_url
@@ -71,18 +71,42 @@ class SqlSource:
         elif cursor_spec.type == "date":
             start, end = start.date(), end.date()
         key_cols = [src.c[self.spec.column(k).source_name] for k in self.source.primary_key]
+        in_window = and_(cursor >= bindparam("window_start", start, type_=bound_type),
+                         cursor < bindparam("window_end", end, type_=bound_type))
+        if self.source.null_cursor == "every_window":  # rows with a NULL cursor belong to every window
+            in_window = or_(in_window, cursor.is_(None))
         return (
             select(*[src.c[c.source_name].label(c.name) for c in self.spec.source_columns])
-            .where(cursor >= bindparam("window_start", start, type_=bound_type))
-            .where(cursor < bindparam("window_end", end, type_=bound_type))
+            .where(in_window)
             .order_by(cursor, *key_cols)
         )
+
+    def null_cursor_count(self) -> int:
+        """How many source rows have a NULL cursor: they lie in no window (``source.null_cursor`` says what then)."""
+        src = self._selectable()
+        cursor = src.c[self.spec.column(self.source.cursor).source_name]
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(src).where(cursor.is_(None))).scalar_one())
+
+    def refuse_null_cursors(self) -> None:
+        """Under ``null_cursor: fail``, raise when the source holds rows with a NULL cursor (no window has them)."""
+        if self.source.null_cursor != "fail":
+            return
+        found = self.null_cursor_count()
+        if found:
+            raise SourceError(
+                f"pipeline {self.spec.name!r}: {found} row(s) of {self.source.table or 'the query'} have a NULL cursor "
+                f"{self.source.cursor!r}, so they lie in no window; nothing was loaded. State what to do with them "
+                "in the spec: source.null_cursor: every_window (read them in every window and upsert them) or skip "
+                "(leave them out; each window's checks count them)"
+            )
 
     def read(self, window: Window) -> Iterator[pd.DataFrame]:
         """Yield the window's rows as DataFrames of at most ``chunk_size`` rows."""
         stmt = self.statement(window)
         names = [c.name for c in self.spec.source_columns]
         try:
+            self.refuse_null_cursors()
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, yield_per=self.spec.chunk_size).execute(stmt)
                 for rows in result.partitions():

@@ -2,7 +2,7 @@
 
 etl run PIPELINE --start 2025-01-01 --end 2025-01-02
 etl specs check [DIR]
-etl quarantine list PIPELINE
+etl quarantine list PIPELINE [--reason R] [--window START/END] [--run ID] [--summary]
 etl quarantine replay PIPELINE
 etl diff SOURCE_URL TARGET_URL --table T --key id [--columns a,b]
 etl reconcile PIPELINE [--deep] [--repair]
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from etl import logs
@@ -36,7 +37,9 @@ def _cmd_specs_check(args: argparse.Namespace) -> int:
     specs = load_specs(directory)
     from etl.validate import check_code
 
-    problems = [f"{spec.name}: {problem}" for spec in specs for problem in check_code(spec)]
+    # load_specs keeps the order of spec_files (and fails on any error), so each spec has its file.
+    problems = [f"{path}: {problem}" for path, spec in zip(spec_files(directory), specs, strict=True)
+                for problem in check_code(spec)]
     if problems:
         raise SpecError("\n".join(problems))
     for path in spec_files(directory):
@@ -140,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("pipeline", help="pipeline name or spec file path")
         q.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
     q_list.add_argument("--limit", type=int, help="at most this many records")
+    q_list.add_argument("--reason", help="only records with this reason: a check (not_nullable), a column "
+                        "(total; '(row)' for DataFrame-wide checks) or 'column: check'")
+    q_list.add_argument("--window", metavar="START/END", help="only records last seen by a run of a window "
+                        "inside [START, END), ISO-8601 (e.g. 2025-01-01/2025-01-02)")
+    q_list.add_argument("--run", metavar="RUN_ID", help="only records last seen by this run")
+    q_list.add_argument("--summary", action="store_true", help="instead of the records, print one JSON line per "
+                        "reason: column, check and the number of records")
     q_replay.add_argument("--run-id", help="id recorded in etl_runs (default: generated)")
     quarantine.set_defaults(func=_cmd_quarantine)
     return parser
@@ -149,7 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.verbose)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, inside the try
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (`etl quarantine list X | head`): stop quietly. Python flushes stdout
+        # again at exit, so point it at devnull first (Python docs, signal module: "Note on SIGPIPE").
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except DriftlessError as exc:
         print(f"etl: error: {exc}", file=sys.stderr)
         return 1

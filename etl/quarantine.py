@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +58,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-from etl.errors import LoadError, ValidationFailed
+from etl.errors import DriftlessError, LoadError, ValidationFailed
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter
-from etl.state import UTC_TIMESTAMP
+from etl.state import UTC_TIMESTAMP, as_utc
 from etl.transform import convert_column, convert_for
 from etl.validate import ChunkResult, Validator
 from etl.window import Window
@@ -369,22 +372,51 @@ def resolve_loaded(conn: Connection, spec: PipelineSpec, manifest: Manifest) -> 
     return len(resolved)
 
 
-def list_quarantine(engine: Engine, spec: PipelineSpec, limit: int | None = None) -> list[dict[str, Any]]:
-    """The pipeline's quarantined records, oldest first (errors and record decoded from JSON)."""
+def reasons_of_entry(errors: list[dict[str, Any]]) -> list[str]:
+    """An entry's reasons as ``"column: check"`` (``"(row): check"`` for a row-level failure)."""
+    return [f"{e.get('column') or '(row)'}: {e.get('check')}" for e in errors]
+
+
+def _matches(errors: list[dict[str, Any]], reason: str) -> bool:
+    """Whether one of the errors has ``reason`` as its check, its column or its ``column: check``."""
+    return any(reason in (e.get("check"), e.get("column") or "(row)", text)
+               for e, text in zip(errors, reasons_of_entry(errors), strict=True))
+
+
+def iter_quarantine(engine: Engine, spec: PipelineSpec, *, run_id: str | None = None, window: Window | None = None,
+                    reason: str | None = None) -> Generator[dict[str, Any], None, None]:
+    """The pipeline's quarantined records, oldest first (errors and record decoded from JSON), streamed.
+
+    Filters: ``run_id`` (the run that last saw the record), ``window`` (records last seen by a run of a
+    window inside it), ``reason`` (see ``_matches``).
+    """
     schema = spec.target.db_schema
     if not inspect(engine).has_table(QUARANTINE_TABLE, schema=schema):
-        return []
+        return
     q = quarantine_table(schema)
     stmt = select(q).where(q.c.pipeline == spec.name).order_by(q.c.id)
-    if limit:
-        stmt = stmt.limit(limit)
+    if run_id is not None:
+        stmt = stmt.where(q.c.run_id == run_id)
+    if window is not None:
+        stmt = stmt.where(q.c.window_start >= window.start, q.c.window_end <= window.end)
     with engine.connect() as conn:
-        rows = [dict(r) for r in conn.execute(stmt).mappings()]
-    for row in rows:
-        row["record"] = json.loads(row["record"])
-        row["errors"] = json.loads(row["errors"])
-        row["record_key"] = json.loads(row["record_key"]) if row["record_key"] else None
-    return rows
+        for mapping in conn.execution_options(yield_per=BATCH).execute(stmt).mappings():
+            row = dict(mapping)
+            row["record"] = json.loads(row["record"])
+            row["errors"] = json.loads(row["errors"])
+            row["record_key"] = json.loads(row["record_key"]) if row["record_key"] else None
+            if reason is None or _matches(row["errors"], reason):
+                yield row
+
+
+def list_quarantine(engine: Engine, spec: PipelineSpec, limit: int | None = None,
+                    **filters: Any) -> list[dict[str, Any]]:
+    """The pipeline's quarantined records, oldest first, at most ``limit``; filters as ``iter_quarantine``."""
+    entries = iter_quarantine(engine, spec, **filters)
+    try:
+        return list(islice(entries, limit) if limit else entries)
+    finally:
+        entries.close()
 
 
 @dataclass
@@ -498,6 +530,23 @@ def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
     return result
 
 
+def _plain_json(value: Any) -> Any:
+    """A value for a JSON line: NaN/NA as null (never ``NaN``/``nan``), datetimes as ISO-8601 UTC."""
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_json(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, datetime):
+        return as_utc(value).isoformat()
+    return value
+
+
+LIST_FIELDS = ("id", "record_key", "errors", "record", "run_id", "window_start", "window_end", "first_seen",
+               "last_seen", "times_seen")
+
+
 def quarantine_command(args: Any) -> int:
     """``etl quarantine list|replay PIPELINE`` (see ``etl.cli``)."""
     from etl.connections import resolve_url
@@ -508,14 +557,36 @@ def quarantine_command(args: Any) -> int:
     if args.quarantine_command == "replay":
         print(json.dumps(replay(spec, run_id=args.run_id).summary(), default=str))
         return 0
+    window = None
+    if args.window:
+        start, sep, end = args.window.partition("/")
+        if not sep or not start or not end:
+            raise DriftlessError(f"--window: {args.window!r} is not START/END (e.g. 2025-01-01/2025-01-02)")
+        window = Window.parse(start, end)
     loader = loader_for(resolve_url(spec.target.connection))
+    summary: Counter = Counter()
+    shown = 0
     try:
-        entries = list_quarantine(loader.engine, spec, args.limit)
+        entries = iter_quarantine(loader.engine, spec, run_id=args.run, window=window, reason=args.reason)
+        try:
+            for entry in entries:
+                if args.summary:
+                    summary.update(reasons_of_entry(entry["errors"]))
+                    shown += 1
+                    continue
+                if args.limit and shown >= args.limit:
+                    break
+                print(json.dumps(_plain_json({k: entry[k] for k in LIST_FIELDS}), ensure_ascii=False,
+                                 allow_nan=False, default=str))
+                shown += 1
+        finally:
+            entries.close()
     finally:
         loader.dispose()
-    for entry in entries:
-        print(json.dumps({k: entry[k] for k in ("id", "record_key", "errors", "record", "run_id", "window_start",
-                                                 "window_end", "first_seen", "last_seen", "times_seen")},
-                         default=str))
-    print(f"{len(entries)} quarantined record(s) for pipeline {spec.name!r}", file=sys.stderr)
+    if args.summary:
+        for reason, count in sorted(summary.items(), key=lambda kv: (-kv[1], kv[0])):
+            column, _, check = reason.partition(": ")
+            print(json.dumps({"column": None if column == "(row)" else column, "check": check, "records": count},
+                             ensure_ascii=False))
+    print(f"{shown} quarantined record(s) for pipeline {spec.name!r}", file=sys.stderr)
     return 0

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.rest.spec import RestSourceSpec
 from etl.errors import SpecError
+from etl.window import NULL_CURSOR_HELP, NullCursor
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@once"}
@@ -155,6 +156,7 @@ class SqlSourceSpec(_Strict):
     lag: timedelta = Field(
         timedelta(0), description="re-read this much before the window start, for late-arriving rows"
     )
+    null_cursor: NullCursor = Field("fail", description=NULL_CURSOR_HELP)
 
     _conn = field_validator("connection")(check_identifier)
     _cursor = field_validator("cursor")(check_identifier)
@@ -365,9 +367,21 @@ class PipelineSpec(_Strict):
                 f"source.cursor: column {cursor.name!r} has type {cursor.type!r}; a cursor must be one of "
                 f"{sorted(CURSOR_TYPES)}"
             )
+        if self.source.null_cursor == "every_window" and not cursor.nullable:
+            raise ValueError(f"source.null_cursor: 'every_window' loads rows whose cursor is NULL, but the cursor "
+                             f"column {cursor.name!r} is declared nullable: false; make it nullable or choose "
+                             "'fail' or 'skip'")
         for i, derived in enumerate(self.transforms.derive):
             if derived.name not in by_name:
                 raise ValueError(f"transforms.derive[{i}].name: column {derived.name!r} is not listed in columns")
+        derived_names = {d.name for d in self.transforms.derive}
+        for name in self.transforms.cast:
+            if name not in by_name:
+                raise ValueError(f"transforms.cast.{name}: column {name!r} is not listed in columns "
+                                 f"(expected one of: {', '.join(by_name)})")
+            if name in derived_names:
+                raise ValueError(f"transforms.cast.{name}: column {name!r} is derived, and casts run before "
+                                 "derive; convert in the expression instead")
         for name in self.transforms.drop:
             if name in by_name:
                 raise ValueError(f"transforms.drop: {name!r} is a column of the target; remove it from columns "

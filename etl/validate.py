@@ -7,8 +7,10 @@ converted chunk in addition to the column checks.
 
 Per chunk: transforms (``etl.transform``) -> conversion to the spec's types -> lazy pandera validation.
 A row is rejected for every value that does not convert, every failed check and every failed transform;
-``SchemaErrors.failure_cases`` names the row (its index), the column and the check. A failure that names
-no row (a column missing, a wrong dtype under a DataFrameModel) rejects every row of the chunk.
+``SchemaErrors.failure_cases`` names the row (its index), the column and the check. A DataFrame-wide check
+(``@pa.dataframe_check``) is one row-level reason (column null, the check's name), whatever columns pandera
+lists for it, so the row keeps its key. A failure that names no row (a column missing, a wrong dtype
+under a DataFrameModel) rejects every row of the chunk.
 """
 
 from __future__ import annotations
@@ -55,32 +57,34 @@ class ChunkResult:
     reasons: Counter = field(default_factory=Counter)
 
 
-def _bound(column: ColumnSpec, value: Any) -> Any:
-    """A check bound (from YAML) in the column's converted representation."""
+def _bound(column: ColumnSpec, value: Any, path: str) -> Any:
+    """A check bound (from YAML) in the column's converted representation; ``path`` names it in errors."""
     m = TYPE_PATTERN.match(column.type)
     assert m, column.type  # the spec validated it
     if m["numeric"] and isinstance(value, int | float):
         value = repr(value)  # as text, so the bound reads exactly as written (0 -> Decimal('0.00'))
     conv = convert_column(pd.Series([value], dtype=object), column.type)
     if conv.bad[0]:
-        raise SpecError(f"columns.{column.name}.checks: {value!r} is not a valid {column.type} value")
+        raise SpecError(f"{path}: {value!r} is not a valid {column.type} value (column {column.name!r})")
     result = conv.values.iloc[0]
     return result
 
 
-def column_checks(column: ColumnSpec) -> list[pa.Check]:
-    """The pandera checks of one spec column."""
+def column_checks(column: ColumnSpec, path: str | None = None) -> list[pa.Check]:
+    """The pandera checks of one spec column; ``path`` (``columns[i].checks``) names the spec field in errors."""
+    path = path or f"columns.{column.name}.checks"
     checks: list[pa.Check] = []
     m = TYPE_PATTERN.match(column.type)
     assert m
     c = column.checks
     if c is not None:
         if c.min is not None:
-            checks.append(pa.Check.ge(_bound(column, c.min)))
+            checks.append(pa.Check.ge(_bound(column, c.min, f"{path}.min")))
         if c.max is not None:
-            checks.append(pa.Check.le(_bound(column, c.max)))
+            checks.append(pa.Check.le(_bound(column, c.max, f"{path}.max")))
         if c.allowed is not None:
-            checks.append(pa.Check.isin([_bound(column, v) for v in c.allowed]))
+            checks.append(pa.Check.isin([_bound(column, v, f"{path}.allowed[{i}]")
+                                          for i, v in enumerate(c.allowed)]))
         if c.regex is not None:
             checks.append(pa.Check.str_matches(rf"(?:{c.regex})\Z", name="regex", error=f"regex {c.regex!r}"))
         if c.min_length is not None or c.max_length is not None:
@@ -95,9 +99,9 @@ def compile_schema(spec: PipelineSpec) -> pa.DataFrameSchema:
     keys = set(spec.source.primary_key)
     return pa.DataFrameSchema(
         {
-            c.name: pa.Column(None, checks=column_checks(c), nullable=c.nullable and c.name not in keys,
-                              unique=c.unique, required=True)
-            for c in spec.columns
+            c.name: pa.Column(None, checks=column_checks(c, f"columns[{i}].checks"),
+                              nullable=c.nullable and c.name not in keys, unique=c.unique, required=True)
+            for i, c in enumerate(spec.columns)
         },
         name=spec.name,
     )
@@ -106,10 +110,21 @@ def compile_schema(spec: PipelineSpec) -> pa.DataFrameSchema:
 def _model_schema(spec: PipelineSpec) -> pa.DataFrameSchema | None:
     if not spec.schema_model:
         return None
-    model = load_reference(spec.schema_model)
+    try:
+        model = load_reference(spec.schema_model)
+    except SpecError as exc:
+        raise SpecError(f"schema_model: {exc}") from exc
     if not (isinstance(model, type) and issubclass(model, pa.DataFrameModel)):
         raise SpecError(f"schema_model: {spec.schema_model!r} is not a pandera DataFrameModel class")
-    return model.to_schema()
+    schema = model.to_schema()
+    # The model runs on the chunk's columns: a field that is no column would quarantine every row.
+    unknown = [name for name, col in schema.columns.items()
+               if not getattr(col, "regex", False) and name not in spec.column_names]
+    if unknown:
+        raise SpecError(f"schema_model: {spec.schema_model!r} has field(s) {', '.join(map(repr, unknown))} that "
+                        f"are not columns of the spec (columns: {', '.join(spec.column_names)}); every record "
+                        "would be quarantined. Name the fields after the spec's columns")
+    return schema
 
 
 class Validator:
@@ -174,12 +189,20 @@ class Validator:
         except pa.errors.SchemaError as exc:  # raised even when lazy for some schema-level problems
             return [RowFailure(None, None, "schema", str(exc).splitlines()[0][:500])]
         out = []
+        wide_seen: set[tuple[int, str]] = set()
         for row in cases.itertuples(index=False):
             column = row.column if isinstance(row.column, str) else None
             index = None if pd.isna(row.index) else int(row.index)
+            check = str(row.check)
+            if index is not None and row.schema_context == "DataFrameSchema":
+                # A DataFrame-wide check (``@pa.dataframe_check``) fails a row, not a column: pandera reports
+                # it once per column of the row. One reason per row and check, keyed like any other.
+                if (index, check) not in wide_seen:
+                    wide_seen.add((index, check))
+                    out.append(RowFailure(index, None, check, f"row failed dataframe check {check}"))
+                continue
             if index is not None and column in conv_bad and conv_bad[column][index]:
                 continue  # the value did not convert: that is the reason, not the NA left in its place
-            check = str(row.check)
             value = "" if index is None else f"; got {_show(row.failure_case)}"
             what = f"column {column!r} failed {check}" if column else f"failed {check}"
             out.append(RowFailure(index, column, check, f"{what}{value}"))
@@ -253,6 +276,8 @@ class Validator:
 
 
 def _show(value: Any) -> str:
+    if value is None or (not isinstance(value, str | list | dict | tuple) and pd.isna(value) is True):
+        return "null"  # None, NaN, NA and NaT all mean NULL here
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, Decimal | datetime | date):
@@ -270,21 +295,24 @@ def validate_chunk(spec: PipelineSpec, frame: pd.DataFrame) -> ChunkResult:
 def check_code(spec: PipelineSpec) -> list[str]:
     """What ``etl specs check`` adds to the spec's own validation: its code references and expressions.
 
-    Imports ``transforms.function`` and ``schema_model``, parses the derive expressions and compiles the
-    column checks; returns the problems (empty when all is well).
+    Imports ``transforms.function`` and ``schema_model`` (whose fields must be columns of the spec), parses
+    the derive expressions and compiles the column checks; returns the problems (empty when all is well),
+    each as ``field.path: message``.
     """
     from etl.transform import DeriveExpression
 
     problems = []
-    try:
-        Validator(spec)
-    except SpecError as exc:
-        problems.append(str(exc))
-    for derived in spec.transforms.derive:
+    for build in (compile_schema, _model_schema):
+        try:
+            build(spec)
+        except SpecError as exc:
+            problems.append(str(exc))
+    for i, derived in enumerate(spec.transforms.derive):
         try:
             DeriveExpression(derived.name, derived.expr)
         except SpecError as exc:
-            problems.append(str(exc))
+            detail = str(exc).removeprefix(f"transforms.derive {derived.name!r}: ")
+            problems.append(f"transforms.derive[{i}].expr: {detail}")
     if spec.transforms.function:
         try:
             if not callable(load_reference(spec.transforms.function)):

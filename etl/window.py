@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from etl.errors import DriftlessError
+
+NullCursor = Literal["fail", "every_window", "skip"]
+NULL_CURSOR_HELP = (
+    "rows whose cursor is NULL lie in no window. fail (default): a window fails, loading nothing, while the "
+    "source holds any (the error gives the count); every_window: they are read by every window and upserted "
+    "(the target's cursor column must be nullable); skip: they are left out, and each window's checks count "
+    "them (null_cursor_rows, WARN)"
+)
 
 
 def parse_instant(value: str | datetime, what: str = "timestamp") -> datetime:

@@ -20,13 +20,13 @@ from sqlalchemy import create_engine, text
 from etl.errors import SpecError
 from etl.pipeline import run_window
 from etl.spec import parse_spec
-from etl.transform import Parsing, convert_column
+from etl.transform import DEFAULT_PARSING, Parsing, convert_column
 from etl.window import Window
 
 WINDOW = Window.parse("2025-01-01", "2025-02-01")
 
 
-def bad(values, type_name, parsing=Parsing()):
+def bad(values, type_name, parsing=DEFAULT_PARSING):
     conv = convert_column(pd.Series(values, dtype=object), type_name, parsing)
     return conv.bad.tolist(), conv.values
 

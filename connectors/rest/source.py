@@ -90,6 +90,7 @@ class RestSource:
         # key (text; a tuple for compound keys) -> its cursor value as received (parsed on demand)
         self._seen: dict[Any, Any] = {}
         self._columns = [(c.name, c.source_name, c.type) for c in spec.columns]
+        self.null_cursor_records = 0  # records of the window whose cursor was null or missing
 
     def resume_from(self, checkpoint: dict[str, Any] | None,
                     staged: Callable[[], Iterable[pa.Table]] | None = None) -> None:
@@ -126,7 +127,10 @@ class RestSource:
                 raise SourceError(f"pipeline {self.spec.name!r}: page {page}: expected records to be JSON objects, "
                                   f"got {type(record).__name__}: {str(record)[:100]!r}")
             cursor = record.get(cursor_field)
-            if bounds is not None:
+            if cursor is None:  # in no window: source.null_cursor says what happens
+                if self._null_cursor(records, cursor_field, page):
+                    continue
+            elif bounds is not None:
                 cursor = self._cursor(cursor, page)
                 if cursor is None or not bounds.start <= cursor < bounds.end:
                     filtered += 1
@@ -141,6 +145,19 @@ class RestSource:
             seen[key] = cursor
             kept.append(record)
         return kept, filtered, duplicates
+
+    def _null_cursor(self, records: list[Any], cursor_field: str, page: int) -> bool:
+        """A record without a cursor: counted; True to drop it (``skip``), raise under ``fail``."""
+        self.null_cursor_records += 1
+        if self.source.null_cursor == "fail":
+            found = sum(1 for r in records if type(r) is dict and r.get(cursor_field) is None)
+            raise SourceError(
+                f"pipeline {self.spec.name!r}: page {page}: {found} record(s) have a null or missing cursor "
+                f"{cursor_field!r}, so they lie in no window; nothing was loaded. State what to do with them in the "
+                "spec: source.null_cursor: every_window (keep them in every window that returns them) or skip "
+                "(drop them; each window's checks count them)"
+            )
+        return self.source.null_cursor == "skip"
 
     def _frame(self, records: list[dict]) -> pd.DataFrame:
         """A chunk of records as a frame of the spec's columns, values made fit for ``frame_to_arrow``.
@@ -219,6 +236,7 @@ class RestSource:
                 yield chunk
         finally:
             self.metrics = {**client.metrics.as_dict(), "filtered_out": filtered, "duplicates_dropped": duplicates,
-                            "resumed_from_page": first if self._start else None}
+                            "resumed_from_page": first if self._start else None,
+                            "null_cursor_records": self.null_cursor_records}
             if client.session is not self.session:
                 client.session.close()

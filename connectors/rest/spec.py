@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from etl.window import NULL_CURSOR_HELP, NullCursor
+
 
 def _identifier(value: str) -> str:
     from etl.spec import check_identifier  # etl.spec imports this module: import at call time
@@ -210,6 +212,7 @@ class RestSourceSpec(_Strict):
     filter_by_cursor: bool = Field(
         False, description="drop records whose cursor lies outside the window (for APIs that cannot filter)"
     )
+    null_cursor: NullCursor = Field("fail", description="records whose cursor is null or missing: " + NULL_CURSOR_HELP)
     rate_limit: RateLimitSpec | None = None
     timeouts: TimeoutsSpec = Field(default_factory=TimeoutsSpec)
     retries: RetriesSpec = Field(default_factory=RetriesSpec)

@@ -5,6 +5,8 @@ Checks (thresholds from the spec's ``reconcile:`` section):
 * ``extracted_equals_loaded``: records extracted == loaded + quarantined + deduplicated; FAIL otherwise.
 * ``source_count_unchanged``: the source still holds as many rows in the window as were extracted;
   WARN otherwise (the source may change between extract and check).
+* ``null_cursor_rows``: rows whose cursor is NULL and what ``source.null_cursor`` did with them (see
+  ``null_cursor_check``).
 * ``sum_<column>``: for each of ``reconcile.sum_columns``, the sum over the window's rows in the source
   and in the target. Relative difference ``|s - t| / max(|s|, 1)``: PASS up to ``warn_ratio``,
   WARN up to ``fail_ratio``, FAIL above.
@@ -20,7 +22,7 @@ from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import resolve_url
@@ -63,8 +65,10 @@ def target_sums(spec: PipelineSpec, engine, window, columns: list[str]) -> dict[
     cursor = table.c[spec.source.cursor]
     start, end = _window_bounds(spec, window)
     kind = sql_type(spec.column(spec.source.cursor).type)
-    stmt = select(*[func.sum(table.c[c]) for c in columns]).where(
-        cursor >= bindparam("ws", start, type_=kind), cursor < bindparam("we", end, type_=kind))
+    in_window = and_(cursor >= bindparam("ws", start, type_=kind), cursor < bindparam("we", end, type_=kind))
+    if spec.source.null_cursor == "every_window":  # as the source reads them: NULL-cursor rows in every window
+        in_window = or_(in_window, cursor.is_(None))
+    stmt = select(*[func.sum(table.c[c]) for c in columns]).where(in_window)
     with engine.connect() as conn:
         row = conn.execute(stmt).one()
     return dict(zip(columns, row, strict=False))
@@ -83,6 +87,23 @@ def source_sums(source: Any, window, columns: list[str]) -> dict[str, Any] | Non
     with source.engine.connect() as conn:
         row = conn.execute(select(*sums)).one()
     return dict(zip(columns, row, strict=False))
+
+
+def null_cursor_check(spec: PipelineSpec, source: Any, result: Any) -> dict[str, Any] | None:
+    """``null_cursor_rows``: how many rows with a NULL cursor (in no window) the source holds and the window took.
+
+    ``source``: NULL-cursor rows in the source now (SQL: counted; REST: the records the window's pages held).
+    ``target``: those the window read (``every_window``), else 0. PASS when equal, WARN otherwise (``skip``,
+    or rows that appeared after a ``fail`` window's extract). Left out under ``fail`` when there are none.
+    """
+    policy = spec.source.null_cursor
+    counter = getattr(source, "null_cursor_count", None)
+    found = counter() if counter is not None else (getattr(result, "metrics", None) or {}).get("null_cursor_records")
+    if found is None or (found == 0 and policy == "fail"):
+        return None
+    taken = found if policy == "every_window" else 0
+    return {"check": "null_cursor_rows", "source": found, "target": taken, "difference": float(found - taken),
+            "status": "PASS" if found == taken else "WARN"}
 
 
 def run_window_checks(spec: PipelineSpec, result: Any, source: Any) -> list[dict[str, Any]]:
@@ -109,6 +130,9 @@ def run_window_checks(spec: PipelineSpec, result: Any, source: Any) -> list[dict
         })
     loader = loader_for(resolve_url(spec.target.connection))
     try:
+        nulls = null_cursor_check(spec, source, result)
+        if nulls is not None:
+            checks.append(nulls)
         if rc.sum_columns:
             src = source_sums(source, result.window, rc.sum_columns)
             if src is not None:
