@@ -5,7 +5,6 @@ SQLAlchemy's generic types render the right DDL for each dialect; nothing here k
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
@@ -31,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
 
+from etl.canonical import normalized_json
 from etl.errors import SourceError
 from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 
@@ -114,7 +114,8 @@ def _column_to_arrow(series: pd.Series, column: ColumnSpec) -> pa.Array:
     elif kind == "timestamp":
         series = pd.to_datetime(series, utc=True).dt.tz_convert(None)
     elif kind == "json":
-        series = series.map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True))
+        # stored normalized (sorted keys, literal unicode, numbers as written): see etl.canonical
+        series = series.map(lambda v: None if v is None or v is pd.NA else normalized_json(v))
     return pa.array(series, type=arrow_type(kind), from_pandas=True)
 
 
