@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import redact, resolve_url
 from etl.errors import SourceError
-from etl.schema import sql_type
+from etl.schema import read_type, sql_type
 from etl.spec import PipelineSpec
 from etl.window import Window
 
@@ -32,7 +32,7 @@ class SqlSource:
         self.engine = engine or create_engine(resolve_url(self.source.connection))
 
     def _selectable(self):
-        cols = [column(c.source_name, sql_type(c.type)) for c in self.spec.source_columns]
+        cols = [column(c.source_name, read_type(c.type)) for c in self.spec.source_columns]
         if self.source.table:
             schema, _, name = self.source.table.rpartition(".")
             return table(name, *cols, schema=schema or None)

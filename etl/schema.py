@@ -26,6 +26,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
+    cast,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
@@ -60,6 +62,25 @@ def sql_type(type_name: str) -> TypeEngine[Any]:
         "json": JSON().with_variant(postgresql.JSONB(), "postgresql"),
     }
     return types[m["simple"]]
+
+
+class JsonText(TypeDecorator[str]):
+    """A JSON column read as its text: ``CAST(column AS text)`` in the SELECT, no decoding.
+
+    Drivers decode JSON themselves (psycopg turns jsonb ``"x"`` into ``x`` and ``null`` into None, and
+    ``2.50`` into a double): a source's JSON is read as text so that it loads exactly as written.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def column_expression(self, colexpr: Any) -> Any:
+        return cast(colexpr, Text)
+
+
+def read_type(type_name: str) -> TypeEngine[Any]:
+    """The SQLAlchemy type a source column of spec type ``type_name`` is read with (JSON: its text)."""
+    return JsonText() if type_name == "json" else sql_type(type_name)
 
 
 def arrow_type(type_name: str) -> pa.DataType:

@@ -574,8 +574,8 @@ class SqliteHash(HashDialect):
         if kind in ("int", "bool"):
             return f"CAST(CAST({expr} AS INTEGER) AS TEXT)"
         if kind == "decimal":
-            # printf rounds the stored double; SQLite holds decimals as doubles anyway.
-            return f"printf('%.{scale}f', {expr})"
+            # printf rounds the stored double; SQLite holds decimals as doubles anyway. (printf prints NULL as 0.)
+            return f"(CASE WHEN {expr} IS NOT NULL THEN printf('%.{scale}f', {expr}) END)"
         if kind == "double":
             return f"driftless_canon_double({expr})"
         if kind == "float":

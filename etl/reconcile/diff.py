@@ -534,6 +534,15 @@ class DeepDiff:
         self.result.queries += 2
         return a.result(), b.result()
 
+    @property
+    def exact_hashes(self) -> bool:
+        """Whether equal tables always have equal hash sums here.
+
+        False when JSON is compared with MariaDB, which keeps string escapes as written: the rows
+        whose hashes differ are then compared again in Python (``run`` does), and only they decide.
+        """
+        return not ("json" in self.kinds and any(s.d.name == "mysql" for s in (self.src, self.tgt)))
+
     def quick(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """``(count, hash sum)`` of the whole table on each side: equal pairs mean equal tables."""
         return self._both(lambda s: s.checksum(None, None))
