@@ -42,7 +42,7 @@ class _Number(str):
 def canonical_number(token: str | int | float | Decimal) -> str:
     """The canonical text of a number (see the module docstring); ``token`` as written or a number."""
     if isinstance(token, float):
-        return canonical_double(token)
+        return str(canonical_double(token))
     d = Decimal(token) if not isinstance(token, Decimal) else token
     if not d.is_finite():
         return "NaN" if d.is_nan() else ("-Infinity" if d < 0 else "Infinity")
