@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import redact, resolve_url
 from etl.errors import SourceError
-from etl.schema import sql_type
+from etl.schema import read_type, sql_type
 from etl.spec import PipelineSpec
 from etl.window import Window
 
@@ -51,7 +51,8 @@ class SqlSource:
         # Untyped columns: the driver hands over its raw values and SQLAlchemy applies no result processor.
         # A spec type given here would convert in the driver (text -> numeric, text -> date) and one bad value
         # would fail the whole window; driftless converts instead (etl.transform), quarantining bad values.
-        cols = [column(c.source_name) for c in self.spec.source_columns]
+        # JSON is read as its text (read_type), so that it loads exactly as written.
+        cols = [column(c.source_name, read_type(c.type)) for c in self.spec.source_columns]
         if self.source.table:
             schema, _, name = self.source.table.rpartition(".")
             return table(name, *cols, schema=schema or None)

@@ -5,7 +5,6 @@ SQLAlchemy's generic types render the right DDL for each dialect; nothing here k
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pandas as pd
@@ -27,10 +26,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
+    cast,
 )
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
 
+from etl.canonical import normalized_json
 from etl.errors import SourceError
 from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 
@@ -60,6 +62,28 @@ def sql_type(type_name: str) -> TypeEngine[Any]:
         "json": JSON().with_variant(postgresql.JSONB(), "postgresql"),
     }
     return types[m["simple"]]
+
+
+class JsonText(TypeDecorator[str]):
+    """A JSON column read as its text: ``CAST(column AS text)`` in the SELECT, no decoding.
+
+    Drivers decode JSON themselves (psycopg turns jsonb ``"x"`` into ``x`` and ``null`` into None, and
+    ``2.50`` into a double): a source's JSON is read as text so that it loads exactly as written.
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def column_expression(self, colexpr: Any) -> Any:
+        return cast(colexpr, Text)
+
+
+def read_type(type_name: str) -> TypeEngine[Any] | None:
+    """The SQLAlchemy type a source column of spec type ``type_name`` is read with.
+
+    JSON as its text; every other type untyped (None: the driver's raw value, converted by ``etl.transform``).
+    """
+    return JsonText() if type_name == "json" else None
 
 
 def arrow_type(type_name: str) -> pa.DataType:
@@ -114,7 +138,8 @@ def _column_to_arrow(series: pd.Series, column: ColumnSpec) -> pa.Array:
     elif kind == "timestamp":
         series = pd.to_datetime(series, utc=True).dt.tz_convert(None)
     elif kind == "json":
-        series = series.map(lambda v: v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True))
+        # stored normalized (sorted keys, literal unicode, numbers as written): see etl.canonical
+        series = series.map(lambda v: None if v is None or v is pd.NA else normalized_json(v))
     return pa.array(series, type=arrow_type(kind), from_pandas=True)
 
 

@@ -15,9 +15,8 @@ read back through SQLAlchemy as they do when written by Core.
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterator, Set
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table, create_engine, event
 
 from etl.errors import LoadError
-from etl.load.base import Loader, json_columns, naive_utc, sibling_table
+from etl.load.base import Loader, naive_utc, sibling_table
 from etl.load.modes import Upsert, WriteMode
 
 BUSY_TIMEOUT_MS = 60_000
@@ -102,7 +101,7 @@ class SqliteLoader(Loader):
         key = tuple(columns)
         if key not in self._statements:
             self._statements[key] = self._statement(into, target, columns)
-        values = sqlite_columns(chunk, json_columns(target))
+        values = sqlite_columns(chunk)
         raw = conn.connection.driver_connection
         assert raw is not None  # a connection inside engine.begin() is checked out, never detached
         # Rows arrive ordered by cursor, so of two rows with one key the later (newer) one wins.
@@ -129,7 +128,7 @@ class SqliteLoader(Loader):
         return self.apply_deletes(conn, target, mode, keys)
 
 
-def sqlite_columns(chunk: pa.Table, json_cols: Set[str] = frozenset()) -> list[list[Any]]:
+def sqlite_columns(chunk: pa.Table) -> list[list[Any]]:
     """A chunk's columns as lists of the Python values SQLAlchemy's SQLite types bind."""
     out = []
     for name in chunk.column_names:
@@ -145,7 +144,5 @@ def sqlite_columns(chunk: pa.Table, json_cols: Set[str] = frozenset()) -> list[l
         elif pa.types.is_boolean(kind):
             array = pc.cast(array, pa.int8())
         values = array.to_pylist()
-        if name in json_cols:  # SQLAlchemy's JSON type re-serializes the decoded value
-            values = [None if v is None else json.dumps(json.loads(v)) for v in values]
         out.append(values)
     return out

@@ -1,4 +1,4 @@
-"""Per-dialect SQL for the deep diff: one canonical text per value, and a 48-bit hash of each row.
+r"""Per-dialect SQL for the deep diff: one canonical text per value, and a 48-bit hash of each row.
 
 The deep diff (``etl.reconcile.diff``) is dialect-agnostic; everything it needs to say in a
 particular SQL dialect is a method here. Every engine must produce, for the same logical value,
@@ -10,11 +10,20 @@ logical kind   canonical text                                                  e
 int            decimal digits                                                  ``-42``
 bool           ``1`` / ``0``                                                   ``1``
 decimal        fixed point at the declared scale                               ``12.30``
-float          fixed point, 6 decimals (floats compare to 1e-6)                ``0.100000``
+double         shortest round-trip decimal, normalized scientific notation     ``1.0E-7``
+float          rounded to a 4-byte float, then as a double                     ``1.0000000149011612E-1``
 timestamp      ``YYYY-MM-DD HH:MM:SS.ffffff`` in UTC (session zone forced UTC)  ``2025-01-31 23:59:59.000001``
 date           ``YYYY-MM-DD``                                                  ``2025-01-31``
+json           sorted keys, no whitespace, literal unicode, numbers as above   ``{"a":[2.5E0,true]}``
 text           the value's UTF-8 bytes, unchanged                              ``Zürich``
 =============  ==============================================================  ===================
+
+``etl.canonical`` defines the number and JSON texts exactly (and is their Python twin). PostgreSQL
+builds them with plain SQL (a recursive query walks a JSON document), MariaDB with
+``JSON_NORMALIZE``, SQLite with Python functions registered on the connection. MariaDB keeps a JSON
+string's escapes as written (``\u00e9`` stays, where the others print ``é``): a row the hash
+flags for that reason alone is compared again in Python, by ``etl.canonical.canonical_json``, and
+not reported (driftless itself stores JSON with literal unicode).
 
 A value is written as ``=`` followed by its text, NULL as ``~``: NULL and the empty string differ.
 Values are joined by the control character U+001F. The row's hash is the first 48 bits of the MD5
@@ -31,7 +40,9 @@ from typing import Any, ClassVar
 from sqlalchemy import URL, Connection, Engine, create_engine, event
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql as mysql_types
+from sqlalchemy.dialects import postgresql
 
+from etl.canonical import canonical_double, canonical_float32, canonical_json
 from etl.errors import ReconciliationFailed
 
 SEPARATOR = "\x1f"
@@ -39,6 +50,7 @@ DIGEST_INDEX = "ix_driftless_h48"
 SQLITE_TRIGGER_PREFIX = "_driftless_h48_"
 _md5 = hashlib.md5
 NULL_TEXT = "~"
+#: decimal places compared when neither side states a decimal's scale
 FLOAT_SCALE = 6
 
 
@@ -54,14 +66,19 @@ def h48(text: str | bytes | None) -> int:
     return int.from_bytes(hashlib.md5(data, usedforsecurity=False).digest()[:6], "big")
 
 
-def kind_of(sql_type: sqltypes.TypeEngine[Any]) -> str:
-    """The logical kind (see the module docstring) of a reflected SQLAlchemy column type."""
+def kind_of(sql_type: sqltypes.TypeEngine[Any], dialect: str | None = None) -> str:
+    """The logical kind (see the module docstring) of a reflected SQLAlchemy column type.
+
+    ``dialect``: the database's name; SQLite keeps every floating-point type in 8 bytes.
+    """
     if isinstance(sql_type, sqltypes.Boolean):
         return "bool"
     if isinstance(sql_type, sqltypes.Integer):
         return "int"
     if isinstance(sql_type, sqltypes.Float):
-        return "float"
+        return "double" if isinstance(sql_type, sqltypes.Double) or dialect == "sqlite" else "float"
+    if isinstance(sql_type, sqltypes.JSON):
+        return "json"
     if isinstance(sql_type, sqltypes.Numeric):
         return "decimal"
     if isinstance(sql_type, sqltypes.DateTime):
@@ -76,8 +93,8 @@ def kind_of_spec_type(type_name: str) -> str:
     base = type_name.split("(")[0]
     return {
         "smallint": "int", "integer": "int", "bigint": "int", "boolean": "bool",
-        "numeric": "decimal", "decimal": "decimal", "float": "float", "double": "float",
-        "timestamp": "timestamp", "timestamptz": "timestamp", "date": "date",
+        "numeric": "decimal", "decimal": "decimal", "float": "float", "double": "double",
+        "timestamp": "timestamp", "timestamptz": "timestamp", "date": "date", "json": "json",
     }.get(base, "text")
 
 
@@ -213,6 +230,60 @@ class HashDialect:
         return f"(({numerator}) / ({denominator}))"
 
 
+def _pg_number(n: str) -> str:
+    """PostgreSQL SQL: the canonical text (``etl.canonical``) of the numeric expression ``n``."""
+    digits = f"ltrim(replace(CAST(abs({n}) AS text), '.', ''), '0')"  # significant digits, maybe trailing zeros
+    mantissa = f"rtrim({digits}, '0')"
+    return (f"(CASE WHEN {n} = 0 THEN '0.0E0' ELSE (CASE WHEN {n} < 0 THEN '-' ELSE '' END) || "
+            f"substr({mantissa}, 1, 1) || '.' || COALESCE(NULLIF(substr({mantissa}, 2), ''), '0') || 'E' || "
+            f"CAST(length({digits}) - 1 - scale({n}) AS text) END)")
+
+
+def _pg_double(x: str) -> str:
+    """PostgreSQL SQL: the canonical text of the float8 expression ``x``.
+
+    Its text is the shortest round-trip decimal only with ``extra_float_digits`` > 0 (the diff's
+    sessions set it; the stored digest's function sets it for itself).
+    """
+    return (f"(CASE WHEN {x} IN ('NaN', 'Infinity', '-Infinity') THEN CAST({x} AS text) "
+            f"ELSE {_pg_number(f'CAST(CAST({x} AS text) AS numeric)')} END)")
+
+
+def _pg_json(doc: str) -> str:
+    """PostgreSQL SQL: the canonical text of the jsonb expression ``doc``, without functions of its own.
+
+    A recursive query walks the document; every node gives a token (its member label, then its
+    scalar text or its opening bracket) at a sort path (object members by key bytes, array elements
+    by position), containers a closing token after their children; the tokens in path order are the
+    text. Each member's label starts with a comma; U+0001 after an opening bracket marks the comma
+    to drop (strings print control characters escaped, so U+0001 occurs nowhere else).
+    """
+    number = _pg_number("CAST(w.v AS numeric)")
+    return (
+        "(SELECT replace(replace(string_agg(t.tok, '' ORDER BY t.sk COLLATE \"C\"), E'\\x01,', ''), E'\\x01', '') "
+        "FROM (WITH RECURSIVE w(p, lbl, v) AS ("
+        f"SELECT CAST(ARRAY[] AS text[]), CAST('' AS text), {doc} "
+        "UNION ALL SELECT w.p || CAST(c.k AS text), c.lbl, c.v FROM w CROSS JOIN LATERAL ("
+        "SELECT '1' || e.key AS k, ',' || CAST(to_jsonb(e.key) AS text) || ':' AS lbl, e.value AS v "
+        "FROM jsonb_each(CASE WHEN jsonb_typeof(w.v) = 'object' THEN w.v END) e "
+        "UNION ALL SELECT '1' || lpad(CAST(a.i AS text), 10, '0'), ',', a.v "
+        "FROM jsonb_array_elements(CASE WHEN jsonb_typeof(w.v) = 'array' THEN w.v END) WITH ORDINALITY a(v, i)) c) "
+        "SELECT w.p AS sk, w.lbl || CASE jsonb_typeof(w.v) WHEN 'object' THEN E'{\\x01' WHEN 'array' THEN E'[\\x01' "
+        f"WHEN 'number' THEN {number} ELSE CAST(w.v AS text) END AS tok FROM w "
+        "UNION ALL SELECT w.p || CAST('2' AS text), CASE jsonb_typeof(w.v) WHEN 'object' THEN '}' ELSE ']' END "
+        "FROM w WHERE jsonb_typeof(w.v) IN ('object', 'array')) t)"
+    )
+
+
+def _pg_jsonb(expr: str, physical: sqltypes.TypeEngine[Any]) -> str:
+    """A PostgreSQL column compared as JSON, as jsonb: jsonb as is, json and text parsed, others converted."""
+    if isinstance(physical, postgresql.JSONB):
+        return expr
+    if isinstance(physical, sqltypes.JSON | sqltypes.String):
+        return f"CAST({expr} AS jsonb)"
+    return f"to_jsonb({expr})"
+
+
 class PostgresHash(HashDialect):
     name = "postgresql"
 
@@ -231,7 +302,7 @@ class PostgresHash(HashDialect):
         def _utc(dbapi_conn, _record):
             with dbapi_conn.cursor() as cur:
                 cur.execute("SET TIME ZONE 'UTC'")
-                cur.execute("SET extra_float_digits = 0")
+                cur.execute("SET extra_float_digits = 1")  # floats print their shortest round trip
                 # Hashing is CPU-bound: let the planner use parallel workers for the per-range
                 # aggregates (it otherwise misjudges the number of ranges and stays serial).
                 cur.execute("SET parallel_setup_cost = 0")
@@ -249,10 +320,13 @@ class PostgresHash(HashDialect):
             if isinstance(physical, sqltypes.Boolean):
                 return f"(CASE WHEN {expr} THEN '1' WHEN NOT {expr} THEN '0' END)"
             return f"CAST({expr} AS text)"
-        if kind in ("decimal", "float"):
-            s = scale if kind == "decimal" else FLOAT_SCALE
+        if kind == "decimal":
             # numeric(1000, s) keeps any magnitude; casting rounds half away from zero on every engine.
-            return f"CAST(CAST({expr} AS numeric(1000, {s})) AS text)"
+            return f"CAST(CAST({expr} AS numeric(1000, {scale})) AS text)"
+        if kind in ("double", "float"):
+            return _pg_double(self._float8(expr, kind, physical))
+        if kind == "json":
+            return _pg_json(_pg_jsonb(expr, physical))
         if kind == "timestamp":
             if isinstance(physical, sqltypes.DateTime | sqltypes.Date):
                 return f"to_char({expr}, 'YYYY-MM-DD HH24:MI:SS.US')"
@@ -260,6 +334,13 @@ class PostgresHash(HashDialect):
         if kind == "date":
             return f"to_char(CAST({expr} AS date), 'YYYY-MM-DD')"
         return f"CAST({expr} AS text)"
+
+    @staticmethod
+    def _float8(expr: str, kind: str, physical: sqltypes.TypeEngine[Any]) -> str:
+        """The column as the float8 its canonical text is made of (4-byte floats rounded to 4 bytes first)."""
+        if kind == "float":
+            return f"CAST(CAST({expr} AS real) AS float8)"
+        return expr if isinstance(physical, sqltypes.Double) else f"CAST({expr} AS float8)"
 
     def row_hash(self, row_text: str) -> str:
         # The well-known PostgreSQL idiom: hex digits -> bit string -> integer.
@@ -281,6 +362,10 @@ class PostgresHash(HashDialect):
                 raise DigestUnsupported(
                     f"column {expr} holds {kind}s as {physical}; a stored digest needs a date or timestamp type")
             return f"{fn}driftless_canon_{'ts' if kind == 'timestamp' else 'date'}({value})"
+        if kind in ("double", "float"):
+            return f"{fn}driftless_canon_f8({self._float8(expr, kind, physical)})"
+        if kind == "json":
+            return f"{fn}driftless_canon_json({_pg_jsonb(expr, physical)})"
         return self.canon(expr, kind, physical, scale)
 
     def digest_prepare(self, conn: Connection, schema: str | None) -> str | None:
@@ -289,13 +374,21 @@ class PostgresHash(HashDialect):
         if schema is None:
             schema = str(conn.exec_driver_sql("SELECT current_schema()").scalar())
         s = self.preparer.quote_schema(schema)
-        for name, pattern in (("ts", "YYYY-MM-DD HH24:MI:SS.US"), ("date", "YYYY-MM-DD")):
-            signature = f"{s}.driftless_canon_{name}(timestamp)"
+        # The float's text follows the session's extra_float_digits: the function fixes it (shortest round trip).
+        # (The functions' names carry their meaning: a changed body gets a new name.)
+        functions = [
+            ("driftless_canon_ts", "timestamp", "", "to_char($1, 'YYYY-MM-DD HH24:MI:SS.US')"),
+            ("driftless_canon_date", "timestamp", "", "to_char($1, 'YYYY-MM-DD')"),
+            ("driftless_canon_f8", "float8", " SET extra_float_digits = 1", _pg_double("$1")),
+            ("driftless_canon_json", "jsonb", "", _pg_json("$1")),
+        ]
+        for name, arg, settings, body in functions:
+            signature = f"{s}.{name}({arg})"
             if conn.exec_driver_sql(f"SELECT to_regprocedure('{signature}')").scalar() is not None:
                 continue  # (replacing it while another load uses it would make the two loads collide)
             conn.exec_driver_sql(
-                f"CREATE OR REPLACE FUNCTION {s}.driftless_canon_{name}(timestamp) RETURNS text "
-                f"LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT to_char($1, '{pattern}') $$")
+                f"CREATE OR REPLACE FUNCTION {signature} RETURNS text "
+                f"LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE{settings} AS $$ SELECT {body} $$")
         return schema
 
     def digest_add(self, table_sql: str, name: str, column: str, expr: str, comment: str, fp: str,
@@ -345,9 +438,18 @@ class MySqlHash(HashDialect):
     def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
         if kind in ("int", "bool"):
             return f"CAST(CAST({expr} AS SIGNED) AS CHAR CHARACTER SET utf8mb4)"
-        if kind in ("decimal", "float"):
-            s = scale if kind == "decimal" else FLOAT_SCALE
-            return f"CAST(CAST({expr} AS DECIMAL(65, {min(s, 30)})) AS CHAR CHARACTER SET utf8mb4)"
+        if kind == "decimal":
+            return f"CAST(CAST({expr} AS DECIMAL(65, {min(scale, 30)})) AS CHAR CHARACTER SET utf8mb4)"
+        if kind in ("double", "float"):
+            # A DOUBLE's text is its shortest round trip; JSON_NORMALIZE writes a number in the canonical form.
+            # (A FLOAT's own text has 6 digits: it is read as the DOUBLE it equals.)
+            double = f"CAST(CAST({expr} AS FLOAT) AS DOUBLE)" if kind == "float" else f"CAST({expr} AS DOUBLE)"
+            return f"CONVERT(JSON_NORMALIZE(CAST({double} AS CHAR CHARACTER SET utf8mb4)) USING utf8mb4)"
+        if kind == "json":
+            # JSON_NORMALIZE sorts keys, drops whitespace and writes numbers canonically; it keeps string
+            # escapes as written (see the module docstring). A text that is no JSON is compared as is.
+            text = f"CONVERT({expr} USING utf8mb4)"
+            return f"COALESCE(CONVERT(JSON_NORMALIZE({text}) USING utf8mb4), {text})"
         if kind == "timestamp":
             return f"CONVERT(DATE_FORMAT({expr}, '%Y-%m-%d %H:%i:%s.%f') USING utf8mb4)"
         if kind == "date":
@@ -446,6 +548,9 @@ def _sqlite_h48(text: str | None) -> int:
 def register_functions(dbapi_conn: Any) -> None:
     """Register the hash functions the SQLite SQL of this module calls on a sqlite3 connection."""
     dbapi_conn.create_function("driftless_h48", 1, _sqlite_h48, deterministic=True)
+    dbapi_conn.create_function("driftless_canon_double", 1, canonical_double, deterministic=True)
+    dbapi_conn.create_function("driftless_canon_float32", 1, canonical_float32, deterministic=True)
+    dbapi_conn.create_function("driftless_canon_json", 1, canonical_json, deterministic=True)
     dbapi_conn.create_aggregate("driftless_h48_sum", 1, _H48Sum)
     dbapi_conn.create_aggregate("driftless_h48_sum_values", -1, _H48SumValues)
 
@@ -468,10 +573,15 @@ class SqliteHash(HashDialect):
     def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
         if kind in ("int", "bool"):
             return f"CAST(CAST({expr} AS INTEGER) AS TEXT)"
-        if kind in ("decimal", "float"):
-            s = scale if kind == "decimal" else FLOAT_SCALE
-            # printf rounds the stored double; SQLite holds decimals as doubles anyway.
-            return f"printf('%.{s}f', {expr})"
+        if kind == "decimal":
+            # printf rounds the stored double; SQLite holds decimals as doubles anyway. (printf prints NULL as 0.)
+            return f"(CASE WHEN {expr} IS NOT NULL THEN printf('%.{scale}f', {expr}) END)"
+        if kind == "double":
+            return f"driftless_canon_double({expr})"
+        if kind == "float":
+            return f"driftless_canon_float32({expr})"
+        if kind == "json":
+            return f"driftless_canon_json({expr})"
         if kind == "timestamp":
             # Text as SQLAlchemy and most tools write it ('YYYY-MM-DD HH:MM:SS[.ffffff]', or with 'T'):
             # already canonical when SQLAlchemy wrote it (fast path), else whole seconds through

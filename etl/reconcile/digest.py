@@ -52,7 +52,7 @@ from etl.spec import check_identifier
 log = logging.getLogger(__name__)
 
 DIGEST_COLUMN = "_driftless_h48"
-VERSION = 1
+VERSION = 2  # 2: floats and JSON by their canonical texts (etl.canonical)
 _FINGERPRINT = re.compile(r"\bfp=([0-9a-f]{16})\b")
 
 
@@ -69,10 +69,9 @@ def fingerprint(columns: Sequence[DigestColumn]) -> str:
     """What a digest covers, as 16 hex digits: the columns in order, their kinds and decimal scales."""
     parts = []
     for c in columns:
-        # kinds whose canonical texts are the same are one kind here: booleans are the integers 0/1,
-        # floats are decimals at FLOAT_SCALE
-        kind = {"bool": "int", "float": "decimal"}.get(c.kind, c.kind)
-        scale = FLOAT_SCALE if c.kind == "float" else c.scale if kind == "decimal" else None
+        # kinds whose canonical texts are the same are one kind here: booleans are the integers 0/1
+        kind = {"bool": "int"}.get(c.kind, c.kind)
+        scale = c.scale if kind == "decimal" else None
         parts.append(f"{c.name}:{kind}" + (f":{scale}" if scale is not None else ""))
     return hashlib.sha1(f"v{VERSION}|{'|'.join(parts)}".encode()).hexdigest()[:16]
 
@@ -88,13 +87,13 @@ def fingerprint_in(comment: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def table_columns(table: Table) -> list[DigestColumn]:
-    """Every column of a reflected table except the digest, with the kinds its types imply."""
+def table_columns(table: Table, dialect: str | None = None) -> list[DigestColumn]:
+    """Every column of a reflected table except the digest, with the kinds its types imply in ``dialect``."""
     out = []
     for c in table.columns:
         if c.name == DIGEST_COLUMN:
             continue
-        kind = kind_of(c.type)
+        kind = kind_of(c.type, dialect)
         out.append(DigestColumn(c.name, kind, getattr(c.type, "scale", None) if kind == "decimal" else None))
     return out
 
@@ -146,7 +145,7 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
     for ident in [name, *([schema] if schema else [])]:
         check_identifier(ident)
     table = _reflect(conn, name, schema)
-    cols = list(columns) if columns is not None else table_columns(table)
+    cols = list(columns) if columns is not None else table_columns(table, dialect.name)
     missing = [c.name for c in cols if c.name not in table.c]
     if missing:
         raise ReconciliationFailed(f"table {name!r} has no column(s) {missing} for its row digest")
@@ -206,7 +205,7 @@ def digest_command_run(url: URL, table: str, schema: str | None, columns: list[s
                 chosen: list[DigestColumn] = []
             else:
                 reflected = _reflect(conn, table, schema)
-                every = table_columns(reflected)
+                every = table_columns(reflected, dialect.name)
                 if columns:
                     by_name = {c.name: c for c in every}
                     unknown = [c for c in columns if c not in by_name]

@@ -27,7 +27,7 @@ from etl.load import loader_for
 from etl.logs import event
 from etl.reconcile.diff import DeepDiff, DiffResult
 from etl.reconcile.store import record_checks
-from etl.schema import frame_to_arrow, sql_type, target_table
+from etl.schema import frame_to_arrow, read_type, target_table
 from etl.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _key_filter(cols: list[Any], keys: list[tuple[Any, ...]]):
 def fetch_source_rows(spec: PipelineSpec, engine, keys: list[tuple[Any, ...]]) -> Iterable[pd.DataFrame]:
     """The source rows with these primary-key values, in the spec's columns and names, in batches."""
     schema, _, name = (spec.source.table or "").rpartition(".")
-    src = table(name, *[column(c.source_name, sql_type(c.type)) for c in spec.columns], schema=schema or None)
+    src = table(name, *[column(c.source_name, read_type(c.type)) for c in spec.columns], schema=schema or None)
     key_cols = [src.c[spec.column(k).source_name] for k in spec.source.primary_key]
     names = spec.column_names
     with engine.connect() as conn:
@@ -99,7 +99,9 @@ def _quick(spec: PipelineSpec, source_url, target_url) -> dict[str, Any]:
     t0 = time.monotonic()
     with DeepDiff.for_spec(spec, source_url, target_url) as diff:
         (cs, hs), (ct, ht) = diff.quick()
-    same = (cs, hs) == (ct, ht)
+        same = (cs, hs) == (ct, ht)
+        if not same and not diff.exact_hashes:  # (JSON escapes in MariaDB): the rows decide
+            same = diff.run().differences == 0
     return {
         "table": spec.target.table, "missing_in_target": None if not same else 0,
         "extra_in_target": None if not same else 0, "changed": None if not same else 0,
