@@ -166,10 +166,10 @@ def deep_unavailable(spec: PipelineSpec) -> str | None:
     """Why the pipeline's whole table cannot be compared (deep diff, repair); None when it can."""
     if getattr(spec.source, "table", None):
         return None
-    kind = "a SQL query" if spec.source.type == "sql" else f"a {spec.source.type} source"
+    kind = f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''}"
     sums = ", sums of " + ", ".join(spec.reconcile.sum_columns) if spec.reconcile.sum_columns else ""
-    return (f"reconciling a whole table needs a SQL source table, and this pipeline reads {kind}: no deep diff "
-            f"or repair; its windows are checked after every load (record counts{sums})")
+    return (f"reconciling a whole table needs a SQL source table (source type {kind}): no deep diff or repair; "
+            f"its windows are checked after every load (record counts{sums})")
 
 
 def check_pipeline(spec: PipelineSpec, repair: bool = False, samples: int = 5) -> dict[str, Any]:
