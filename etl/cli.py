@@ -24,10 +24,18 @@ from etl.window import Window
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from etl.pipeline import run_window
+    from etl.reconcile.checks import ChecksFailed
 
     spec = find_spec(args.pipeline, args.specs_dir)
     window = Window.parse(args.start, args.end)
-    result = run_window(spec, window, run_id=args.run_id)
+    if not args.allow_future:
+        window.refuse_future("--end", "pass --allow-future to sync it anyway (the watermark then stops at the "
+                             "time the source was read)")
+    try:
+        result = run_window(spec, window, run_id=args.run_id)
+    except ChecksFailed as exc:  # loaded and committed: the summary says so, the error says which checks
+        print(json.dumps(exc.result.summary(), default=str))
+        raise
     print(json.dumps(result.summary(), default=str))
     return 0
 
@@ -89,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--end", required=True, help="window end (exclusive), ISO-8601")
     run.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
     run.add_argument("--run-id", help="id recorded in etl_runs (default: generated)")
+    run.add_argument("--allow-future", action="store_true", help="accept a window ending after now (refused "
+                     "otherwise); the watermark then moves only up to the time the source was read")
     run.set_defaults(func=_cmd_run)
 
     diff = sub.add_parser("diff", help="compare a table in two databases row by row (no spec needed)")
@@ -125,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write the data-consistency report (HTML + JSON) of all pipelines")
     rep.add_argument("--out", required=True, help="output directory (report.html and report.json)")
     rep.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
-    rep.add_argument("--deep", action="store_true", help="run a deep diff of every pipeline first")
+    rep.add_argument("--deep", action="store_true", help="run a deep diff of every pipeline first; exit status 2 "
+                     "when one FAILs, 1 when one could not run (ERROR), the report is written either way")
     rep.set_defaults(func=_cmd_report)
 
     specs = sub.add_parser("specs", help="work with pipeline specs")

@@ -1,7 +1,9 @@
 """Fail points: named places where a test can freeze a run to kill it there (SIGKILL, connection kill).
 
 Off unless ``DRIFTLESS_FAILPOINT`` names the point. The process then touches the file named by
-``DRIFTLESS_FAILPOINT_MARKER`` (so the test knows it got there) and sleeps until killed.
+``DRIFTLESS_FAILPOINT_MARKER`` (so the test knows it got there) and sleeps until killed; or, when
+``DRIFTLESS_FAILPOINT_RESUME`` names a file, until that file exists, and then goes on (so a test can
+change the world at that point, for example drop the source table between load and checks).
 """
 
 from __future__ import annotations
@@ -17,4 +19,11 @@ def failpoint(name: str) -> None:
     marker = os.environ.get("DRIFTLESS_FAILPOINT_MARKER")
     if marker:
         Path(marker).write_text(str(os.getpid()))
-    time.sleep(float(os.environ.get("DRIFTLESS_FAILPOINT_SLEEP", "600")))
+    limit = float(os.environ.get("DRIFTLESS_FAILPOINT_SLEEP", "600"))
+    resume = os.environ.get("DRIFTLESS_FAILPOINT_RESUME")
+    if not resume:
+        time.sleep(limit)
+        return
+    deadline = time.monotonic() + limit
+    while not Path(resume).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

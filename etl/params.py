@@ -9,7 +9,7 @@ field and what was expected.
 Options, as the form shows them:
 
 * ``start`` / ``end``: sync exactly this window instead of the run's data interval (both or
-  neither; ISO-8601; a value without a zone is UTC; ``end`` is exclusive).
+  neither; ISO-8601; a value without a zone is UTC; ``end`` is exclusive, and not after now).
 * ``full_refresh``: re-read everything from the spec's ``start_date`` up to the run's end. Rows are
   upserted as usual (nothing is dropped), so a full refresh repairs drift without a gap.
 * ``dry_run``: extract and validate, then compare with the target and report how many rows would
@@ -150,7 +150,12 @@ def run_options(
         if not start < end:
             raise InvalidParams(f"param 'start' ({start.isoformat()}) must be before 'end' ({end.isoformat()}); "
                                 "the window is [start, end)")
-        return RunOptions(Window(start, end), dry_run=dry_run, overridden=True)
+        window = Window(start, end)
+        try:
+            window.refuse_future("param 'end'", "run it from the shell with `etl run ... --allow-future`")
+        except DriftlessError as exc:
+            raise InvalidParams(str(exc)) from None
+        return RunOptions(window, dry_run=dry_run, overridden=True)
     if interval_start is None or interval_end is None:
         raise InvalidParams("the run has no data interval: give 'start' and 'end'")
     begin = parse_instant(interval_start, "data interval start")

@@ -37,6 +37,7 @@ from etl.schema import target_table
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter, staging_root
 from etl.state import advance_state, ensure_state_tables, record_run
+from etl.status import Run
 from etl.window import Window
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class WindowResult:
     pipeline: str
     window: Window
     run_id: str
-    status: str = "success"
+    status: str = Run.SUCCESS  # etl.status.Run: checks_failed once a check FAILs or cannot run
     extracted: int = 0
     loaded: int = 0
     written: int = 0
@@ -76,6 +77,7 @@ class WindowResult:
     duration_s: float = 0.0
     checks: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    staged_sums: dict[str, Any] = field(default_factory=dict)  # the extract's sums, for sources that cannot sum
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -124,7 +126,21 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     """Read the window from the source into staging files; returns their manifest.
 
     ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read.
+    A failed extract leaves a ``failed`` run record in the target (best effort) and raises.
     """
+    started_at = datetime.now(UTC)
+    try:
+        return _extract(spec, window, run_id, root, frames, started_at)
+    except (DriftlessError, SQLAlchemyError, OSError) as exc:
+        from etl.reconcile.checks import error_detail
+
+        detail = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
+        _record_failure(spec, window, run_id, started_at, f"extract failed: {detail}")
+        raise
+
+
+def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
+             frames: Iterable[pd.DataFrame] | None, started_at: datetime) -> Manifest:
     started = time.monotonic()
     source = source_for(spec) if frames is None else None
     # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.
@@ -148,7 +164,14 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
             staged.save_progress({"source": source.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
+    writer.manifest.read_at = started_at.isoformat()
     manifest = staged.close(max_cursor.isoformat() if max_cursor else None, getattr(source, "metrics", None))
+    if spec.reconcile.sum_columns and getattr(source, "statement", None) is None:
+        # The checks cannot ask this source for the window's sums: take them from what was staged.
+        from etl.reconcile.checks import staged_sums
+
+        manifest.sums = staged_sums(spec, window, manifest.tables())
+        manifest = writer.close(manifest.max_cursor, manifest.metrics)
     event(log, "extract done", pipeline=spec.name, window=window.key, rows=manifest.records,
           quarantined=manifest.quarantined, deduplicated=manifest.deduplicated)
     return manifest
@@ -172,10 +195,13 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     schema = spec.target.db_schema
     extracted = manifest.records if manifest.extracted is None else manifest.extracted
     result = WindowResult(spec.name, window, run_id, extracted=extracted, deduplicated=manifest.deduplicated,
-                          metrics=manifest.metrics)
+                          metrics=manifest.metrics, staged_sums=dict(manifest.sums))
     max_cursor = datetime.fromisoformat(manifest.max_cursor) if manifest.max_cursor else None
+    # A window ending after the source was read (etl run --allow-future) moves the watermark only that far.
+    read_at = datetime.fromisoformat(manifest.read_at) if manifest.read_at else None
+    until = read_at if read_at is not None and read_at < window.end else None
     try:
-        check_reject_ratio(spec, window, manifest)  # above max_reject_ratio: fail before any write
+        check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: fail before any write
         result.schema_changes = loader.ensure_tables(target)
         ensure_quarantine_table(loader.engine, schema)
         with loader.transaction(target, mode) as conn:
@@ -197,10 +223,10 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                 )
             if advance_watermark:  # partition slices leave it to the window's final task
                 result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor,
-                                                 run_id, schema)
+                                                 run_id, schema, until=until)
             result.duration_s = time.monotonic() - t0
             record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
-                       window_end=window.end, status="success", extracted=result.extracted,
+                       window_end=window.end, status=Run.SUCCESS, extracted=result.extracted,
                        loaded=result.loaded, written=result.written, watermark=result.watermark,
                        quarantined=result.quarantined, deduplicated=result.deduplicated,
                        schema_changes=json.dumps(result.schema_changes) if result.schema_changes else None,
@@ -212,7 +238,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
         if isinstance(exc, SQLAlchemyError):
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             message = f"loading {target.fullname!r} into {redact(url)} failed: {detail}"
-        _record_failure(loader, spec, window, run_id, started_at, manifest.records, message)
+        _record_failure(spec, window, run_id, started_at, message, loader, extracted=extracted,
+                        quarantined=manifest.quarantined)
         loader.dispose()
         if isinstance(exc, DriftlessError):
             raise
@@ -222,24 +249,46 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     return result
 
 
-def _record_failure(loader, spec, window, run_id, started_at, extracted, message) -> None:
-    """Best effort: a failed attempt leaves a run record (the data transaction was rolled back)."""
+def _record_failure(spec: PipelineSpec, window: Window, run_id: str, started_at: datetime, message: str,
+                    loader: Any = None, extracted: int = 0, quarantined: int = 0) -> None:
+    """Best effort: a failed attempt (extract or load) leaves a ``failed`` run record; nothing else was written."""
+    own = loader is None
     try:
+        if own:
+            loader = loader_for(resolve_url(spec.target.connection))
         with loader.engine.begin() as conn:
             ensure_state_tables(conn, spec.target.db_schema)
             record_run(conn, spec.target.db_schema, run_id=run_id, pipeline=spec.name,
-                       window_start=window.start, window_end=window.end, status="failed", extracted=extracted,
-                       loaded=0, written=0, started_at=started_at, finished_at=datetime.now(UTC),
-                       duration_s=(datetime.now(UTC) - started_at).total_seconds(), message=message[:2000])
+                       window_start=window.start, window_end=window.end, status=Run.FAILED, extracted=extracted,
+                       loaded=0, written=0, quarantined=quarantined, started_at=started_at,
+                       finished_at=datetime.now(UTC), duration_s=(datetime.now(UTC) - started_at).total_seconds(),
+                       message=message[:2000])
     except Exception:  # the target may be the thing that is down
         log.warning("could not record the failed run of %s", spec.name)
+    finally:
+        if own and loader is not None:
+            loader.dispose()
 
 
 def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
-    """Count and sum checks of the window (``etl.reconcile.checks``), stored in ``etl_reconciliation``."""
-    from etl.reconcile.checks import run_window_checks
+    """Checks of a committed window (``etl.reconcile.checks``), stored in ``etl_reconciliation``.
 
-    result.checks = run_window_checks(spec, result, source_for(spec))
+    Raises ``ChecksFailed`` (carrying the result) when a check FAILs or cannot run; the run is then
+    recorded as ``checks_failed``.
+    """
+    from etl.reconcile.checks import error_detail, run_window_checks
+
+    source, source_error = None, None
+    try:
+        source = source_for(spec)
+    except (DriftlessError, SQLAlchemyError) as exc:
+        source_error = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
+    try:
+        run_window_checks(spec, result, source, source_error)
+    finally:
+        engine = getattr(source, "engine", None)
+        if engine is not None:
+            engine.dispose()
     return result
 
 
@@ -251,6 +300,7 @@ def run_window(spec: PipelineSpec, window: Window, run_id: str | None = None) ->
     try:
         manifest = extract_window(spec, window, run_id, root)
         result = load_window(spec, window, manifest, run_id)
+        failpoint("before_checks")
         result = reconcile_window(spec, result)
     finally:
         shutil.rmtree(root, ignore_errors=True)

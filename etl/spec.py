@@ -329,8 +329,9 @@ class PipelineSpec(_Strict):
     transforms: TransformSpec = Field(default_factory=TransformSpec)
     schema_model: str | None = Field(None, description="a pandera DataFrameModel, 'package.module:Class', "
                                      "validated in addition to the column checks")
-    max_reject_ratio: float | None = Field(None, ge=0, le=1, description="fail the window (load nothing) when "
-                                           "more than this share of its records fails validation")
+    max_reject_ratio: float = Field(0.01, ge=0, le=1, description="fail the window (load nothing) when "
+                                    "more than this share of its records fails validation (default 0.01; 1 "
+                                    "accepts any share; a window whose records are all rejected always fails)")
     dedup: DedupSpec = Field(default_factory=DedupSpec)
     reconcile: ReconcileSpec = Field(default_factory=ReconcileSpec)
     partition_by: Literal["hour", "day", "week"] | None = Field(
@@ -396,6 +397,10 @@ class PipelineSpec(_Strict):
             if col.type.split("(")[0] not in NUMERIC_TYPES:
                 raise ValueError(f"reconcile.sum_columns: column {name!r} has type {col.type!r}; "
                                  f"only numeric columns can be summed ({sorted(NUMERIC_TYPES)})")
+        if self.reconcile.propagate_deletes and not getattr(self.source, "table", None):
+            raise ValueError("reconcile.propagate_deletes: has no effect here: deletes are propagated only by "
+                             "`etl reconcile --repair`, which needs a SQL source table (this source is "
+                             f"{'a query' if self.source.type == 'sql' else self.source.type!r}); remove the option")
         flag = self.target.delete_flag
         if flag is not None and (flag not in by_name or by_name[flag].type != "boolean"):
             raise ValueError(f"target.delete_flag: {flag!r} must name a boolean column listed in columns")

@@ -78,6 +78,11 @@ class Manifest:
     deduplicated: int = 0
     quarantine_files: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
+    # Checks (etl.reconcile.checks): sums of reconcile.sum_columns over the staged window, for sources
+    # that cannot sum a window themselves (REST); and when the source was read (ISO, UTC), which caps
+    # the watermark of a window that ends after it.
+    sums: dict[str, str | None] = field(default_factory=dict)
+    read_at: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,9 +6,10 @@
   or a re-run of an older window never moves it backwards.
 * ``max_cursor``: the highest cursor value ever loaded (never moves backwards either).
 
-``etl_runs`` holds one row per attempt to load a window, successful or not.
-
-Both are written inside the load's transaction, so data, watermark and run record commit together.
+``etl_runs`` holds one row per attempt to sync a window, successful or not: a load writes it inside
+its transaction (data, watermark and run record commit together); the window's checks then set its
+status to ``checks_failed`` when one FAILs or could not run; a failed extract or load leaves a
+``failed`` row. Statuses: ``etl.status.Run``.
 """
 
 from __future__ import annotations
@@ -148,9 +149,12 @@ def advance_state(
     max_cursor: datetime | None,
     run_id: str,
     schema: str | None = None,
+    until: datetime | None = None,
 ) -> datetime:
     """Move the watermark to ``max(old, window.end)``, within the caller's transaction; return it.
 
+    ``until`` caps the new position (the time the source was read, for a window ending after it): the
+    watermark never claims rows the source could not have had yet.
     The caller holds the target's load lock, so reading then writing the row is safe.
     """
     state, _ = state_tables(schema)
@@ -158,7 +162,7 @@ def advance_state(
     now = datetime.now(UTC)
     values: dict[str, Any] = {
         "cursor_column": cursor_column,
-        "watermark": _later(row.watermark if row else None, window.end),
+        "watermark": _later(row.watermark if row else None, window.end if until is None else min(until, window.end)),
         "max_cursor": _later(row.max_cursor if row else None, max_cursor),
         "last_window_start": window.start,
         "last_window_end": window.end,
@@ -176,6 +180,25 @@ def record_run(conn: Connection, schema: str | None = None, **fields: Any) -> No
     """Insert one row into ``etl_runs`` (fields are its columns)."""
     _, runs = state_tables(schema)
     conn.execute(insert(runs).values(**fields))
+
+
+def set_run_status(engine: Engine, schema: str | None, run_id: str, status: str, message: str | None) -> int:
+    """Record the outcome of a committed window's checks on its run record; returns the rows changed.
+
+    Only the committed attempt's row (status ``success`` or ``checks_failed``) changes; failed attempts
+    of the same run id keep theirs.
+    """
+    from etl.status import Run
+
+    _, runs = state_tables(schema)
+    # Back to success (the checks of a retry passed) clears the failure's message; a success stays as it is.
+    before = [Run.CHECKS_FAILED] if status == Run.SUCCESS else [Run.SUCCESS, Run.CHECKS_FAILED]
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(runs).where(runs.c.run_id == run_id, runs.c.status.in_(before))
+            .values(status=status, message=None if message is None else message[:2000])
+        ).rowcount
+    return max(changed, 0)
 
 
 def read_runs(engine: Engine, pipeline: str, schema: str | None = None) -> list[dict[str, Any]]:

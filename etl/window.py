@@ -62,6 +62,17 @@ class Window:
     def parse(cls, start: str | datetime, end: str | datetime) -> Window:
         return cls(parse_instant(start, "--start"), parse_instant(end, "--end"))
 
+    def refuse_future(self, what: str, how: str, now: datetime | None = None) -> None:
+        """Raise when the window ends after ``now``: its rows may not exist yet, and the watermark would pass now.
+
+        ``what`` names the input in the message, ``how`` says how to go ahead anyway.
+        """
+        now = now or datetime.now(UTC)
+        if self.end > now:
+            raise DriftlessError(
+                f"{what}: the window ends at {self.end.isoformat()}, after now ({now.isoformat(timespec='seconds')}): "
+                f"rows up to then may not exist yet. Give an end in the past, or {how}")
+
     def widened(self, lag: timedelta) -> Window:
         """The window extended backwards by ``lag`` (to catch late-arriving rows)."""
         return Window(self.start - lag, self.end)

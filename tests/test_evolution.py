@@ -118,8 +118,10 @@ def test_incompatible_changes_stop_before_writing(url, tmp_path, change, expecte
     if "key" in change:
         columns = [dict(c, nullable=False) if c["name"] == "small" else c for c in columns]
     changed = spec_of(columns, key=change.get("key", ("id",)))
+    # rows that fit the changed spec (with the new column), so that the schema check is what stops them
+    new_rows = rows(10, 2, extra=[1, 2]) if "extra" in change else rows(10, 2)
     with pytest.raises(LoadError, match=expected) as err:
-        run(changed, rows(10, 2), tmp_path)
+        run(changed, new_rows, tmp_path)
     assert "nothing was written" in str(err.value) and "then run again" in str(err.value)
     assert fingerprint(url, spec) == before
 

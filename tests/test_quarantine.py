@@ -15,7 +15,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from etl.cli import main
 from etl.errors import LoadError, ValidationFailed
@@ -32,6 +32,7 @@ MESSY: dict = {
     "name": "messy",
     "source": {"type": "sql", "connection": "src", "table": "unused", "primary_key": ["id"], "cursor": "updated_at"},
     "target": {"connection": "wh", "table": "messy"},
+    "max_reject_ratio": 1,  # these tests are about quarantining any share of a window
     "columns": [
         {"name": "id", "type": "integer", "nullable": False},
         {"name": "tag", "type": "text", "nullable": False},
@@ -122,6 +123,17 @@ def test_every_messy_row_is_loaded_or_quarantined_never_both(any_url, tmp_path_f
     target_url = any_url  # SQLite, PostgreSQL and MariaDB
     spec = messy_spec(f"messy_{uuid.uuid4().hex[:8]}")
     frames, records = to_frame(rows, chunk)
+    expected = expected_outcome(rows)
+    if "loaded" not in expected.values():
+        # Every record rejected: the window fails whatever max_reject_ratio says, and writes nothing.
+        with pytest.raises(ValidationFailed, match="always fails"):
+            load_frames(spec, frames, tmp_path_factory.mktemp("staging"))
+        engine = create_engine(target_url)
+        try:
+            assert not inspect(engine).has_table(spec.target.table) and list_quarantine(engine, spec) == []
+        finally:
+            engine.dispose()
+        return
     result = load_frames(spec, frames, tmp_path_factory.mktemp("staging"))
 
     engine = create_engine(target_url)
@@ -132,7 +144,6 @@ def test_every_messy_row_is_loaded_or_quarantined_never_both(any_url, tmp_path_f
     finally:
         engine.dispose()
     quarantined = {e["record"]["tag"] for e in entries}
-    expected = expected_outcome(rows)
 
     assert not set(loaded) & quarantined, "a row was both loaded and quarantined"
     assert set(loaded) == {t for t, o in expected.items() if o == "loaded"}
@@ -299,8 +310,8 @@ def test_replay_does_not_overwrite_newer_rows(sqlite_url, connections, tmp_path)
     newer = good_rows(1, amount="5.00")
     newer["updated_at"] = [datetime(2024, 1, 25)]
     load_frames(spec, [newer], tmp_path / "b")
-    old = good_rows(1)  # a backfill of an older window: an older version of id 1, with a bad amount
-    old["amount"] = ["1.234"]  # too many decimals: quarantined
+    old = good_rows(2)  # a backfill of an older window: an older version of id 1, with a bad amount
+    old["amount"] = ["1.234", "10.00"]  # too many decimals: quarantined (id 2 loads: not all rejected)
     assert load_frames(spec, [old], tmp_path / "a").quarantined == 1
     fixed = messy_spec("stale", columns=[dict(c, type="numeric(12,3)") if c["name"] == "amount" else c
                                          for c in MESSY["columns"]])
@@ -313,7 +324,7 @@ def test_replay_does_not_overwrite_newer_rows(sqlite_url, connections, tmp_path)
     assert (result.considered, result.loaded, result.superseded) == (1, 0, 1)
     engine = create_engine(sqlite_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT amount FROM stale")).scalar_one() == 5
+        assert conn.execute(text("SELECT amount FROM stale WHERE id = 1")).scalar_one() == 5
     assert list_quarantine(engine, spec) == []
     engine.dispose()
 

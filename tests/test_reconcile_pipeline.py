@@ -54,7 +54,7 @@ def test_window_sum_checks_pass_and_are_stored(chinook_copy, target_url, connect
     stored = read_checks(create_engine(target_url), spec.name)
     assert {(c["check_name"], c["status"], c["run_id"]) for c in stored} == {
         ("extracted_equals_loaded", "PASS", result.run_id), ("source_count_unchanged", "PASS", result.run_id),
-        ("sum_total", "PASS", result.run_id)}
+        ("sum_total", "PASS", result.run_id), ("quarantined", "PASS", result.run_id)}
 
 
 def test_window_sum_check_fails_with_the_amount_and_warns_within_threshold(chinook_copy, sqlite_url, connections):

@@ -735,7 +735,8 @@ def test_jsonpath_selector():
 def test_bad_cursor_value_is_named(api, sqlite_url, filter_by_cursor):
     bad = [*RECORDS[:3], {**RECORDS[3], "updated_at": "yesterday"}]
     api.handler = lambda req: json_reply({"data": bad})
-    spec = rest_spec({"paginator": "single_page", "filter_by_cursor": filter_by_cursor})
+    # 1 of 4 rejected is above the default max_reject_ratio (0.01): this test accepts any share.
+    spec = rest_spec({"paginator": "single_page", "filter_by_cursor": filter_by_cursor}, max_reject_ratio=1)
     if filter_by_cursor:  # the source itself must read the cursor to filter: the window fails
         with pytest.raises(SourceError, match="updated_at.*yesterday"):
             run_window(spec, WINDOW)

@@ -14,6 +14,7 @@ from sqlalchemy import URL
 
 from etl.connections import _url_from_uri, resolve_url
 from etl.errors import ReconciliationFailed
+from etl.status import Check
 
 DIFFERENT = 2
 
@@ -41,7 +42,7 @@ def diff_command(args: argparse.Namespace) -> int:
                        _split(args.columns) or None, target_table=target_table,
                        source_schema=schema or None, target_schema=target_schema or None)
     print(json.dumps(result.summary(args.samples), default=str))
-    return 0 if result.status == "PASS" else DIFFERENT
+    return 0 if result.status == Check.PASS else DIFFERENT
 
 
 def digest_command(args: argparse.Namespace) -> int:
@@ -62,4 +63,4 @@ def reconcile_command(args: argparse.Namespace) -> int:
     spec = find_spec(args.pipeline, args.specs_dir)
     summary = reconcile_pipeline(spec, deep=args.deep, do_repair=args.repair, samples=args.samples)
     print(json.dumps(summary, default=str))
-    return 0 if summary["status"] in ("PASS", "REPAIRED") else DIFFERENT
+    return 0 if summary["status"] in (Check.PASS, Check.REPAIRED) else DIFFERENT

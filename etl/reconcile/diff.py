@@ -37,6 +37,7 @@ from etl.errors import ReconciliationFailed
 from etl.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
 from etl.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
 from etl.spec import TYPE_PATTERN, check_identifier
+from etl.status import Check
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class DiffResult:
 
     @property
     def status(self) -> str:
-        return "PASS" if self.differences == 0 else "FAIL"
+        return Check.PASS if self.differences == 0 else Check.FAIL
 
     def changed_columns(self) -> dict[str, int]:
         return dict(sorted(self.column_counts.items()))

@@ -7,7 +7,9 @@
   target's loader (same code as a window's load); deletes the target's extra rows when the spec
   says ``reconcile.propagate_deletes: true``; then diffs again to verify.
 
-Every result is stored in ``etl_reconciliation`` in the target (``kind = 'deep'``).
+Every result is stored in ``etl_reconciliation`` in the target (``kind = 'deep'``). Statuses:
+``etl.status.Check``; ``check_pipeline`` (the report's entry point) also records a deep diff that
+is not available (SKIP: REST and query sources) or could not run (ERROR), never a PASS.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from sqlalchemy import column, delete, select, table, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import redact, resolve_url
-from etl.errors import ReconciliationFailed
+from etl.errors import DriftlessError, ReconciliationFailed
 from etl.load import loader_for
 from etl.logs import event
 from etl.reconcile.diff import DeepDiff, DiffResult
 from etl.reconcile.store import record_checks
 from etl.schema import frame_to_arrow, read_type, target_table
 from etl.spec import PipelineSpec
+from etl.status import Check
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ def _quick(spec: PipelineSpec, source_url, target_url) -> dict[str, Any]:
     return {
         "table": spec.target.table, "missing_in_target": None if not same else 0,
         "extra_in_target": None if not same else 0, "changed": None if not same else 0,
-        "rows_source": cs, "rows_target": ct, "status": "PASS" if same else "FAIL",
+        "rows_source": cs, "rows_target": ct, "status": Check.PASS if same else Check.FAIL,
         "duration_s": round(time.monotonic() - t0, 3),
         "hint": None if same else "source and target differ; run with --deep to find the rows",
     }
@@ -129,11 +132,9 @@ def reconcile_pipeline(spec: PipelineSpec, deep: bool = False, do_repair: bool =
         samples: how many sample rows per kind of difference the summary carries.
     """
     t0 = time.monotonic()
-    if not getattr(spec.source, "table", None):
-        raise ReconciliationFailed(
-            f"pipeline {spec.name!r}: reconciling a whole table needs a SQL source table (source type "
-            f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''}); its windows are "
-            "still checked after every load")
+    unavailable = deep_unavailable(spec)
+    if unavailable:
+        raise ReconciliationFailed(f"pipeline {spec.name!r}: {unavailable}")
     source_url, target_url = resolve_url(spec.source.connection), resolve_url(spec.target.connection)
     if not (deep or do_repair):
         summary = _quick(spec, source_url, target_url)
@@ -149,7 +150,7 @@ def reconcile_pipeline(spec: PipelineSpec, deep: bool = False, do_repair: bool =
             after = deep_diff_pipeline(spec)
             summary["repaired"] = changes
             summary["after"] = {k: v for k, v in after.summary(samples).items() if k != "samples"}
-            summary["status"] = "REPAIRED" if after.status == "PASS" else "FAIL"
+            summary["status"] = Check.REPAIRED if after.status == Check.PASS else Check.FAIL
             checks.append({"check": "repair", "status": after.status, "source": after.rows_source,
                            "target": after.rows_target, "difference": float(after.differences),
                            "details": {**changes, "after": summary["after"]}})
@@ -160,4 +161,46 @@ def reconcile_pipeline(spec: PipelineSpec, deep: bool = False, do_repair: bool =
         record_checks(loader.engine, spec.target.db_schema, spec.name, "deep", checks)
     finally:
         loader.dispose()
+    return summary
+
+
+def deep_unavailable(spec: PipelineSpec) -> str | None:
+    """Why the pipeline's whole table cannot be compared (deep diff, repair); None when it can."""
+    if getattr(spec.source, "table", None):
+        return None
+    kind = f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''}"
+    sums = ", sums of " + ", ".join(spec.reconcile.sum_columns) if spec.reconcile.sum_columns else ""
+    return (f"reconciling a whole table needs a SQL source table (source type {kind}): no deep diff or repair; "
+            f"its windows are checked after every load (record counts{sums})")
+
+
+def check_pipeline(spec: PipelineSpec, repair: bool = False, samples: int = 5) -> dict[str, Any]:
+    """The deep diff (and repair) of one pipeline for the report: the outcome is always a status, and stored.
+
+    SKIP when the deep diff is not available for the source (``message`` says why), ERROR when it could
+    not run (``message`` holds the cause); both are recorded in ``etl_reconciliation`` (best effort) so
+    that the report shows what the task returned.
+    """
+    unavailable = deep_unavailable(spec)
+    summary: dict[str, Any]
+    if unavailable is None:
+        try:
+            return reconcile_pipeline(spec, deep=True, do_repair=repair, samples=samples)
+        except (DriftlessError, SQLAlchemyError) as exc:
+            detail = str(exc) if isinstance(exc, DriftlessError) else str(getattr(exc, "orig", None) or exc)
+            summary = {"pipeline": spec.name, "status": Check.ERROR,
+                       "message": f"the deep diff could not run: {detail.strip().splitlines()[0]}"}
+    else:
+        summary = {"pipeline": spec.name, "status": Check.SKIP, "message": f"not checked: {unavailable}"}
+    summary.update(dict.fromkeys(("missing_in_target", "extra_in_target", "changed", "rows_source", "rows_target")))
+    try:
+        loader = loader_for(resolve_url(spec.target.connection))
+        try:
+            record_checks(loader.engine, spec.target.db_schema, spec.name, "deep", [
+                {"check": "deep_diff", "status": summary["status"], "message": summary["message"],
+                 "details": summary}])
+        finally:
+            loader.dispose()
+    except (DriftlessError, SQLAlchemyError) as exc:  # the target may be what is down
+        log.warning("could not record the deep diff of %s: %s", spec.name, str(exc).splitlines()[0][:200])
     return summary

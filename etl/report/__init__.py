@@ -5,7 +5,10 @@ and ``etl_reconciliation`` tables, and writes ``DIR/report.html`` (inline CSS an
 no network needed to view it) and ``DIR/report.json`` (the same data). Per pipeline: the last runs,
 rows extracted / loaded / quarantined, reconciliation status, freshness lag of the target, charts
 of rows per run and reject ratio over time, the latest diff with sample rows from both sides; and an
-integration catalog of all pipelines (source, target, schedule, last status, watermark).
+integration catalog of all pipelines (source, target, schedule, last status, watermark), and what is
+checked for each (``checked``: a REST source gets counts and sums per window, no deep diff). Statuses
+are those of ``etl.status`` everywhere: the window checks, the deep diff and their worst
+(``reconciliation_status``, where SKIP shows only when nothing was checked).
 
 A target that cannot be read shows up as an error in its pipeline's section, not as a crash.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +26,11 @@ from typing import Any
 from etl.connections import redact, resolve_url
 from etl.errors import DriftlessError
 from etl.spec import PipelineSpec, default_specs_dir, load_specs
+from etl.status import BAD, Check, worst
 
 log = logging.getLogger(__name__)
 
 RUNS_SHOWN = 30
-STATUS_ORDER = {"FAIL": 3, "failed": 3, "WARN": 2, "PASS": 1, "REPAIRED": 1, "success": 1}
 
 
 def _iso(value: Any) -> Any:
@@ -49,6 +53,22 @@ def _lag(seconds: float | None) -> str:
     return f"{minutes}m {rest % 60}s"
 
 
+def coverage(spec: PipelineSpec) -> dict[str, Any]:
+    """What is checked for a pipeline, in words: per window, and for the whole table (deep diff)."""
+    from etl.reconcile.run import deep_unavailable
+
+    window = ["records: extracted = loaded + quarantined + deduplicated", "quarantined records counted"]
+    if spec.source.type == "sql":
+        window.append("source count of the window re-read")
+    sums = ", ".join(spec.reconcile.sum_columns)
+    if sums:
+        window.append(f"sums of {sums}" + ("" if spec.source.type == "sql" else
+                                           " (source side: the records extracted in the window)"))
+    unavailable = deep_unavailable(spec)
+    return {"window": window, "deep_diff": unavailable is None,
+            "not_checked": [] if unavailable is None else [f"deep diff and repair: {unavailable}"]}
+
+
 def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, Any]:
     """Everything the report shows about one pipeline, as JSON-ready data."""
     from etl.load import loader_for
@@ -67,6 +87,7 @@ def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, 
         "target": {"connection": spec.target.connection, "schema": spec.target.db_schema,
                    "table": spec.target.table},
         "columns": len(spec.columns),
+        "checked": coverage(spec),
         "error": None, "runs": [], "state": None, "checks": [], "latest_diff": None,
     }
     try:
@@ -99,14 +120,14 @@ def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, 
                           "last_run_id": state.last_run_id, "freshness_lag_s": lag, "freshness_lag": _lag(lag)}
     entry["checks"] = [{
         "kind": c["kind"], "check": c["check_name"], "status": c["status"], "source": c["source_value"],
-        "target": c["target_value"], "difference": c["difference"], "run_id": c["run_id"],
+        "target": c["target_value"], "difference": c["difference"], "message": c["message"], "run_id": c["run_id"],
         "window_start": _iso(as_utc(c["window_start"])), "checked_at": _iso(as_utc(c["checked_at"])),
     } for c in checks[:50]]
     deep = next((c for c in checks if c["kind"] == "deep" and c["check_name"] in ("deep_diff", "table_checksum")),
                 None)
     if deep:
         entry["latest_diff"] = {**(deep["details"] or {}), "checked_at": _iso(as_utc(deep["checked_at"])),
-                                "check": deep["check_name"]}
+                                "check": deep["check_name"], "status": deep["status"], "message": deep["message"]}
         repair = next((c for c in checks if c["kind"] == "deep" and c["check_name"] == "repair"
                        and c["id"] > deep["id"]), None)
         if repair:
@@ -114,11 +135,11 @@ def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, 
     last_run = entry["runs"][-1] if entry["runs"] else None
     latest_window = [c for c in entry["checks"] if c["kind"] == "window" and last_run
                      and c["run_id"] == last_run["run_id"]]
-    statuses = [c["status"] for c in latest_window]
-    if deep:
-        statuses.append(deep["status"])
     entry["last_status"] = last_run["status"] if last_run else "never run"
-    entry["reconciliation_status"] = max(statuses, key=lambda s: STATUS_ORDER.get(s, 0)) if statuses else "none"
+    entry["window_status"] = worst(c["status"] for c in latest_window) or "none"
+    entry["deep_status"] = deep["status"] if deep else ("none" if entry["checked"]["deep_diff"] else Check.SKIP)
+    entry["reconciliation_status"] = worst(
+        s for s in (entry["window_status"], deep and deep["status"]) if s and s != "none") or "none"
     return entry
 
 
@@ -140,15 +161,29 @@ def build_report(specs: list[PipelineSpec], out_dir: str | Path, now: datetime |
 
 
 def report_command(args: argparse.Namespace) -> int:
+    """``etl report``: exit status 0, or with ``--deep`` 2 when a deep diff FAILs, 1 when one is ERROR."""
     specs = load_specs(args.specs_dir or default_specs_dir())
+    statuses: dict[str, str] = {}
     if getattr(args, "deep", False):
-        from etl.reconcile.run import reconcile_pipeline
+        from etl.reconcile.run import check_pipeline
 
         for spec in specs:
-            try:
-                reconcile_pipeline(spec, deep=True)
-            except DriftlessError as exc:
-                log.warning("deep diff of %s failed: %s", spec.name, exc)
+            summary = check_pipeline(spec)
+            statuses[spec.name] = summary["status"]
+            level = logging.WARNING if summary["status"] in BAD else logging.INFO
+            log.log(level, "deep diff of %s: %s%s", spec.name, summary["status"],
+                    f" ({summary['message']})" if summary.get("message") else "")
     paths = build_report(specs, args.out)
-    print(json.dumps({"html": str(paths["html"]), "json": str(paths["json"]), "pipelines": len(specs)}))
+    line: dict[str, Any] = {"html": str(paths["html"]), "json": str(paths["json"]), "pipelines": len(specs)}
+    if statuses:
+        line["statuses"] = statuses
+    print(json.dumps(line))
+    if Check.FAIL in statuses.values():
+        print(f"etl: deep diff FAIL: {', '.join(n for n, s in statuses.items() if s == Check.FAIL)} (see the "
+              "report)", file=sys.stderr)
+        return 2
+    if Check.ERROR in statuses.values():
+        print(f"etl: deep diff could not run (ERROR): {', '.join(n for n, s in statuses.items() if s == Check.ERROR)} "
+              "(see the report)", file=sys.stderr)
+        return 1
     return 0

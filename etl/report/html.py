@@ -12,8 +12,14 @@ from typing import Any
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
-COLORS = {"PASS": "#2e7d32", "success": "#2e7d32", "REPAIRED": "#1565c0", "WARN": "#ef6c00",
-          "FAIL": "#c62828", "failed": "#c62828"}
+from etl.status import Check, Run
+
+# Badge colours of the statuses (etl.status): green agrees, amber warns, red failed, purple could not run,
+# grey not checked.
+COLORS: dict[str, str] = {
+          Check.PASS: "#2e7d32", Run.SUCCESS: "#2e7d32", Run.REPLAY: "#2e7d32", Check.REPAIRED: "#1565c0",
+          Check.WARN: "#ef6c00", Check.FAIL: "#c62828", Run.FAILED: "#c62828", Check.ERROR: "#6a1b9a",
+          Run.CHECKS_FAILED: "#6a1b9a", Check.SKIP: "#78909c"}
 
 
 def bar_chart(runs: list[dict[str, Any]], width: int = 560, height: int = 170) -> Markup:
@@ -98,16 +104,19 @@ TEMPLATE = """<!doctype html>
 <p>generated {{ data.generated_at }} &middot; {{ data.pipelines|length }} pipeline(s)</p></header><main>
 <section><h2>Integration catalog</h2>
 <table><tr><th>pipeline</th><th>source</th><th>target</th><th>schedule</th><th>last run</th>
-<th>reconciliation</th><th>watermark</th><th>freshness lag</th></tr>
+<th>window checks</th><th>deep diff</th><th>watermark</th><th>freshness lag</th></tr>
 {% for p in data.pipelines %}<tr><td><a href="#{{ p.pipeline }}">{{ p.pipeline }}</a></td>
 <td>{{ p.source.type }}: <code>{{ p.source.connection }}</code> {{ p.source.table }}</td>
 <td><code>{{ p.target.connection }}</code> {{ p.target.table }}</td><td><code>{{ p.schedule }}</code></td>
-<td>{{ badge(p.last_status or 'none') }}</td><td>{{ badge(p.reconciliation_status or 'none') }}</td>
+<td>{{ badge(p.last_status or 'none') }}</td><td>{{ badge(p.window_status or 'none') }}</td>
+<td>{{ badge(p.deep_status or 'none') }}</td>
 <td>{{ p.state.watermark if p.state else '-' }}</td><td>{{ p.state.freshness_lag if p.state else '-' }}</td></tr>
 {% endfor %}</table></section>
 {% for p in data.pipelines %}<section id="{{ p.pipeline }}"><h2>{{ p.pipeline }}</h2>
 <p class="muted">{{ p.description }} &middot; key {{ p.source.primary_key|join(', ') }}, cursor {{ p.source.cursor }}
 {% if p.target.database %} &middot; target {{ p.target.database }}{% endif %}</p>
+<p class="muted">checked per window: {{ p.checked.window|join('; ') }}{% for n in p.checked.not_checked %}<br>
+not checked: {{ n }}{% endfor %}</p>
 {% if p.error %}<p class="err">{{ p.error }}</p>{% else %}
 {% set last = p.runs[-1] if p.runs else None %}
 <div class="kpis"><div class="kpi">runs shown<b>{{ p.runs|length }}</b></div>
@@ -129,15 +138,19 @@ pipeline yet</p>{% else %}
 <td class="num">{{ '{:,}'.format(r.quarantined) }}</td><td class="num">{{ '{:,}'.format(r.written) }}</td>
 <td class="num">{{ '%.2f'|format(r.duration_s or 0) }}</td><td>{{ r.finished_at }}</td></tr>{% endfor %}</table>
 <h3>Reconciliation checks (latest first)</h3><table><tr><th>checked</th><th>kind</th><th>check</th><th>status</th>
-<th class="num">source</th><th class="num">target</th><th class="num">difference</th></tr>
+<th class="num">source</th><th class="num">target</th><th class="num">difference</th><th>note</th></tr>
 {% for c in p.checks[:12] %}<tr><td>{{ c.checked_at }}</td><td>{{ c.kind }}</td><td>{{ c.check }}</td>
 <td>{{ badge(c.status) }}</td><td class="num">{{ c.source if c.source is not none else '' }}</td>
 <td class="num">{{ c.target if c.target is not none else '' }}</td>
-<td class="num">{{ c.difference if c.difference is not none else '' }}</td></tr>
-{% else %}<tr><td colspan="7" class="muted">no checks recorded</td></tr>{% endfor %}</table>
+<td class="num">{{ c.difference if c.difference is not none else '' }}</td>
+<td class="muted">{{ (c.message or '')[:300] }}</td></tr>
+{% else %}<tr><td colspan="8" class="muted">no checks recorded</td></tr>{% endfor %}</table>
 <h3>Latest diff of the whole table</h3>
-{% set d = p.latest_diff %}{% if not d %}<p class="muted">no diff yet: run
+{% set d = p.latest_diff %}{% if not d and not p.checked.deep_diff %}<p>{{ badge('SKIP') }}
+{{ p.checked.not_checked|join('; ') }}</p>{% elif not d %}<p class="muted">no diff yet: run
 <code>etl reconcile {{ p.pipeline }} --deep</code></p>
+{% elif d.status in ('SKIP', 'ERROR') %}<p>{{ badge(d.status) }} {{ d.message }}
+<span class="muted">({{ d.checked_at }})</span></p>
 {% else %}<div class="kpis"><div class="kpi">status<b>{{ badge(d.status) }}</b></div>
 <div class="kpi">rows source<b>{{ d.rows_source }}</b></div><div class="kpi">rows target<b>{{ d.rows_target }}</b></div>
 <div class="kpi">missing in target<b>{{ d.missing_in_target if d.missing_in_target is not none else '?' }}</b></div>
