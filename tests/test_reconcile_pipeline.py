@@ -101,7 +101,7 @@ def test_repair_then_deep_diff_reports_zero(request, chinook_copy, connections, 
     summary = reconcile_pipeline(spec, do_repair=True)
     assert (summary["missing_in_target"], summary["extra_in_target"], summary["changed"]) == (1, 1, 2)
     assert summary["changed_columns"] == {"billing_city": 1, "total": 1}
-    assert summary["repaired"] == {"upserted": 3, "deleted": 1, "extras_kept": 0}
+    assert summary["repaired"] == {"upserted": 3, "deleted": 1, "rejected": 0, "extras_kept": 0}
     assert summary["status"] == "REPAIRED" and summary["after"]["status"] == "PASS"
     again = reconcile_pipeline(spec, deep=True)
     counts = (again["missing_in_target"], again["extra_in_target"], again["changed"], again["status"])
@@ -116,7 +116,7 @@ def test_repair_keeps_extras_unless_deletes_propagate(chinook_copy, sqlite_url, 
     run_window(spec, WINDOW)
     _drift(sqlite_url)
     summary = reconcile_pipeline(spec, do_repair=True)
-    assert summary["repaired"] == {"upserted": 3, "deleted": 0, "extras_kept": 1}
+    assert summary["repaired"] == {"upserted": 3, "deleted": 0, "rejected": 0, "extras_kept": 1}
     assert summary["status"] == "FAIL"
     assert (summary["after"]["extra_in_target"], summary["after"]["changed"]) == (1, 0)
 

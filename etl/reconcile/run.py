@@ -29,9 +29,10 @@ from etl.load import loader_for
 from etl.logs import event
 from etl.reconcile.diff import DeepDiff, DiffResult
 from etl.reconcile.store import record_checks
-from etl.schema import frame_to_arrow, read_type, target_table
+from etl.schema import read_type, target_table
 from etl.spec import PipelineSpec
 from etl.status import Check
+from etl.validate import Validator
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,18 @@ def _key_filter(cols: list[Any], keys: list[tuple[Any, ...]]):
 
 
 def fetch_source_rows(spec: PipelineSpec, engine, keys: list[tuple[Any, ...]]) -> Iterable[pd.DataFrame]:
-    """The source rows with these primary-key values, in the spec's columns and names, in batches."""
+    """The source rows with these primary-key values, as the source reads them (raw values), in batches."""
     schema, _, name = (spec.source.table or "").rpartition(".")
-    src = table(name, *[column(c.source_name, read_type(c.type)) for c in spec.columns], schema=schema or None)
+    columns = spec.source_columns
+    src = table(name, *[column(c.source_name, read_type(c.type)) for c in columns], schema=schema or None)
     key_cols = [src.c[spec.column(k).source_name] for k in spec.source.primary_key]
-    names = spec.column_names
+    names = [c.name for c in columns]
     with engine.connect() as conn:
         for batch in _batches(keys):
-            stmt = select(*[src.c[c.source_name].label(c.name) for c in spec.columns]).where(
+            stmt = select(*[src.c[c.source_name].label(c.name) for c in columns]).where(
                 _key_filter(key_cols, batch))
             rows = conn.execute(stmt).all()
-            yield pd.DataFrame.from_records(rows, columns=names)
+            yield pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
 
 
 def repair(spec: PipelineSpec, diff: DiffResult) -> dict[str, int]:
@@ -70,16 +72,18 @@ def repair(spec: PipelineSpec, diff: DiffResult) -> dict[str, int]:
     source_engine = create_engine(resolve_url(spec.source.connection))
     loader = loader_for(resolve_url(spec.target.connection))
     target = target_table(spec)
-    upserted = deleted = 0
+    upserted = deleted = rejected = 0
+    validator = Validator(spec)  # the same conversion, transforms and checks as a window's extract
     try:
         loader.ensure_tables(target)
         with loader.transaction(target) as conn:
             for frame in fetch_source_rows(spec, source_engine, diff.source_keys):
                 if frame.empty:
                     continue
-                chunk = frame_to_arrow(frame, spec)
-                loader.stage(conn, target, chunk)
-                upserted += chunk.num_rows
+                checked = validator.validate(frame)
+                rejected += len(checked.rejects)  # what a window would quarantine is not loaded by a repair
+                loader.stage(conn, target, checked.good)
+                upserted += checked.good.num_rows
             loader.merge(conn, target, spec.source.cursor)
             if spec.reconcile.propagate_deletes and diff.extra_keys:
                 key_cols = [target.c[k] for k in spec.source.primary_key]
@@ -93,8 +97,11 @@ def repair(spec: PipelineSpec, diff: DiffResult) -> dict[str, int]:
     finally:
         source_engine.dispose()
         loader.dispose()
-    event(log, "repair done", pipeline=spec.name, upserted=upserted, deleted=deleted)
-    return {"upserted": upserted, "deleted": deleted,
+    event(log, "repair done", pipeline=spec.name, upserted=upserted, deleted=deleted, rejected=rejected)
+    if rejected:
+        log.warning("pipeline %s: repair left %d source row(s) alone that fail validation (a window would quarantine "
+                    "them; `etl run` the window to record them in etl_quarantine)", spec.name, rejected)
+    return {"upserted": upserted, "deleted": deleted, "rejected": rejected,
             "extras_kept": 0 if spec.reconcile.propagate_deletes else len(diff.extra_keys)}
 
 
