@@ -64,6 +64,8 @@ class Loader(ABC):
         self.staged = 0
         #: columns of the stored row digest to keep on the target (spec ``reconcile.row_digest``); None: none
         self.row_digest: list[DigestColumn] | None = None
+        #: where a bulk path writes its load files (the run's private staging directory); None: the temp dir
+        self.scratch_dir: str | None = None
 
     def create_engine(self, url: URL) -> Engine:
         return create_engine(url, pool_pre_ping=True)

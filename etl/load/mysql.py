@@ -146,7 +146,7 @@ class MySqlLoader(Loader):
         _, offsets_buf, data = lines.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
         start, end = int(offsets[0]), int(offsets[-1])
-        fd, path = tempfile.mkstemp(prefix="driftless-load-", suffix=".tsv")
+        fd, path = tempfile.mkstemp(prefix="driftless-load-", suffix=".tsv", dir=self.scratch_dir)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(memoryview(data)[start:end])
