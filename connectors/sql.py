@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import pandas as pd
-from sqlalchemy import Engine, bindparam, column, create_engine, func, select, table, text
+from sqlalchemy import Engine, bindparam, column, func, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.connections import redact, resolve_url
-from etl.errors import SourceError
+from etl.connections import redact, resolve_url, sql_engine
+from etl.errors import SourceError, driver_error_summary
 from etl.schema import sql_type
 from etl.spec import PipelineSpec
 from etl.window import Window
@@ -29,7 +29,7 @@ class SqlSource:
     def __init__(self, spec: PipelineSpec, engine: Engine | None = None) -> None:
         self.spec = spec
         self.source = spec.source
-        self.engine = engine or create_engine(resolve_url(self.source.connection))
+        self.engine = engine or sql_engine(resolve_url(self.source.connection))
 
     def _selectable(self):
         cols = [column(c.source_name, sql_type(c.type)) for c in self.spec.source_columns]
@@ -71,7 +71,7 @@ class SqlSource:
                     # missing attribute by building an exception (2 per row: half of a 1M-row extract).
                     yield pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
         except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            detail = driver_error_summary(exc, self.engine.url)
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
                 f"{redact(self.engine.url)} failed: {detail}"

@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl.connections import redact, resolve_url
-from etl.errors import DriftlessError, LoadError
+from etl.errors import DriftlessError, LoadError, driver_error_summary
 from etl.faults import failpoint
 from etl.load import loader_for
 from etl.load.modes import write_mode_for
@@ -210,7 +210,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)
         if isinstance(exc, SQLAlchemyError):
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            detail = driver_error_summary(exc, url)
             message = f"loading {target.fullname!r} into {redact(url)} failed: {detail}"
         _record_failure(loader, spec, window, run_id, started_at, manifest.records, message)
         loader.dispose()

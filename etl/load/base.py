@@ -23,7 +23,6 @@ from sqlalchemy import (
     Table,
     Update,
     and_,
-    create_engine,
     delete,
     exists,
     select,
@@ -31,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 
+from etl.connections import sql_engine
 from etl.errors import LoadError
 from etl.load.evolution import evolve
 from etl.load.modes import DELETED_AT, WriteMode, as_write_mode
@@ -68,7 +68,7 @@ class Loader(ABC):
         self.scratch_dir: str | None = None
 
     def create_engine(self, url: URL) -> Engine:
-        return create_engine(url, pool_pre_ping=True)
+        return sql_engine(url, pool_pre_ping=True)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -24,7 +24,7 @@ from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import resolve_url
-from etl.errors import ReconciliationFailed
+from etl.errors import ReconciliationFailed, driver_error_summary
 from etl.load import loader_for
 from etl.reconcile.store import record_checks
 from etl.schema import sql_type, target_table
@@ -121,7 +121,7 @@ def run_window_checks(spec: PipelineSpec, result: Any, source: Any) -> list[dict
         record_checks(loader.engine, spec.target.db_schema, spec.name, "window", checks, run_id=result.run_id,
                       window_start=result.window.start, window_end=result.window.end)
     except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        detail = driver_error_summary(exc, loader.url)
         raise ReconciliationFailed(f"pipeline {spec.name!r}, window {result.window.key}: checks could not run: "
                                    f"{detail}") from None
     finally:
