@@ -58,16 +58,25 @@ def staging_root() -> Path:
 
 def make_private_dir(path: Path) -> None:
     """Create ``path`` and its missing parents with mode ``0700`` (existing ones keep their mode)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
+    for _ in range(3):  # a parent may vanish meanwhile: another run's discard removes an empty window dir
+        missing, parent = [], path
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
         try:
-            directory.mkdir(mode=DIR_MODE)
-        except FileExistsError:  # made meanwhile by another run
+            for directory in reversed(missing):
+                try:
+                    directory.mkdir(mode=DIR_MODE)
+                except FileExistsError:  # made meanwhile by another run
+                    continue
+                os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
+            return
+        except FileNotFoundError:
             continue
-        os.chmod(directory, DIR_MODE)  # mkdir's mode is filtered by the umask
+        except OSError as exc:
+            raise LoadError(f"cannot create the staging directory {path} ({exc.strerror}); "
+                            "set DRIFTLESS_STAGING_DIR to a directory this user can write") from exc
+    raise LoadError(f"cannot create the staging directory {path}: its parent keeps disappearing")
 
 
 @contextlib.contextmanager
