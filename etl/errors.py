@@ -72,6 +72,15 @@ def connection_lost(exc: BaseException) -> bool:
     return any(words in text for words in _LOST_WORDS)
 
 
+def _server_reason(orig: BaseException) -> str:
+    """Why the server ended the session, when it said so (PostgreSQL's terminate, MariaDB's kill or shutdown)."""
+    if type(orig).__module__.startswith("psycopg") and getattr(orig, "sqlstate", None):
+        return (str(orig).strip().splitlines() or [""])[0][:200]
+    if type(orig).__module__.startswith("pymysql") and len(orig.args) > 1 and orig.args[0] in (1053, 1927, 4031):
+        return str(orig.args[1])[:200]
+    return ""
+
+
 def _connect_timed_out(orig: BaseException) -> bool:
     name, text = type(orig).__name__, str(orig).lower()
     if name == "ConnectionTimeout" or "connection timeout expired" in text:  # psycopg / libpq
@@ -89,7 +98,7 @@ def driver_error_summary(exc: BaseException, url: URL | None = None, limit: int 
     """
     orig = _driver_error(exc)
     if connection_lost(exc):
-        return CONNECTION_LOST
+        return f"{CONNECTION_LOST} ({reason})" if (reason := _server_reason(orig)) else CONNECTION_LOST
     if _connect_timed_out(orig):
         from etl.connections import connect_timeout_s
 

@@ -165,8 +165,9 @@ def test_driver_error_summary_is_one_readable_line():
     assert driver_error_summary(pymysql.err.InterfaceError(0, "")) == CONNECTION_LOST
     lost = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
     assert driver_error_summary(OperationalError("INSERT ...", {}, lost)) == CONNECTION_LOST
-    assert driver_error_summary(psycopg.errors.AdminShutdown("terminating connection due to administrator command"))\
-        == CONNECTION_LOST
+    # When the server said why, the reason is kept.
+    shutdown = psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+    assert driver_error_summary(shutdown) == f"{CONNECTION_LOST} (terminating connection due to administrator command)"
     # Anything else: the driver's first line, never the SQL that SQLAlchemy appends.
     wrapped = OperationalError("SELECT 1", {}, psycopg.OperationalError("permission denied\nDETAIL: more"))
     assert driver_error_summary(wrapped) == "permission denied"
