@@ -44,6 +44,7 @@ def _kill_sessions(url: URL) -> int:
     return killed
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("dialect", ["mariadb", "postgresql"])
 def test_a_connection_killed_mid_load_is_reported_as_lost(request, dialect, tmp_path, chinook_source):
