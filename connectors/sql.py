@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 
 import pandas as pd
-from sqlalchemy import Engine, and_, bindparam, column, create_engine, func, or_, select, table, text
+from sqlalchemy import Engine, and_, bindparam, column, func, or_, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.connections import redact, resolve_url
-from etl.errors import SourceError
+from etl.connections import redact, resolve_url, sql_engine
+from etl.errors import SourceError, driver_error_summary
 from etl.schema import read_type, sql_type
 from etl.spec import PipelineSpec
 from etl.window import Window
@@ -45,7 +45,7 @@ class SqlSource:
     def __init__(self, spec: PipelineSpec, engine: Engine | None = None) -> None:
         self.spec = spec
         self.source = spec.source
-        self.engine = engine or create_engine(resolve_url(self.source.connection))
+        self.engine = engine or sql_engine(resolve_url(self.source.connection))
 
     def _selectable(self):
         # Untyped columns: the driver hands over its raw values and SQLAlchemy applies no result processor.
@@ -115,7 +115,7 @@ class SqlSource:
                     # missing attribute by building an exception (2 per row: half of a 1M-row extract).
                     yield _frame([tuple(r) for r in rows], names)
         except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            detail = driver_error_summary(exc, self.engine.url)
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
                 f"{redact(self.engine.url)} failed: {detail}"

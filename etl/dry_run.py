@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, Table, create_engine, inspect, select, tuple_
+from sqlalchemy import Engine, MetaData, Table, inspect, select, tuple_
 
-from etl.connections import redact, resolve_url
+from etl.connections import redact, resolve_url, sql_engine
 from etl.schema import target_table
 from etl.spec import PipelineSpec
 from etl.staging import Manifest
@@ -59,7 +59,7 @@ def plan_window(spec: PipelineSpec, manifest: Manifest) -> dict[str, Any]:
         "would_update", "unchanged", "changed_columns": {column: rows}, "sample_keys": {...}}``
     """
     url = resolve_url(spec.target.connection)
-    engine = create_engine(url)
+    engine = sql_engine(url)
     table = target_table(spec, MetaData())
     keys = list(spec.source.primary_key)
     others = [c for c in spec.column_names if c not in keys]

@@ -1,5 +1,12 @@
 """The one exception hierarchy of driftless; every message is meant to be read by a user."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import URL
+
 
 class DriftlessError(Exception):
     """Base class: an error a user can act on. The CLI prints its message, not a traceback."""
@@ -27,3 +34,80 @@ class LoadError(DriftlessError):
 
 class ReconciliationFailed(DriftlessError):
     """Source and target disagree beyond the configured thresholds."""
+
+
+CONNECTION_LOST = "the connection to the database was lost"
+
+# PyMySQL codes meaning the session is gone: server shutdown, connection killed (MariaDB), server gone
+# away, lost during a query, lost in a read, disconnected for inactivity (MySQL 8).
+_MYSQL_LOST = {1053, 1927, 2006, 2013, 2055, 4031}
+# What drivers say when the session ended under them (PostgreSQL's terminate, a server restart, a network cut).
+_LOST_WORDS = ("server closed the connection", "connection is lost", "connection is closed",
+               "terminating connection", "lost connection", "gone away", "connection was killed",
+               "consuming input failed", "connection already closed", "connection reset by peer", "broken pipe")
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception behind a SQLAlchemy one (``DBAPIError.orig``), else ``exc``."""
+    orig = getattr(exc, "orig", None)
+    return orig if isinstance(orig, BaseException) else exc
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a database error means the session ended under the client (killed, server gone, network cut)."""
+    if getattr(exc, "connection_invalidated", False):  # SQLAlchemy recognised a disconnect
+        return True
+    orig = _driver_error(exc)
+    module, name = type(orig).__module__, type(orig).__name__
+    if module.startswith("pymysql") and orig.args:
+        code = orig.args[0]
+        # InterfaceError(0, ''): PyMySQL's word for "this connection is already closed".
+        if code in _MYSQL_LOST or (name == "InterfaceError" and code == 0):
+            return True
+    if module.startswith("psycopg"):
+        state = getattr(orig, "sqlstate", None) or ""
+        if state.startswith("08") or state in ("57P01", "57P02"):  # connection exception; admin/crash shutdown
+            return True
+    text = str(orig).lower()
+    return any(words in text for words in _LOST_WORDS)
+
+
+def _server_reason(orig: BaseException) -> str:
+    """Why the server ended the session, when it said so (PostgreSQL's terminate, MariaDB's kill or shutdown)."""
+    if type(orig).__module__.startswith("psycopg") and getattr(orig, "sqlstate", None):
+        return (str(orig).strip().splitlines() or [""])[0][:200]
+    if type(orig).__module__.startswith("pymysql") and len(orig.args) > 1 and orig.args[0] in (1053, 1927, 4031):
+        return str(orig.args[1])[:200]
+    return ""
+
+
+def _connect_timed_out(orig: BaseException) -> bool:
+    name, text = type(orig).__name__, str(orig).lower()
+    if name == "ConnectionTimeout" or "connection timeout expired" in text:  # psycopg / libpq
+        return True
+    return bool(orig.args) and orig.args[0] == 2003 and "timed out" in text  # PyMySQL: can't connect (timed out)
+
+
+def driver_error_summary(exc: BaseException, url: URL | None = None, limit: int = 300) -> str:
+    """One readable line for a database error, raw driver or wrapped by SQLAlchemy, for a user's message.
+
+    The server's own first line where it has one (PyMySQL's ``(code, message)`` becomes the message);
+    a session that ended under the client says so (``CONNECTION_LOST``), as does a server that did not
+    answer within the connect timeout (``url``'s, when given). The caller names the database (redacted
+    URL) and the step.
+    """
+    orig = _driver_error(exc)
+    if connection_lost(exc):
+        return f"{CONNECTION_LOST} ({reason})" if (reason := _server_reason(orig)) else CONNECTION_LOST
+    if _connect_timed_out(orig):
+        from etl.connections import connect_timeout_s
+
+        seconds = connect_timeout_s(url) if url is not None else connect_timeout_s()
+        return (f"no answer within the connect timeout of {seconds} s (host down, or a firewall dropping packets; "
+                f"set DRIFTLESS_CONNECT_TIMEOUT_S or the connection's connect_timeout to wait longer)")
+    if type(orig).__module__.startswith("pymysql") and len(orig.args) > 1 and isinstance(orig.args[1], str):
+        text = f"{orig.args[1]} (MySQL error {orig.args[0]})"
+    else:
+        text = str(orig).strip()
+    first = text.splitlines()[0].strip() if text else ""
+    return (first or type(orig).__name__)[:limit]

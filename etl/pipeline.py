@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable
@@ -26,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl.connections import redact, resolve_url
-from etl.errors import DriftlessError, LoadError
+from etl.errors import DriftlessError, LoadError, driver_error_summary
 from etl.faults import failpoint
 from etl.load import loader_for
 from etl.load.modes import write_mode_for
@@ -35,7 +33,7 @@ from etl.quarantine import ValidatingWriter, check_reject_ratio, ensure_quaranti
 from etl.reconcile.digest import spec_digest_columns
 from etl.schema import target_table
 from etl.spec import PipelineSpec
-from etl.staging import Manifest, StagingWriter, staging_root
+from etl.staging import Manifest, StagingWriter, owned_run_dir, prune_stale, staging_root
 from etl.state import advance_state, ensure_state_tables, record_run
 from etl.status import Run
 from etl.window import Window
@@ -188,6 +186,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     t0 = time.monotonic()
     url = resolve_url(spec.target.connection)
     loader = loader_for(url)
+    if manifest.directory and Path(manifest.directory).is_dir():  # bulk-load files stay in private staging
+        loader.scratch_dir = manifest.directory
     if spec.reconcile.row_digest:
         loader.row_digest = spec_digest_columns(spec)
     mode = write_mode_for(spec, window)  # upsert / append / replace, plus delete detection
@@ -236,7 +236,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)
         if isinstance(exc, SQLAlchemyError):
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            detail = driver_error_summary(exc, url)
             message = f"loading {target.fullname!r} into {redact(url)} failed: {detail}"
         _record_failure(spec, window, run_id, started_at, message, loader, extracted=extracted,
                         quarantined=manifest.quarantined)
@@ -296,13 +296,13 @@ def run_window(spec: PipelineSpec, window: Window, run_id: str | None = None) ->
     """Extract, load and reconcile one window (what ``etl run`` does)."""
     run_id = run_id or new_run_id()
     t0 = time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="driftless-"))
-    try:
-        manifest = extract_window(spec, window, run_id, root)
+    prune_stale()  # staging left behind by killed runs
+    # Staged under $DRIFTLESS_STAGING_DIR, locked by this process: removed at the end, or by a later
+    # run's prune when this process is killed.
+    with owned_run_dir(staging_dir(spec, window, run_id)):
+        manifest = extract_window(spec, window, run_id)
         result = load_window(spec, window, manifest, run_id)
         failpoint("before_checks")
         result = reconcile_window(spec, result)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     result.duration_s = time.monotonic() - t0
     return result

@@ -60,7 +60,7 @@ from sqlalchemy.dialects import mysql
 
 from etl.errors import DriftlessError, LoadError, ValidationFailed
 from etl.spec import PipelineSpec
-from etl.staging import Manifest, StagingWriter
+from etl.staging import Manifest, StagingWriter, write_parquet
 from etl.state import UTC_TIMESTAMP, as_utc
 from etl.transform import convert_column, convert_for
 from etl.validate import ChunkResult, Validator
@@ -198,7 +198,7 @@ class ValidatingWriter:
         if len(result.rejects):
             index.loc[~index["_good"], "_part"] = len(m.quarantine_files)
             name = f"quarantine-{len(m.quarantine_files):05d}.parquet"
-            pq.write_table(pa.Table.from_pandas(result.rejects, preserve_index=False), self.writer.directory / name)
+            write_parquet(pa.Table.from_pandas(result.rejects, preserve_index=False), self.writer.directory / name)
             m.quarantine_files.append(name)
             m.quarantined += len(result.rejects)
             for reason, count in result.reasons.items():

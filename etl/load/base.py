@@ -23,7 +23,6 @@ from sqlalchemy import (
     Table,
     Update,
     and_,
-    create_engine,
     delete,
     exists,
     select,
@@ -31,6 +30,7 @@ from sqlalchemy import (
     update,
 )
 
+from etl.connections import sql_engine
 from etl.errors import LoadError
 from etl.load.evolution import evolve
 from etl.load.modes import DELETED_AT, WriteMode, as_write_mode
@@ -64,9 +64,11 @@ class Loader(ABC):
         self.staged = 0
         #: columns of the stored row digest to keep on the target (spec ``reconcile.row_digest``); None: none
         self.row_digest: list[DigestColumn] | None = None
+        #: where a bulk path writes its load files (the run's private staging directory); None: the temp dir
+        self.scratch_dir: str | None = None
 
     def create_engine(self, url: URL) -> Engine:
-        return create_engine(url, pool_pre_ping=True)
+        return sql_engine(url, pool_pre_ping=True)
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -28,10 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pymysql
-from sqlalchemy import URL, Connection, Engine, Table, create_engine, delete, text
+from sqlalchemy import URL, Connection, Engine, Table, delete, text
 from sqlalchemy.exc import OperationalError
 
-from etl.errors import LoadError
+from etl.connections import sql_engine
+from etl.errors import LoadError, driver_error_summary
 from etl.load.base import Loader, as_text, sibling_table
 from etl.load.modes import WriteMode
 
@@ -64,7 +65,7 @@ class MySqlLoader(Loader):
         connect_args = {}
         if "local_infile" not in url.query:
             connect_args["local_infile"] = True  # PyMySQL sends the file only when the client allows it
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        return sql_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
     def _stage_table(self, target: Table) -> Table:
         return sibling_table(target, f"_driftless_stage_{target.name}"[:64], temporary=True,
@@ -127,7 +128,7 @@ class MySqlLoader(Loader):
                 # PyMySQL rewrites an executemany of INSERT ... VALUES into multi-row statements (~1 MB each).
                 cursor.executemany(f"{verb} INTO {stage} ({columns}) VALUES ({placeholders})", list(rows))
         except pymysql.MySQLError as exc:  # the raw driver's errors: say what failed, keep the server's words
-            detail = exc.args[1] if len(exc.args) > 1 else exc
+            detail = driver_error_summary(exc, self.url)
             raise LoadError(f"staging rows for {target.fullname!r} failed: {detail}") from None
         self._check_warnings(cursor, target)
         self.staged += chunk.num_rows
@@ -146,7 +147,7 @@ class MySqlLoader(Loader):
         _, offsets_buf, data = lines.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
         start, end = int(offsets[0]), int(offsets[-1])
-        fd, path = tempfile.mkstemp(prefix="driftless-load-", suffix=".tsv")
+        fd, path = tempfile.mkstemp(prefix="driftless-load-", suffix=".tsv", dir=self.scratch_dir)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(memoryview(data)[start:end])

@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy import Column, Connection, MetaData, Table, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from etl.errors import LoadError
+from etl.errors import LoadError, driver_error_summary
 from etl.load.base import Loader, naive_timestamps, sibling_table
 from etl.load.modes import WriteMode
 
@@ -81,7 +81,7 @@ class PostgresLoader(Loader):
                     copy.write(view[offset : offset + COPY_BLOCK])
                 del view
         except psycopg.Error as exc:  # the raw driver's errors: say what failed, keep the server's words
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            detail = driver_error_summary(exc, self.url)
             raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from None
         self.staged += chunk.num_rows
         return 0

@@ -37,7 +37,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import resolve_url
-from etl.errors import DriftlessError, ReconciliationFailed
+from etl.errors import DriftlessError, ReconciliationFailed, driver_error_summary
 from etl.load import loader_for
 from etl.reconcile.store import record_checks
 from etl.schema import sql_type, target_table
@@ -75,7 +75,7 @@ def relative_difference(source: Any, target: Any) -> float:
 def error_detail(exc: BaseException) -> str:
     """The first line of an error's cause (the driver's message for database errors)."""
     if isinstance(exc, SQLAlchemyError):
-        exc = getattr(exc, "orig", None) or exc
+        return driver_error_summary(exc)
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 

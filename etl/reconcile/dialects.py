@@ -43,6 +43,7 @@ from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects import postgresql
 
 from etl.canonical import canonical_double, canonical_float32, canonical_json
+from etl.connections import sql_engine
 from etl.errors import ReconciliationFailed
 
 SEPARATOR = "\x1f"
@@ -119,7 +120,7 @@ class HashDialect:
     @classmethod
     def create_engine(cls, url: URL) -> Engine:
         """An engine whose sessions are prepared for canonical output (UTC, UTF-8, functions)."""
-        return create_engine(url, pool_pre_ping=True)
+        return sql_engine(url, pool_pre_ping=True)
 
     # -- identifiers ----------------------------------------------------------------------
     def quote(self, name: str) -> str:
@@ -296,7 +297,7 @@ class PostgresHash(HashDialect):
 
     @classmethod
     def create_engine(cls, url: URL) -> Engine:
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = sql_engine(url, pool_pre_ping=True)
 
         @event.listens_for(engine, "connect")
         def _utc(dbapi_conn, _record):
@@ -416,7 +417,7 @@ class MySqlHash(HashDialect):
     def create_engine(cls, url: URL) -> Engine:
         if "charset" not in url.query:
             url = url.update_query_dict({"charset": "utf8mb4"})
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = sql_engine(url, pool_pre_ping=True)
 
         @event.listens_for(engine, "connect")
         def _utc(dbapi_conn, _record):

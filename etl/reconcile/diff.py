@@ -33,7 +33,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from etl.canonical import json_equal
 from etl.connections import redact
-from etl.errors import ReconciliationFailed
+from etl.errors import ReconciliationFailed, driver_error_summary
 from etl.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
 from etl.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
 from etl.spec import TYPE_PATTERN, check_identifier
@@ -394,7 +394,7 @@ class _Side:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+    return driver_error_summary(exc)
 
 
 def _merge_kinds(a: str, b: str) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import URL, Connection, MetaData, Table
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from etl.errors import ReconciliationFailed
+from etl.errors import ReconciliationFailed, driver_error_summary
 from etl.reconcile.dialects import (
     FLOAT_SCALE,
     DigestUnsupported,
@@ -163,7 +163,7 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
         for sql in statements:
             conn.exec_driver_sql(sql)
     except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
+        detail = driver_error_summary(exc)
         raise DigestUnsupported(f"cannot add a row digest to table {name!r}: {detail}") from None
     state = "refreshed" if existing is not None else "added"
     log.info("row digest %s", state, extra={"table": name, "columns": [c.name for c in cols]})

@@ -23,8 +23,8 @@ import pandas as pd
 from sqlalchemy import column, delete, select, table, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.connections import redact, resolve_url
-from etl.errors import DriftlessError, ReconciliationFailed
+from etl.connections import redact, resolve_url, sql_engine
+from etl.errors import DriftlessError, ReconciliationFailed, driver_error_summary
 from etl.load import loader_for
 from etl.logs import event
 from etl.reconcile.diff import DeepDiff, DiffResult
@@ -67,9 +67,7 @@ def fetch_source_rows(spec: PipelineSpec, engine, keys: list[tuple[Any, ...]]) -
 
 def repair(spec: PipelineSpec, diff: DiffResult) -> dict[str, int]:
     """Upsert the drifted keys from the source; delete extras if deletes propagate. Returns counts."""
-    from sqlalchemy import create_engine
-
-    source_engine = create_engine(resolve_url(spec.source.connection))
+    source_engine = sql_engine(resolve_url(spec.source.connection))
     loader = loader_for(resolve_url(spec.target.connection))
     target = target_table(spec)
     upserted = deleted = rejected = 0
@@ -90,7 +88,7 @@ def repair(spec: PipelineSpec, diff: DiffResult) -> dict[str, int]:
                 for batch in _batches(diff.extra_keys):
                     deleted += max(conn.execute(delete(target).where(_key_filter(key_cols, batch))).rowcount, 0)
     except SQLAlchemyError as exc:
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        detail = driver_error_summary(exc, loader.url)
         raise ReconciliationFailed(
             f"pipeline {spec.name!r}: repair of {target.fullname!r} in {redact(loader.url)} failed (rolled back): "
             f"{detail}") from None

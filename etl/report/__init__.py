@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.connections import redact, resolve_url
-from etl.errors import DriftlessError
+from etl.errors import DriftlessError, driver_error_summary
 from etl.spec import PipelineSpec, default_specs_dir, load_specs
 from etl.status import BAD, Check, worst
 
@@ -103,7 +103,7 @@ def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, 
         state = read_state(loader.engine, spec.name, schema)
         checks = read_checks(loader.engine, spec.name, schema)
     except Exception as exc:  # an unreachable target is reported, not fatal to the report
-        entry["error"] = f"cannot read {redact(url)}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        entry["error"] = f"cannot read {redact(url)}: {driver_error_summary(exc, url, limit=200)}"
         return entry
     finally:
         loader.dispose()
