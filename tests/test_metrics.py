@@ -269,6 +269,16 @@ def test_every_metric_the_dashboard_queries_is_one_the_code_emits():
         assert needed in names
 
 
+def test_every_metric_the_readme_names_is_one_the_code_emits():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Monitoring"):]
+    section = section[:section.find("\n## ", 3)] if "\n## " in section[3:] else section
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    table = {n for cell in first_cells for n in re.findall(r"`([a-z0-9_]+)`", cell)}
+    assert table == set(metrics.METRICS)  # the table lists every metric, and nothing else
+    assert set(re.findall(r"driftless_([a-z0-9_]+)\b", section)) - {"pipeline"} <= set(metrics.METRICS)
+
+
 def go_template(template: str) -> str:
     """statsd_exporter's ``${1}`` as Python's ``\\g<1>``."""
     return re.sub(r"\$\{(\d+)\}", r"\\g<\1>", template)
