@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from etl import connections, lineage
+from etl import connections, lineage, metrics
 from etl.params import InvalidParams, RunOptions, run_options
 from etl.pipeline import WindowResult, extract_window, load_window, reconcile_window, staging_dir
 from etl.spec import PipelineSpec, load_spec
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def _setup() -> None:
     connections.use_lookup(connections.airflow_lookup)
+    metrics.use_airflow()  # Airflow's [metrics] backend (StatsD, OpenTelemetry), else DRIFTLESS_STATSD_*
     if not os.environ.get("DRIFTLESS_STAGING_DIR"):
         home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
         os.environ["DRIFTLESS_STAGING_DIR"] = str(Path(home) / "driftless-staging")

@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from etl import metrics
 from etl.connections import resolve_url
 from etl.errors import LoadError
 from etl.load import loader_for
@@ -58,6 +59,7 @@ def plan(spec: PipelineSpec, window: Window) -> list[dict[str, Any]]:
             for i, s in enumerate(slices)]
 
 
+@metrics.quietly  # a slice reports only failures; finish_window reports the window
 def sync_slice(spec: PipelineSpec, part: dict[str, Any], run_id: str, dry_run: bool = False) -> dict[str, Any]:
     """Extract, load (without moving the watermark) and reconcile one slice; returns a small summary."""
     from etl.dry_run import plan_window
@@ -74,7 +76,7 @@ def sync_slice(spec: PipelineSpec, part: dict[str, Any], run_id: str, dry_run: b
         shutil.rmtree(staging_dir(spec, window, slice_run), ignore_errors=True)
     return {"slice": part["index"], "window": window.as_dict(), "extracted": result.extracted,
             "loaded": result.loaded, "written": result.written, "max_cursor": manifest.max_cursor,
-            "checks": result.checks}
+            "checks": result.checks, "quarantined": result.quarantined, "deduplicated": result.deduplicated}
 
 
 def finish_window(spec: PipelineSpec, window: Window, results: list[dict[str, Any]], run_id: str) -> dict[str, Any]:
@@ -108,5 +110,6 @@ def finish_window(spec: PipelineSpec, window: Window, results: list[dict[str, An
                        message=f"{len(results)} slices of one {spec.partition_by or 'day'}", **totals)
     finally:
         loader.dispose()
+    metrics.emit(spec.name, metrics.window_values(results, watermark))
     return {"pipeline": spec.name, "window": window.as_dict(), "slices": len(results), **totals,
             "watermark": watermark.isoformat()}

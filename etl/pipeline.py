@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
+from etl import metrics
 from etl.connections import redact, resolve_url
 from etl.errors import DriftlessError, LoadError, driver_error_summary
 from etl.faults import failpoint
@@ -126,15 +127,18 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read.
     A failed extract leaves a ``failed`` run record in the target (best effort) and raises.
     """
-    started_at = datetime.now(UTC)
+    started_at, t0 = datetime.now(UTC), time.monotonic()
     try:
-        return _extract(spec, window, run_id, root, frames, started_at)
+        manifest = _extract(spec, window, run_id, root, frames, started_at)
     except (DriftlessError, SQLAlchemyError, OSError) as exc:
         from etl.reconcile.checks import error_detail
 
         detail = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
         _record_failure(spec, window, run_id, started_at, f"extract failed: {detail}")
+        metrics.emit_failure(spec.name)
         raise
+    metrics.emit(spec.name, metrics.extract_values(manifest, time.monotonic() - t0))
+    return manifest
 
 
 def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
@@ -241,11 +245,13 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
         _record_failure(spec, window, run_id, started_at, message, loader, extracted=extracted,
                         quarantined=manifest.quarantined)
         loader.dispose()
+        metrics.emit_failure(spec.name)
         if isinstance(exc, DriftlessError):
             raise
         raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {message}") from None
     loader.dispose()
     event(log, "load done", pipeline=spec.name, window=window.key, loaded=result.loaded, written=result.written)
+    metrics.emit(spec.name, metrics.load_values(result))
     return result
 
 
@@ -276,19 +282,23 @@ def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
     Raises ``ChecksFailed`` (carrying the result) when a check FAILs or cannot run; the run is then
     recorded as ``checks_failed``.
     """
-    from etl.reconcile.checks import error_detail, run_window_checks
+    from etl.reconcile.checks import ChecksFailed, error_detail, run_window_checks
 
-    source, source_error = None, None
+    source, source_error, t0 = None, None, time.monotonic()
     try:
         source = source_for(spec)
     except (DriftlessError, SQLAlchemyError) as exc:
         source_error = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
     try:
         run_window_checks(spec, result, source, source_error)
+    except ChecksFailed:
+        metrics.emit(spec.name, metrics.reconcile_values(result, time.monotonic() - t0))
+        raise
     finally:
         engine = getattr(source, "engine", None)
         if engine is not None:
             engine.dispose()
+    metrics.emit(spec.name, metrics.reconcile_values(result, time.monotonic() - t0))
     return result
 
 
