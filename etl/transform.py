@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from etl.canonical import normalized_json
 from etl.errors import SpecError
 from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 
@@ -430,6 +431,12 @@ def _json_value(value: Any) -> tuple[str | None, bool]:
         except ValueError:
             return None, True
         return value, False
+    try:  # decoded JSON (dicts, lists, exact Decimal numbers from a REST body): numbers written as they came
+        return normalized_json(value), False
+    except ValueError:  # NaN or Infinity
+        return None, True
+    except TypeError:  # values JSON has no type for (datetimes, numpy scalars): as text
+        pass
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False, default=_json_default), False
     except (TypeError, ValueError):

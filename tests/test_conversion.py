@@ -264,3 +264,19 @@ def test_postgres_nan_and_infinity_into_mariadb_quarantine_the_row_not_the_windo
     engine.dispose()
     assert [(r.id, r.ratio, r.amount) for r in rows] == [(1, 1.5, Decimal("2.50")), (4, None, None)]
     assert all(not (isinstance(r.ratio, float) and math.isnan(r.ratio)) for r in rows)
+
+
+def test_sqlite_target_refuses_decimals_wider_than_it_stores_exactly(tmp_path, sqlite_url, connections):
+    from sqlalchemy import URL
+
+    from etl.errors import LoadError
+
+    source = URL.create("sqlite", database=str(tmp_path / "wide_source.db"))
+    make_loose_source(source)
+    connections(src=source, wh=sqlite_url)
+    data = loose_spec("wide_target")
+    data["columns"][1]["type"] = "numeric(18,2)"
+    with pytest.raises(LoadError, match=r"amount numeric\(18,2\) could lose digits"):
+        run_window(parse_spec(data, "wide_target.yaml"), WINDOW)
+    with create_engine(sqlite_url).connect() as conn:
+        assert "wide_target" not in {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}

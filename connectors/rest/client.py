@@ -19,6 +19,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
@@ -380,7 +381,8 @@ class RestClient:
 
     def _json(self, response: requests.Response) -> Any:
         try:
-            return response.json()
+            # Decimal, not float: 12345678901234567.89 or 0.1 must load exactly as the API wrote it.
+            return response.json(parse_float=Decimal)
         except ValueError as exc:
             raise SourceError(self._describe(response, f"the body is not valid JSON ({exc})")) from None
 

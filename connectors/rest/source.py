@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pandas as pd
@@ -31,8 +32,8 @@ _NEVER = object()
 
 
 def _text(value: Any) -> Any:
-    if value is None or isinstance(value, str | float):
-        return value  # a float (NaN included) is converted, or refused, by etl.transform
+    if value is None or isinstance(value, str | float | Decimal):
+        return value  # a number (NaN included) is converted, or refused, by etl.transform
     return json.dumps(value) if isinstance(value, dict | list) else str(value)
 
 
@@ -50,10 +51,10 @@ def parse_cursor(value: Any, fmt: str | None = None) -> datetime | None:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a timestamp")
     if fmt in ("epoch_s", "epoch_ms"):
-        if not isinstance(value, int | float):
+        if not isinstance(value, int | float | Decimal):
             raise ValueError(f"{value!r} is not a number of {'milli' if fmt == 'epoch_ms' else ''}seconds")
-        return datetime.fromtimestamp(value / 1000 if fmt == "epoch_ms" else value, UTC)
-    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value) / 1000 if fmt == "epoch_ms" else float(value), UTC)
+    if isinstance(value, int | float | Decimal):
         raise ValueError(f"{value!r} is a number; declare `format: epoch_s` (or epoch_ms) on the cursor column")
     if fmt is not None:
         dt = datetime.strptime(str(value), fmt)

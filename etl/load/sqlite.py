@@ -22,13 +22,16 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table, create_engine, event
+from sqlalchemy import URL, Column, Connection, Engine, Float, MetaData, Numeric, Table, create_engine, event
 
 from etl.errors import LoadError
 from etl.load.base import Loader, naive_utc, sibling_table
 from etl.load.modes import Upsert, WriteMode
 
 BUSY_TIMEOUT_MS = 60_000
+
+
+SQLITE_EXACT_DIGITS = 15
 
 
 class SqliteLoader(Loader):
@@ -52,6 +55,22 @@ class SqliteLoader(Loader):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+
+    def ensure_tables(self, target: Table) -> list[str]:
+        """As ``Loader.ensure_tables``; refuses decimals SQLite cannot hold exactly.
+
+        SQLite keeps a NUMERIC value as a binary double: exact to 15 significant digits, silently rounded beyond.
+        A ``numeric(p,s)`` with ``p`` above 15 could lose digits, so it is refused before anything is written.
+        """
+        wide = [f"{c.name} numeric({c.type.precision},{c.type.scale})" for c in target.columns
+                if isinstance(c.type, Numeric) and not isinstance(c.type, Float)
+                and (c.type.precision or 0) > SQLITE_EXACT_DIGITS]
+        if wide:
+            raise LoadError(
+                f"table {target.name!r}: SQLite stores numbers as binary doubles, exact only to "
+                f"{SQLITE_EXACT_DIGITS} significant digits, so {', '.join(wide)} could lose digits silently. Use "
+                f"numeric(p,s) with p <= {SQLITE_EXACT_DIGITS} for a SQLite target, or a PostgreSQL or MariaDB target")
+        return super().ensure_tables(target)
 
     def _keys_table(self, target: Table) -> Table:
         keys = [Column(c.name, c.type) for c in target.primary_key.columns]
