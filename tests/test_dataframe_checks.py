@@ -21,6 +21,7 @@ from etl.window import Window
 WINDOW = Window.parse("2024-01-01", "2024-02-01")
 ORDERS: dict = {
     "name": "orders_wide",
+    "max_reject_ratio": 1,  # these windows quarantine on purpose (the default 0.01 would fail them)
     "source": {"type": "sql", "connection": "src", "table": "orders", "primary_key": ["id"], "cursor": "updated_at"},
     "target": {"connection": "wh", "table": "orders_wide"},
     "columns": [
