@@ -12,6 +12,7 @@ from pathlib import Path
 
 from airflow.sdk import AssetAny, Param, dag, task
 
+from etl.report.tasks import ON_DRIFT_CHOICES, default_on_drift
 from etl.spec import load_spec, spec_files
 
 # Airflow's bundle DagBag puts the DAG folder on sys.path; a plain DagBag (tests, tools) does not.
@@ -34,6 +35,10 @@ _assets = [target_asset(load_spec(path)) for path in spec_files(SPECS_DIR)]
     params={
         "repair": Param(False, type="boolean",
                         description="Re-sync the rows that differ (and delete extras where deletes propagate)"),
+        "on_drift": Param(default_on_drift(), enum=list(ON_DRIFT_CHOICES),
+                          description="What a deep diff that FAILs (or cannot run) does: 'fail' fails the run and "
+                                      "alerts; 'warn' keeps the run green and alerts. Default: $DRIFTLESS_ON_DRIFT "
+                                      "or 'fail'"),
         "out_dir": Param(None, type=["null", "string"],
                          description="Where to write report.html and report.json; empty: "
                                      "$DRIFTLESS_REPORT_DIR/<run id> or $AIRFLOW_HOME/driftless-reports/<run id>"),
@@ -42,12 +47,11 @@ _assets = [target_asset(load_spec(path)) for path in spec_files(SPECS_DIR)]
 def consistency_report():
     @task
     def diff_and_report(**context) -> dict:
-        from etl.report.tasks import consistency_report as run
+        from etl import airflow_tasks
 
-        params = context["params"]
-        return run(str(SPECS_DIR), context["run_id"], repair=bool(params.get("repair")), out_dir=params.get("out_dir"))
+        return airflow_tasks.consistency_report(str(SPECS_DIR), context)
 
     diff_and_report()
 
 
-consistency_report()
+report_dag = consistency_report()

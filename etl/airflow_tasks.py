@@ -133,3 +133,42 @@ def finish(spec_path: str, results: list[dict[str, Any]], context: dict[str, Any
     summary = partitions.finish_window(spec, options.window, results, context["run_id"])
     lineage.emit(spec, context)
     return summary
+
+
+# The consistency_report DAG: deep diff every pipeline, write the report, apply the drift policy.
+
+def _drift_failure(message: str, findings: list[dict[str, Any]]) -> Exception:
+    """An ``AirflowFailException`` (fails at once, no retries) carrying the findings for the alert."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    class DriftFound(AirflowFailException):
+        pass
+
+    exc = DriftFound(message)
+    exc.findings = findings  # type: ignore[attr-defined]  # read by etl.alerts.build_message
+    return exc
+
+
+def consistency_report(specs_dir: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Deep diff every pipeline and write the report; a finding fails the task or warns (``on_drift``)."""
+    from etl import alerts
+    from etl.report import tasks as report
+
+    params = context.get("params") or {}
+    policy = str(params.get("on_drift") or report.default_on_drift()).strip().lower()
+    if policy not in report.ON_DRIFT_CHOICES:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"param 'on_drift': expected one of {', '.join(report.ON_DRIFT_CHOICES)}, "
+                                   f"got {policy!r}")
+    result = report.consistency_report(specs_dir, context["run_id"], repair=bool(params.get("repair")),
+                                       out_dir=params.get("out_dir"))
+    log.info("%s", report.summary_line(result))
+    findings = report.findings_of(result)
+    if findings:
+        message = (f"drift found: {'; '.join(report.describe(f) for f in findings)}; report: {result['html']}")
+        if policy == "fail":
+            raise _drift_failure(message + " (on_drift=fail)", findings)
+        log.warning("%s (on_drift=warn: the run stays successful; alert posted)", message)
+        alerts.alert_findings(context, findings)
+    return result

@@ -1,0 +1,119 @@
+"""The consistency_report DAG as an operator meets it: drift fails the run (or warns) and alerts with the counts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+
+from etl import alerts
+from etl.pipeline import run_window
+from etl.report.tasks import consistency_report, findings_of, summary_line
+from etl.window import Window
+from tests.helpers import INVOICES, invoices_spec
+
+REPO = Path(__file__).resolve().parent.parent
+WINDOW = Window.parse("2021-01-01", "2026-01-01")  # the whole history: a whole-table diff
+REST_SPEC = yaml.safe_load((REPO / "dags" / "pipelines" / "chinook_customers_api.yaml").read_text())
+
+
+def load_report_dag(specs_dir: Path, monkeypatch):
+    """dags/consistency_report.py, imported fresh for ``specs_dir`` (it reads the specs at parse time)."""
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
+    sys.modules.pop("driftless_pipelines", None)
+    path = REPO / "dags" / "consistency_report.py"
+    spec = importlib.util.spec_from_file_location(f"consistency_report_{specs_dir.name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.report_dag
+
+
+@pytest.fixture
+def drifted(tmp_path, connections, chinook_copy, sqlite_url):
+    """A loaded invoices target with one changed row, and a REST pipeline beside it (cannot be diffed whole)."""
+    connections(src=chinook_copy, wh=sqlite_url)
+    specs = tmp_path / "pipelines"
+    specs.mkdir()
+    (specs / "invoices_test.yaml").write_text(yaml.safe_dump(INVOICES))
+    (specs / "customers_api.yaml").write_text(yaml.safe_dump({**REST_SPEC, "name": "customers_api",
+                                                              "target": {"connection": "wh",
+                                                                         "table": "customers"}}))
+    spec = invoices_spec()
+    run_window(spec, WINDOW)
+    engine = create_engine(sqlite_url)
+    with engine.begin() as conn:
+        key = conn.execute(text("SELECT min(invoice_id) FROM invoices")).scalar_one()
+        conn.execute(text("UPDATE invoices SET total = total + 100 WHERE invoice_id = :k"), {"k": key})
+    engine.dispose()
+    return {"specs": specs, "key": key, "tmp": tmp_path}
+
+
+def test_drift_is_a_finding_and_a_rest_pipeline_is_skipped(drifted):
+    result = consistency_report(str(drifted["specs"]), "manual__x", out_dir=str(drifted["tmp"] / "r"),
+                                use_airflow_connections=False)
+    by_name = {p["pipeline"]: p for p in result["pipelines"]}
+    assert by_name["invoices_test"]["status"] == "FAIL"
+    assert (by_name["invoices_test"]["missing_in_target"], by_name["invoices_test"]["extra_in_target"],
+            by_name["invoices_test"]["changed"]) == (0, 0, 1)
+    assert by_name["customers_api"]["status"] == "SKIP" and "SQL source table" in by_name["customers_api"]["error"]
+    assert [f["pipeline"] for f in findings_of(result)] == ["invoices_test"]
+    assert summary_line(result) == ("consistency report: 1 FAIL, 1 SKIP; invoices_test FAIL (missing 0, extra 0, "
+                                    "changed 1)")
+
+
+def _alert_conn(httpserver, monkeypatch):
+    httpserver.expect_request("/hooks/driftless", method="POST").respond_with_data("ok")
+    monkeypatch.setenv("AIRFLOW_CONN_DRIFTLESS_ALERTS", json.dumps(
+        {"conn_type": "http", "password": httpserver.url_for("/hooks/driftless")}))
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_drift_fails_the_report_run_and_the_alert_carries_the_counts(airflow_db, drifted, httpserver, monkeypatch):
+    _alert_conn(httpserver, monkeypatch)
+    monkeypatch.setenv("DRIFTLESS_REPORT_DIR", str(drifted["tmp"] / "reports"))
+    dag = load_report_dag(drifted["specs"], monkeypatch)
+    assert dag.params["on_drift"] == "fail"  # the default policy
+    run = dag.test(logical_date=datetime(2026, 1, 1, tzinfo=UTC))
+    assert run.state == "failed"
+    (ti,) = run.get_task_instances()
+    assert ti.state == "failed" and ti.try_number == 1  # AirflowFailException: no retries
+    assert len(httpserver.log) == 1
+    payload = httpserver.log[0][0].get_json()
+    assert payload["driftless"]["pipeline"] == "invoices_test" and payload["driftless"]["dag"] == "consistency_report"
+    assert payload["driftless"]["findings"] == [{"pipeline": "invoices_test", "status": "FAIL", "missing_in_target": 0,
+                                                 "extra_in_target": 0, "changed": 1, "error": None}]
+    assert "invoices_test FAIL (missing 0, extra 0, changed 1)" in payload["text"]
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_warn_policy_keeps_the_run_green_and_still_alerts(airflow_db, drifted, httpserver, monkeypatch):
+    _alert_conn(httpserver, monkeypatch)
+    monkeypatch.setenv("DRIFTLESS_ON_DRIFT", "warn")
+    monkeypatch.setenv("DRIFTLESS_REPORT_DIR", str(drifted["tmp"] / "reports"))
+    dag = load_report_dag(drifted["specs"], monkeypatch)
+    assert dag.params["on_drift"] == "warn"
+    run = dag.test(logical_date=datetime(2026, 1, 2, tzinfo=UTC))
+    assert run.state == "success"
+    assert len(httpserver.log) == 1
+    payload = httpserver.log[0][0].get_json()
+    assert payload["driftless"]["findings"][0]["changed"] == 1
+    assert payload["text"].startswith(":warning:") and "changed 1" in payload["text"]
+
+
+def test_alert_for_a_start_only_run_names_no_window():
+    context = {"params": {"start": "2025-01-01T00:00:00+00:00", "end": None}, "run_id": "manual__1",
+               "data_interval_start": datetime(2025, 6, 1, tzinfo=UTC),
+               "data_interval_end": datetime(2025, 6, 2, tzinfo=UTC),
+               "exception": RuntimeError("param 'start' is set but 'end' is not")}
+    message = alerts.build_message(context)
+    assert message["driftless"]["window"] is None
+    assert "params were rejected before any window ran" in message["text"]
+    assert "2025-06-01" not in json.dumps(message)
