@@ -1,16 +1,20 @@
 """The ``consistency_report`` DAG: whenever a synced table is updated, diff it deeply and write the report.
 
-Scheduled on the Assets of all pipelines' target tables (any of them updated triggers a run).
-This file only wires the library: the task body is one call into ``etl.report.tasks``.
+Scheduled on the Assets of all pipelines' target tables (any of them updated triggers a run) or
+daily by cron (``DRIFTLESS_REPORT_SCHEDULE``, default ``0 6 * * *`` UTC; ``none``: events only),
+whichever comes first. It is created unpaused: Airflow 3 queues asset events only for DAGs that
+are unpaused when the event happens, so a paused report would silently miss loads (the daily run
+catches up: it diffs whole tables, not events). This file only wires the library.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow.sdk import AssetAny, Param, dag, task
+from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from etl.report.tasks import ON_DRIFT_CHOICES, default_on_drift
 from etl.spec import load_spec, spec_files
@@ -21,14 +25,21 @@ if str(Path(__file__).parent) not in sys.path:
 from driftless_pipelines import DEFAULT_ARGS, SPECS_DIR, target_asset  # noqa: E402
 
 _assets = [target_asset(load_spec(path)) for path in spec_files(SPECS_DIR)]
+_cron = (os.environ.get("DRIFTLESS_REPORT_SCHEDULE") or "0 6 * * *").strip()
+_daily = CronTriggerTimetable(_cron, timezone="UTC") if _cron.lower() != "none" else None
+if _assets and _daily:
+    _schedule: object = AssetOrTimeSchedule(timetable=_daily, assets=AssetAny(*_assets))
+else:
+    _schedule = AssetAny(*_assets) if _assets else _daily
 
 
 @dag(
     dag_id="consistency_report",
     description="Deep diff of every synced table against its source, and the data-consistency report",
-    schedule=AssetAny(*_assets) if _assets else None,
+    schedule=_schedule,
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
+    is_paused_upon_creation=False,  # a paused DAG gets no asset events queued (see above)
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "retries": 0},
     tags=["driftless", "reconciliation"],

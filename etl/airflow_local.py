@@ -203,6 +203,22 @@ class LocalAirflow:
                 pass
             proc.wait()
 
+    def unpause(self, dag_ids: set[str]) -> set[str]:
+        """Unpause those of ``dag_ids`` the dag-processor has registered; returns the ones still to do."""
+        try:
+            token = self.token()
+            known = {d["dag_id"]: d["is_paused"] for d in self.api("GET", "/dags?limit=1000", token)["dags"]}
+            for dag_id in dag_ids & set(known):
+                if known[dag_id]:
+                    self.api("PATCH", f"/dags/{dag_id}", token, json={"is_paused": False})
+        except (requests.RequestException, RuntimeError):
+            return dag_ids
+        return dag_ids - set(known)
+
+
+# Unpaused by `make airflow` (also for a metadata database where they were created paused before).
+UNPAUSED = {"consistency_report"}
+
 
 def _demo_connections(env: dict[str, str]) -> None:
     """Point the shipped specs' connections at the demo's SQLite files, unless already defined."""
@@ -248,9 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         stack.wait_ready()
         print(f"\n  Airflow UI   {stack.url}\n  login        admin / {password}\n"
               f"  logs         {stack.logs}\n  pools        {', '.join(pools_for(args.specs_dir))}\n"
+              f"  unpaused     {', '.join(sorted(UNPAUSED))} (runs after every load; unpause pipelines in the UI)"
               "\nPress Ctrl-C to stop.", flush=True)
+        pending = set(UNPAUSED)
         while True:
             stack.check_alive()
+            if pending:
+                pending = stack.unpause(pending)
             time.sleep(2)
     except KeyboardInterrupt:
         print("\nstopping Airflow ...", flush=True)

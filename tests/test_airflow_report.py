@@ -117,3 +117,19 @@ def test_alert_for_a_start_only_run_names_no_window():
     assert message["driftless"]["window"] is None
     assert "params were rejected before any window ran" in message["text"]
     assert "2025-06-01" not in json.dumps(message)
+
+
+@pytest.mark.airflow
+def test_report_dag_is_created_unpaused_and_runs_on_loads_or_daily(monkeypatch):
+    from airflow.sdk import AssetAny, AssetOrTimeSchedule
+
+    dag = load_report_dag(REPO / "dags" / "pipelines", monkeypatch)
+    # Airflow 3 queues asset events only for unpaused DAGs: created paused, the report would miss loads.
+    assert dag.is_paused_upon_creation is False
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "0 6 * * *"
+    assert {a.uri for a in dag.timetable.asset_condition.objects} == {
+        "driftless://warehouse/default/invoices", "driftless://warehouse/default/invoice_lines",
+        "driftless://warehouse/default/customers"}
+    monkeypatch.setenv("DRIFTLESS_REPORT_SCHEDULE", "none")
+    assert isinstance(load_report_dag(REPO / "dags" / "pipelines", monkeypatch).timetable.asset_condition, AssetAny)
