@@ -51,7 +51,20 @@ def window_from_context(context: dict[str, Any]) -> Window:
     return Window.parse(start, end)
 
 
+def _skip(reason: str) -> Exception:
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    log.info("%s", reason)
+    return AirflowSkipException(reason)
+
+
 def extract(spec_path: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Extract the run's window into staging files; a dry run also compares them with the target here.
+
+    The dry run happens in this task, which has no outlet, so that ``load`` (whose outlet is the
+    target's Asset) can skip: a skipped task emits no asset event, and nothing downstream of the
+    Asset (the consistency report) runs for a run that wrote nothing.
+    """
     _setup()
     spec = load_spec(spec_path)
     options = options_from_context(spec, context)
@@ -62,21 +75,22 @@ def extract(spec_path: str, context: dict[str, Any]) -> dict[str, Any]:
     manifest = extract_window(spec, options.window, context["run_id"])
     data = manifest.to_dict()
     if options.dry_run:
-        data["dry_run"] = True
+        from etl.dry_run import plan_window
+
+        report = plan_window(spec, manifest)
+        log.info("driftless dry run, nothing written: %s", json.dumps(report))
+        discard(data["directory"])
+        return report
     return data
 
 
 def load(spec_path: str, manifest: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     _setup()
+    if manifest.get("dry_run"):
+        raise _skip("dry run: nothing to write, so no load and no asset event (the extract task holds the "
+                    "would-insert/update counts)")
     spec = load_spec(spec_path)
     manifest = dict(manifest)
-    if manifest.pop("dry_run", False):
-        from etl.dry_run import plan_window
-
-        report = plan_window(spec, Manifest.from_dict(manifest))
-        log.info("driftless dry run, nothing written: %s", json.dumps(report))
-        discard(manifest["directory"])
-        return report
     window = Window.parse(manifest["window_start"], manifest["window_end"])
     result = load_window(spec, window, Manifest.from_dict(manifest), context["run_id"])
     lineage.emit(spec, context)
@@ -85,8 +99,6 @@ def load(spec_path: str, manifest: dict[str, Any], context: dict[str, Any]) -> d
 
 def reconcile(spec_path: str, result: dict[str, Any]) -> dict[str, Any]:
     _setup()
-    if result.get("dry_run"):
-        return result  # nothing was loaded, so there is nothing to reconcile
     spec = load_spec(spec_path)
     loaded = WindowResult.from_xcom(result)
     checked = reconcile_window(spec, loaded).to_xcom()
@@ -128,8 +140,8 @@ def finish(spec_path: str, results: list[dict[str, Any]], context: dict[str, Any
                                                                    "unchanged")}
         report = {"dry_run": True, "pipeline": spec.name, "window": options.window.as_dict(),
                   "slices": len(results), **totals}
-        log.info("driftless dry run, nothing written: %s", json.dumps(report))
-        return report
+        # Skipped, not successful: this task's outlet (the target's Asset) must not announce an update.
+        raise _skip(f"dry run, nothing written, no asset event: {json.dumps(report)}")
     summary = partitions.finish_window(spec, options.window, results, context["run_id"])
     lineage.emit(spec, context)
     return summary
