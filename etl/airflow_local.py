@@ -220,8 +220,13 @@ class LocalAirflow:
 UNPAUSED = {"consistency_report"}
 
 
-def _demo_connections(env: dict[str, str]) -> None:
-    """Point the shipped specs' connections at the demo's SQLite files, unless already defined."""
+def demo_environment(env: dict[str, str]) -> subprocess.Popen | None:
+    """Make every shipped pipeline runnable: point its connections at the demo, unless already defined.
+
+    ``chinook`` and ``warehouse`` are the demo's SQLite files (``.demo/``); ``chinook_api`` is the demo
+    REST API (``demo/api_server.py``), started here on a free loopback port with a fresh bearer token.
+    Returns the API's process (the caller stops it), or None when ``chinook_api`` was defined already.
+    """
     from etl.demo import prepare_source
 
     demo = REPO / ".demo"
@@ -231,6 +236,30 @@ def _demo_connections(env: dict[str, str]) -> None:
             prepare_source(source)
         env["AIRFLOW_CONN_CHINOOK"] = f"sqlite:///{source}"
     env.setdefault("AIRFLOW_CONN_WAREHOUSE", f"sqlite:///{demo / 'warehouse.db'}")
+    if "AIRFLOW_CONN_CHINOOK_API" in env:
+        return None
+    token = secrets.token_urlsafe(24)
+    proc = subprocess.Popen([sys.executable, str(REPO / "demo" / "api_server.py")], text=True,
+                            env={**env, "DRIFTLESS_DEMO_API_TOKEN": token}, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    line = proc.stdout.readline().strip() if proc.stdout else ""
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"the demo API (demo/api_server.py) did not start: {line or 'no output'}")
+    host, port = line.removeprefix("listening on http://").split(":")
+    env["AIRFLOW_CONN_CHINOOK_API"] = json.dumps({"conn_type": "http", "host": host, "port": int(port),
+                                                  "extra": {"token": token}})
+    return proc
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,10 +278,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pools":
         print("pools:", ", ".join(ensure_pools(env, args.specs_dir)) or "none")
         return 0
-    _demo_connections(env)
+    api = demo_environment(env)
     where = "SQLite (backfills need PostgreSQL: set DRIFTLESS_AIRFLOW_DB)" if not metadata else metadata
     print(f"driftless: preparing Airflow in {home} (metadata DB: {where}) ...", flush=True)
-    setup(env, args.specs_dir)
+    try:
+        setup(env, args.specs_dir)
+    except BaseException:
+        stop_process(api)
+        raise
     stack = LocalAirflow(env, args.port, password=password)
 
     def _interrupt(signum, _frame):
@@ -276,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nstopping Airflow ...", flush=True)
     finally:
         stack.stop()
+        stop_process(api)
         print("stopped.")
     return 0
 

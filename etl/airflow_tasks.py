@@ -7,13 +7,16 @@ trigger form's params (``start``/``end``, ``full_refresh``, ``dry_run``; checked
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from etl import connections, lineage
+from etl.errors import ConnectionNotFound
 from etl.params import InvalidParams, RunOptions, run_options
 from etl.pipeline import WindowResult, extract_window, load_window, reconcile_window, staging_dir
 from etl.spec import PipelineSpec, load_spec
@@ -21,6 +24,37 @@ from etl.staging import Manifest, discard, prune_stale
 from etl.window import Window
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+CONNECTION_HELP = ("define it in the UI (Admin > Connections > Add, Connection Id {id!r}), with `airflow connections "
+                   "add {id} --conn-uri ...`, or as the environment variable {env} of every Airflow component")
+
+
+def config_errors_fail_fast(func: F) -> F:
+    """A missing or malformed connection fails the task at once, without retries (retrying cannot fix it)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConnectionNotFound as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            conn_id = _named_connection(str(args[0]) if args else "", str(exc))
+            hint = CONNECTION_HELP.format(id=conn_id or "<id>",
+                                          env=connections.env_var_name(conn_id) if conn_id else "AIRFLOW_CONN_<ID>")
+            raise AirflowFailException(f"{exc}; {hint} (a configuration error: not retried)") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _named_connection(spec_path: str, message: str) -> str | None:
+    """The spec's connection id (source or target) that an error message names."""
+    try:
+        spec = load_spec(spec_path)
+    except Exception:  # a specs directory (the report), or a spec that no longer loads
+        return None
+    return next((c for c in (spec.source.connection, spec.target.connection) if repr(c) in message), None)
 
 
 def _setup() -> None:
@@ -58,6 +92,7 @@ def _skip(reason: str) -> Exception:
     return AirflowSkipException(reason)
 
 
+@config_errors_fail_fast
 def extract(spec_path: str, context: dict[str, Any]) -> dict[str, Any]:
     """Extract the run's window into staging files; a dry run also compares them with the target here.
 
@@ -84,6 +119,7 @@ def extract(spec_path: str, context: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+@config_errors_fail_fast
 def load(spec_path: str, manifest: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     _setup()
     if manifest.get("dry_run"):
@@ -97,6 +133,7 @@ def load(spec_path: str, manifest: dict[str, Any], context: dict[str, Any]) -> d
     return result.to_xcom()
 
 
+@config_errors_fail_fast
 def reconcile(spec_path: str, result: dict[str, Any]) -> dict[str, Any]:
     _setup()
     spec = load_spec(spec_path)
@@ -109,6 +146,7 @@ def reconcile(spec_path: str, result: dict[str, Any]) -> dict[str, Any]:
 
 # Partitioned pipelines (``partition_by`` in the spec): plan -> sync_slice (mapped) -> finish.
 
+@config_errors_fail_fast
 def plan_slices(spec_path: str, context: dict[str, Any]) -> list[dict[str, Any]]:
     from etl import partitions
 
@@ -120,6 +158,7 @@ def plan_slices(spec_path: str, context: dict[str, Any]) -> list[dict[str, Any]]
     return [{**p, "dry_run": options.dry_run} for p in parts]
 
 
+@config_errors_fail_fast
 def sync_slice(spec_path: str, part: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
     from etl import partitions
 
@@ -128,6 +167,7 @@ def sync_slice(spec_path: str, part: dict[str, Any], context: dict[str, Any]) ->
     return partitions.sync_slice(spec, part, context["run_id"], dry_run=bool(part.get("dry_run")))
 
 
+@config_errors_fail_fast
 def finish(spec_path: str, results: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:
     from etl import partitions
 
@@ -161,6 +201,7 @@ def _drift_failure(message: str, findings: list[dict[str, Any]]) -> Exception:
     return exc
 
 
+@config_errors_fail_fast
 def consistency_report(specs_dir: str, context: dict[str, Any]) -> dict[str, Any]:
     """Deep diff every pipeline and write the report; a finding fails the task or warns (``on_drift``)."""
     from etl import alerts
