@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,16 +108,28 @@ def extract(spec_path: str, context: dict[str, Any]) -> dict[str, Any]:
     stale = prune_stale()
     if stale:
         log.info("removed %d staging directories of runs older than a week that never loaded", len(stale))
+    t0 = time.monotonic()
     manifest = extract_window(spec, options.window, context["run_id"])
     data = manifest.to_dict()
+    read = manifest.records if manifest.extracted is None else manifest.extracted
+    log.info("extract summary: window %s: %d rows staged in %d chunk(s) (read %d, quarantined %d, deduplicated %d) "
+             "in %.1f s", window_text(options.window), manifest.records, len(manifest.files), read,
+             manifest.quarantined, manifest.deduplicated, time.monotonic() - t0)
     if options.dry_run:
         from etl.dry_run import plan_window
 
         report = plan_window(spec, manifest)
         log.info("driftless dry run, nothing written: %s", json.dumps(report))
         discard(data["directory"])
+        log.info("dry run summary: window %s: would insert %d, update %d, leave %d unchanged; nothing written",
+                 window_text(options.window), report["would_insert"], report["would_update"], report["unchanged"])
         return report
     return data
+
+
+def window_text(window: Window) -> str:
+    """``[start, end)`` in ISO-8601, as the summary lines show a window."""
+    return f"[{window.start.isoformat()}, {window.end.isoformat()})"
 
 
 @config_errors_fail_fast
@@ -130,6 +143,10 @@ def load(spec_path: str, manifest: dict[str, Any], context: dict[str, Any]) -> d
     window = Window.parse(manifest["window_start"], manifest["window_end"])
     result = load_window(spec, window, Manifest.from_dict(manifest), context["run_id"])
     lineage.emit(spec, context)
+    log.info("load summary: window %s: loaded %d rows, wrote %d (inserted or changed), quarantined %d, "
+             "deduplicated %d; watermark %s; %.1f s", window_text(window), result.loaded, result.written,
+             result.quarantined, result.deduplicated,
+             result.watermark.isoformat() if result.watermark else "unchanged", result.duration_s)
     return result.to_xcom()
 
 
@@ -141,6 +158,9 @@ def reconcile(spec_path: str, result: dict[str, Any]) -> dict[str, Any]:
     checked = reconcile_window(spec, loaded).to_xcom()
     # The window is loaded and checked: a retry of any task of this run no longer reads its staging files.
     discard(staging_dir(spec, loaded.window, loaded.run_id))
+    checks = ", ".join(f"{c.get('check')} {c.get('status')}" for c in checked.get("checks") or []) or "none"
+    log.info("reconcile summary: window %s: %d rows loaded; checks: %s", window_text(loaded.window), loaded.loaded,
+             checks)
     return checked
 
 
@@ -164,7 +184,11 @@ def sync_slice(spec_path: str, part: dict[str, Any], context: dict[str, Any]) ->
 
     _setup()
     spec = load_spec(spec_path)
-    return partitions.sync_slice(spec, part, context["run_id"], dry_run=bool(part.get("dry_run")))
+    result = partitions.sync_slice(spec, part, context["run_id"], dry_run=bool(part.get("dry_run")))
+    numbers = ", ".join(f"{k} {result[k]}" for k in ("extracted", "loaded", "written", "quarantined", "would_insert",
+                                                        "would_update", "unchanged") if k in result)
+    log.info("slice summary: slice %s: %s", result.get("slice"), numbers)
+    return result
 
 
 @config_errors_fail_fast
@@ -184,6 +208,9 @@ def finish(spec_path: str, results: list[dict[str, Any]], context: dict[str, Any
         raise _skip(f"dry run, nothing written, no asset event: {json.dumps(report)}")
     summary = partitions.finish_window(spec, options.window, results, context["run_id"])
     lineage.emit(spec, context)
+    numbers = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int | float) and k != "slices")
+    log.info("finish summary: window %s: %d slice(s); %s; watermark %s", window_text(options.window),
+             len(results), numbers, summary.get("watermark"))
     return summary
 
 
