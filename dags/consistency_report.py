@@ -16,6 +16,7 @@ from pathlib import Path
 
 from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from etl.report.link import ConsistencyReportLink
 from etl.report.tasks import ON_DRIFT_CHOICES, default_on_drift
 from etl.spec import load_spec, spec_files
 
@@ -62,7 +63,8 @@ def consistency_report():
 
         return airflow_tasks.consistency_report(str(SPECS_DIR), context)
 
-    diff_and_report()
+    report = diff_and_report()
+    report.operator.operator_extra_links = (ConsistencyReportLink(),)  # the report, one click from the task
 
 
 report_dag = consistency_report()

@@ -243,10 +243,20 @@ def consistency_report(specs_dir: str, context: dict[str, Any]) -> dict[str, Any
                                    f"got {policy!r}")
     result = report.consistency_report(specs_dir, context["run_id"], repair=bool(params.get("repair")),
                                        out_dir=params.get("out_dir"))
+    from etl.report import store
+    from etl.report.link import XCOM_KEY
+
+    key = store.run_key(context["run_id"])
+    where = store.publish(Path(result["html"]).parent, key)
+    result["url"] = store.report_url(key)
+    if context.get("ti") is not None:  # the "Consistency report" button on this task (etl.report.link)
+        context["ti"].xcom_push(key=XCOM_KEY, value=result["url"])
+    log.info("consistency report: %s (stored in %s; the task's 'Consistency report' link opens it)", result["url"],
+             where)
     log.info("%s", report.summary_line(result))
     findings = report.findings_of(result)
     if findings:
-        message = (f"drift found: {'; '.join(report.describe(f) for f in findings)}; report: {result['html']}")
+        message = f"drift found: {'; '.join(report.describe(f) for f in findings)}; report: {result['url']}"
         if policy == "fail":
             raise _drift_failure(message + " (on_drift=fail)", findings)
         log.warning("%s (on_drift=warn: the run stays successful; alert posted)", message)

@@ -133,3 +133,87 @@ def test_report_dag_is_created_unpaused_and_runs_on_loads_or_daily(monkeypatch):
         "driftless://warehouse/default/customers"}
     monkeypatch.setenv("DRIFTLESS_REPORT_SCHEDULE", "none")
     assert isinstance(load_report_dag(REPO / "dags" / "pipelines", monkeypatch).timetable.asset_condition, AssetAny)
+
+
+# --- the report, one click away -------------------------------------------------------------------
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_report_task_links_to_the_stored_report_even_when_drift_fails_it(airflow_db, drifted, monkeypatch):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from etl.report import store
+
+    monkeypatch.setenv("DRIFTLESS_REPORT_DIR", str(drifted["tmp"] / "reports"))
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://airflow.example:8080")
+    dag = load_report_dag(drifted["specs"], monkeypatch)
+    # The serialized DAG (what the api-server reads) knows the button without any driftless code.
+    ser = DagSerialization.to_dict(dag)
+    (task,) = ser["dag"]["tasks"]
+    assert task["__var"]["_operator_extra_links"] == {"Consistency report": "_link_ConsistencyReportLink"}
+    run = dag.test(logical_date=datetime(2026, 1, 3, tzinfo=UTC))
+    assert run.state == "failed"
+    ti = run.get_task_instance("diff_and_report")
+    url = ti.xcom_pull(task_ids="diff_and_report", key="_link_ConsistencyReportLink")
+    key = store.run_key(run.run_id)
+    assert url == f"http://airflow.example:8080/driftless/reports/{key}/report.html"
+    assert "invoice_id" in store.read(key, "report.html").decode()
+    data = json.loads(store.read(key, "report.json"))
+    (invoices,) = [p for p in data["pipelines"] if p["pipeline"] == "invoices_test"]
+    assert invoices["latest_diff"]["changed"] == 1
+    assert invoices["latest_diff"]["samples"]["changed"][0]["key"] == {"invoice_id": drifted["key"]}
+
+
+def _write_report(root: Path, key: str, mtime: float) -> None:
+    import os
+
+    folder = root / key
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text(f"<html>{key}</html>")
+    (folder / "report.json").write_text("{}")
+    os.utime(folder / "report.json", (mtime, mtime))
+
+
+def test_report_store_keeps_a_bounded_history(tmp_path, monkeypatch):
+    from etl.report import store
+
+    monkeypatch.setenv("DRIFTLESS_REPORT_DIR", str(tmp_path / "reports"))
+    monkeypatch.setenv("DRIFTLESS_REPORT_KEEP", "2")
+    for i in range(3):
+        _write_report(tmp_path / "reports", f"run_{i}", 1_000_000 + i)
+    local = tmp_path / "elsewhere"
+    _write_report(tmp_path, "elsewhere", 2_000_000)
+    store.publish(local, "run_3")
+    assert [f.name for f in store.history()] == ["run_3", "run_2"]
+    assert not (tmp_path / "reports" / "run_0").exists()
+    assert store.read("run_3", "report.html") == b"<html>elsewhere</html>"
+    assert store.read("..", "report.html") is None and store.read("run_3", "../x") is None
+    monkeypatch.setenv("DRIFTLESS_REPORT_STORE", (tmp_path / "shared").as_uri())
+    store.publish(local, "run_4")
+    assert (tmp_path / "shared" / "run_4" / "report.json").is_file()
+
+
+def test_the_api_server_plugin_serves_reports_to_logged_in_users_only(tmp_path, monkeypatch):
+    from airflow.api_fastapi.core_api.security import get_user
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("DRIFTLESS_REPORT_DIR", str(tmp_path / "reports"))
+    spec = importlib.util.spec_from_file_location("driftless_reports_plugin", REPO / "plugins" / "driftless_reports.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    anonymous = TestClient(plugin.app)
+    assert anonymous.get("/reports/latest", follow_redirects=False).status_code == 401
+    plugin.app.dependency_overrides[get_user] = lambda: object()
+    client = TestClient(plugin.app)
+    assert client.get("/reports/latest", follow_redirects=False).status_code == 404
+    _write_report(tmp_path / "reports", "old", 1_000_000)
+    _write_report(tmp_path / "reports", "new", 2_000_000)
+    latest = client.get("/reports/latest", follow_redirects=False)
+    assert latest.status_code == 307 and latest.headers["location"] == "/driftless/reports/new/report.html"
+    page = client.get("/reports/new/report.html")
+    assert page.status_code == 200 and page.text == "<html>new</html>" and page.headers["content-type"].startswith(
+        "text/html")
+    assert client.get("/reports/nope/report.html").status_code == 404
+    assert client.get("/reports/new/secret.txt").status_code == 404
+    assert 'href="new/report.html"' in client.get("/reports/").text
+    assert plugin.DriftlessReports.fastapi_apps[0]["url_prefix"] == "/driftless"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +43,16 @@ def default_on_drift() -> str:
 
 
 def report_dir(run_id: str) -> Path:
-    """``$DRIFTLESS_REPORT_DIR/<run>``, else ``$AIRFLOW_HOME/driftless-reports/<run>``."""
+    """``$DRIFTLESS_REPORT_DIR/<run>``, else ``$AIRFLOW_HOME/driftless-reports/<run>``.
+
+    The report is written there first, then published to the report store (``etl.report.store``),
+    which is this same directory unless ``DRIFTLESS_REPORT_STORE`` is set.
+    """
+    from etl.report.store import run_key
+
     root = os.environ.get("DRIFTLESS_REPORT_DIR") or str(
         Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "driftless-reports")
-    return Path(root) / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120]
+    return Path(root) / run_key(run_id)
 
 
 def _whole_table_reason(spec: PipelineSpec) -> str | None:
