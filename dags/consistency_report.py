@@ -16,6 +16,7 @@ from pathlib import Path
 
 from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
+from etl.assets import target_asset
 from etl.report.link import ConsistencyReportLink
 from etl.report.tasks import ON_DRIFT_CHOICES, default_on_drift
 from etl.spec import load_spec, spec_files
@@ -23,7 +24,7 @@ from etl.spec import load_spec, spec_files
 # Airflow's bundle DagBag puts the DAG folder on sys.path; a plain DagBag (tests, tools) does not.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.append(str(Path(__file__).parent))
-from driftless_pipelines import DEFAULT_ARGS, SPECS_DIR, target_asset  # noqa: E402
+from driftless_pipelines import DEFAULT_ARGS, SPECS_DIR  # noqa: E402
 
 _assets = [target_asset(load_spec(path)) for path in spec_files(SPECS_DIR)]
 _cron = (os.environ.get("DRIFTLESS_REPORT_SCHEDULE") or "0 6 * * *").strip()
@@ -32,6 +33,23 @@ if _assets and _daily:
     _schedule: object = AssetOrTimeSchedule(timetable=_daily, assets=AssetAny(*_assets))
 else:
     _schedule = AssetAny(*_assets) if _assets else _daily
+
+DOC = f"""### consistency_report
+
+Deep diff of every pipeline's target table against its source table (rows missing, extra or changed,
+by key), then the data-consistency report (HTML and JSON) of all pipelines.
+
+* **Runs** after any load of a target table (the Assets {', '.join(f'`{a.uri}`' for a in _assets) or '(none)'})
+  and daily at `{_cron}` UTC; loads that finish while a report runs are covered by one next run.
+* **Drift policy** (param `on_drift`, default `$DRIFTLESS_ON_DRIFT` or `fail`): `fail` fails the run when a
+  diff FAILs or cannot run (ERROR), and the failure alert names each pipeline with its counts; `warn`
+  keeps the run green and posts the same alert. REST and query pipelines are SKIP (their windows are
+  checked after every load).
+* **Params**: `repair` re-syncs the differing rows; `out_dir` writes the report to a directory of your choice.
+* **The report**: the task's **Consistency report** link (or *Consistency report* in the navigation for
+  the latest); stored in `$DRIFTLESS_REPORT_STORE` (else the local report directory), newest
+  `$DRIFTLESS_REPORT_KEEP` (30) kept.
+"""
 
 
 @dag(
@@ -44,6 +62,7 @@ else:
     max_active_runs=1,
     default_args={**DEFAULT_ARGS, "retries": 0},
     tags=["driftless", "reconciliation"],
+    doc_md=DOC,
     params={
         "repair": Param(False, type="boolean",
                         description="Re-sync the rows that differ (and delete extras where deletes propagate)"),

@@ -1,9 +1,10 @@
 """A local Airflow for trying driftless by hand (``make airflow``) and for the tests that need a real one.
 
 ``python -m etl.airflow_local up`` migrates the metadata database (``$DRIFTLESS_AIRFLOW_DB``, else
-the database ``driftless_airflow`` on the local PostgreSQL, else SQLite in ``$AIRFLOW_HOME``),
-creates one pool per target connection, starts the api-server, scheduler and dag-processor
-(LocalExecutor) on 127.0.0.1, prints the URL and the login, and stops all three cleanly on Ctrl-C.
+the database ``driftless_airflow_<checkout hash>`` on the local PostgreSQL, else SQLite in ``$AIRFLOW_HOME``),
+creates one pool per target connection, starts the demo REST API (``chinook_api``), the api-server,
+scheduler, dag-processor and triggerer (LocalExecutor) on 127.0.0.1, unpauses ``consistency_report``,
+prints the URL and the login, and stops everything cleanly on Ctrl-C.
 ``python -m etl.airflow_local pools`` only (re)creates the pools.
 
 Login: the simple auth manager with one admin user. Its user list is ``[core]
@@ -31,7 +32,7 @@ import requests
 from etl.pools import pools_for, slots
 
 REPO = Path(__file__).resolve().parent.parent
-COMPONENTS = ("api-server", "scheduler", "dag-processor")
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 def free_port() -> int:
@@ -84,8 +85,17 @@ def airflow_env(home: Path, port: int, user: str = "admin", password: str = "adm
     return env
 
 
-def local_postgres_metadata(name: str = "driftless_airflow") -> str | None:
+def metadata_db_name() -> str:
+    """``driftless_airflow_<8 hex digits of this checkout's path>``: two clones never share one."""
+    import hashlib
+
+    return f"driftless_airflow_{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}"
+
+
+def local_postgres_metadata(name: str | None = None) -> str | None:
     """A metadata database on the local PostgreSQL (created if absent), or None when it is unreachable.
+
+    ``name`` defaults to ``metadata_db_name()``, one per checkout.
 
     Airflow refuses to create backfills on SQLite while other components use the database ("Backfill
     creation is not supported on SQLite under concurrent access"), so ``make airflow`` prefers PostgreSQL.
@@ -96,6 +106,7 @@ def local_postgres_metadata(name: str = "driftless_airflow") -> str | None:
     admin = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
                        host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),
                        port=int(os.environ.get("DRIFTLESS_PG_PORT", "5432")), database="postgres")
+    name = name or metadata_db_name()
     engine = create_engine(admin, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as conn:

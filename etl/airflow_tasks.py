@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from etl import connections, lineage
+from etl import assets, connections, lineage
 from etl.errors import ConnectionNotFound
 from etl.params import InvalidParams, RunOptions, run_options
 from etl.pipeline import WindowResult, extract_window, load_window, reconcile_window, staging_dir
@@ -143,6 +143,9 @@ def load(spec_path: str, manifest: dict[str, Any], context: dict[str, Any]) -> d
     window = Window.parse(manifest["window_start"], manifest["window_end"])
     result = load_window(spec, window, Manifest.from_dict(manifest), context["run_id"])
     lineage.emit(spec, context)
+    assets.announce(spec, context, {"window": window.as_dict(), "loaded": result.loaded, "written": result.written,
+                                    "watermark": result.watermark.isoformat() if result.watermark else None,
+                                    "run_id": context["run_id"]})
     log.info("load summary: window %s: loaded %d rows, wrote %d (inserted or changed), quarantined %d, "
              "deduplicated %d; watermark %s; %.1f s", window_text(window), result.loaded, result.written,
              result.quarantined, result.deduplicated,
@@ -208,6 +211,9 @@ def finish(spec_path: str, results: list[dict[str, Any]], context: dict[str, Any
         raise _skip(f"dry run, nothing written, no asset event: {json.dumps(report)}")
     summary = partitions.finish_window(spec, options.window, results, context["run_id"])
     lineage.emit(spec, context)
+    assets.announce(spec, context, {"window": options.window.as_dict(), "loaded": summary.get("loaded"),
+                                    "written": summary.get("written"), "watermark": summary.get("watermark"),
+                                    "run_id": context["run_id"], "slices": len(results)})
     numbers = ", ".join(f"{k} {v}" for k, v in summary.items() if isinstance(v, int | float) and k != "slices")
     log.info("finish summary: window %s: %d slice(s); %s; watermark %s", window_text(options.window),
              len(results), numbers, summary.get("watermark"))

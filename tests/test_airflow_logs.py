@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from datetime import UTC, datetime
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 
 from etl.logs import KeyValueFormatter, event
 from tests.helpers import INVOICES
+from tests.test_airflow_ops import asset_events
 from tests.test_airflow_setup import load_dags
 
 WINDOW = {"start": "2021-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"}
@@ -29,7 +31,7 @@ def test_event_puts_the_fields_into_the_message_once(caplog):
 @pytest.mark.airflow
 @pytest.mark.slow
 def test_each_task_ends_with_a_summary_line_with_its_numbers(airflow_db, tmp_path, monkeypatch, connections,
-                                                             chinook_copy, sqlite_url, capfd):
+                                                             chinook_copy, sqlite_url, capfd, caplog):
     connections(src=chinook_copy, wh=sqlite_url)
     specs = tmp_path / "pipelines"
     specs.mkdir()
@@ -37,10 +39,17 @@ def test_each_task_ends_with_a_summary_line_with_its_numbers(airflow_db, tmp_pat
     dag = load_dags(specs, monkeypatch, "driftless_pipelines").build_dag(specs / "invoices_test.yaml")
     run = dag.test(logical_date=datetime(2026, 1, 1, tzinfo=UTC), run_conf=WINDOW)
     assert run.state == "success"
-    out, err = capfd.readouterr()  # what Airflow's log handler wrote (dag.test: to the terminal)
-    text = out + err
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out, err = capfd.readouterr()  # what Airflow's log handler wrote (dag.test: to the terminal) ...
+    text = out + err + caplog.text  # ... or, depending on the test order, pytest's log capture took
     window = f"[{WINDOW['start']}, {WINDOW['end']})"
     assert f"extract summary: window {window}: 412 rows staged in 5 chunk(s) (read 412, quarantined 0," in text
     assert f"load summary: window {window}: loaded 412 rows, wrote 412 (inserted or changed)" in text
     assert f"reconcile summary: window {window}: 412 rows loaded; checks: extracted_equals_loaded PASS" in text
     assert "extract done pipeline=invoices_test window=20210101T000000Z_20260101T000000Z rows=412" in text
+    # The load's asset event says what the update was.
+    (announced,) = asset_events(run.run_id)
+    assert announced["uri"] == "driftless://wh/default/invoices"
+    assert announced["extra"] == {"window": {"start": WINDOW["start"], "end": WINDOW["end"]}, "loaded": 412,
+                                  "written": 412, "watermark": WINDOW["end"], "run_id": run.run_id}

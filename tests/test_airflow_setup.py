@@ -95,3 +95,25 @@ def test_every_shipped_dag_runs_under_the_make_airflow_setup(airflow_db, tmp_pat
                             "chinook_invoices": "PASS"}
     finally:
         stop_process(api)
+
+
+def test_make_airflow_runs_a_triggerer_and_a_metadata_db_per_checkout():
+    from etl import airflow_local
+
+    assert "triggerer" in airflow_local.COMPONENTS
+    name = airflow_local.metadata_db_name()
+    assert name.startswith("driftless_airflow_") and len(name) == len("driftless_airflow_") + 8
+    assert name == airflow_local.metadata_db_name()  # stable for one checkout
+
+
+@pytest.mark.airflow
+def test_dag_docs_say_source_target_schedule_params_and_where_the_report_is(monkeypatch):
+    module = load_dags(SHIPPED, monkeypatch, "driftless_pipelines")
+    doc = module.chinook_invoices.doc_md
+    for needle in ("**Source**: sql `Invoice`", "connection `chinook`", "table `invoices`",
+                   "driftless://warehouse/default/invoices", "Schedule", "`dry_run`", "backfill ignores these options"):
+        assert needle in doc, needle
+    report = load_dags(SHIPPED, monkeypatch, "consistency_report").report_dag.doc_md
+    for needle in ("on_drift", "`fail`", "`warn`", "Consistency report", "DRIFTLESS_REPORT_STORE", "0 6 * * *",
+                   "driftless://warehouse/default/customers"):
+        assert needle in report, needle
