@@ -46,8 +46,8 @@ by key), then the data-consistency report (HTML and JSON) of all pipelines.
   keeps the run green and posts the same alert. REST and query pipelines are SKIP (their windows are
   checked after every load).
 * **Params**: `repair` re-syncs the differing rows; `out_dir` writes the report to a directory of your choice.
-* **The report**: the task's **Consistency report** link (or *Consistency report* in the navigation for
-  the latest); stored in `$DRIFTLESS_REPORT_STORE` (else the local report directory), newest
+* **The report**: the task's **Consistency report** link (or *Latest consistency report* in the navigation
+  bar); stored in `$DRIFTLESS_REPORT_STORE` (else the local report directory), newest
   `$DRIFTLESS_REPORT_KEEP` (30) kept.
 """
 

@@ -189,8 +189,8 @@ class LocalAirflow:
         return r.json()["access_token"]
 
     def api(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
-        r = requests.request(method, f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {token}"},
-                             timeout=60, **kwargs)
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        r = requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=60, **kwargs)
         if r.status_code >= 400:
             raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:1000]}")
         return r.json() if r.content else None

@@ -4,7 +4,7 @@
 (``etl.report.store``: ``$DRIFTLESS_REPORT_STORE``, else the local report directory);
 ``/driftless/reports/latest`` redirects to the newest report; ``/driftless/reports/`` lists them.
 Requests need the same login as the UI (its session cookie, or a bearer token). The UI's navigation
-gets a "Consistency report" entry pointing to the latest report.
+gets a "Latest consistency report" entry.
 """
 
 from __future__ import annotations
@@ -48,4 +48,4 @@ def report(key: str, name: str) -> Response:
 class DriftlessReports(AirflowPlugin):
     name = "driftless_reports"
     fastapi_apps = [{"app": app, "url_prefix": "/driftless", "name": "driftless consistency reports"}]
-    external_views = [{"name": "Consistency report", "href": f"{store.URL_PREFIX}/latest", "destination": "nav"}]
+    external_views = [{"name": "Latest consistency report", "href": f"{store.URL_PREFIX}/latest", "destination": "nav"}]
