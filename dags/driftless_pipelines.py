@@ -10,9 +10,10 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, dag, task
+from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from etl.alerts import on_failure
+from etl.assets import target_asset
 from etl.params import trigger_params
 from etl.pools import pool_name
 from etl.spec import PipelineSpec, load_spec, spec_files
@@ -30,13 +31,24 @@ DEFAULT_ARGS = {
 }
 
 
-def target_asset(spec: PipelineSpec) -> Asset:
-    """The target table as an Airflow Asset (``driftless://<connection>/<schema>/<table>``)."""
-    schema = spec.target.db_schema or "default"
-    return Asset(
-        name=f"{spec.target.connection}.{schema}.{spec.target.table}",
-        uri=f"driftless://{spec.target.connection}/{schema}/{spec.target.table}",
-    )
+def pipeline_doc(spec: PipelineSpec, spec_path: Path) -> str:
+    """The DAG's documentation, shown on its page in the UI."""
+    source = getattr(spec.source, "table", None) or getattr(spec.source, "endpoint", None) or "a SQL query"
+    asset = target_asset(spec)
+    return "\n".join([
+        f"### {spec.name}", "", spec.description or "", "",
+        f"* **Source**: {spec.source.type} `{source}` through connection `{spec.source.connection}`, cursor "
+        f"`{spec.source.cursor}`, key `{', '.join(spec.source.primary_key)}`.",
+        f"* **Target**: table `{spec.target.table}` through connection `{spec.target.connection}`; every successful "
+        f"load updates the Asset `{asset.uri}`, which runs `consistency_report`.",
+        f"* **Schedule** `{spec.schedule}` (UTC): each run syncs its data interval `[start, end)`; runs go one at a "
+        "time, in order.",
+        "* **Trigger options**: `start`/`end` sync exactly that window (both or neither); `full_refresh` re-reads "
+        "from the spec's start_date; `dry_run` counts what would change (in `extract`'s log) and writes nothing. "
+        "A backfill ignores these options: it syncs each date's interval.",
+        "* **Logs**: each task ends with a summary line (rows, written, watermark, seconds).",
+        f"* **Spec**: `dags/pipelines/{spec_path.name}`.",
+    ])
 
 
 def build_dag(spec_path: Path):
@@ -57,9 +69,7 @@ def build_dag(spec_path: Path):
         default_args=DEFAULT_ARGS,
         tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
         params=trigger_params(),  # start/end, full_refresh, dry_run: see etl/params.py
-        doc_md=f"Sync `{spec.source.table or getattr(spec.source, 'endpoint', None) or 'query'}` "
-        f"into `{spec.target.table}` window by window. Spec: `{spec_path.name}`. "
-        "Trigger options: `start`/`end` (both or neither), `full_refresh`, `dry_run`.",
+        doc_md=pipeline_doc(spec, spec_path),
     )
     def pipeline():
         if spec.partition_by:

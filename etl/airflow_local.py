@@ -1,9 +1,10 @@
 """A local Airflow for trying driftless by hand (``make airflow``) and for the tests that need a real one.
 
 ``python -m etl.airflow_local up`` migrates the metadata database (``$DRIFTLESS_AIRFLOW_DB``, else
-the database ``driftless_airflow`` on the local PostgreSQL, else SQLite in ``$AIRFLOW_HOME``),
-creates one pool per target connection, starts the api-server, scheduler and dag-processor
-(LocalExecutor) on 127.0.0.1, prints the URL and the login, and stops all three cleanly on Ctrl-C.
+the database ``driftless_airflow_<checkout hash>`` on the local PostgreSQL, else SQLite in ``$AIRFLOW_HOME``),
+creates one pool per target connection, starts the demo REST API (``chinook_api``), the api-server,
+scheduler, dag-processor and triggerer (LocalExecutor) on 127.0.0.1, unpauses ``consistency_report``,
+prints the URL and the login, and stops everything cleanly on Ctrl-C.
 ``python -m etl.airflow_local pools`` only (re)creates the pools.
 
 Login: the simple auth manager with one admin user. Its user list is ``[core]
@@ -31,7 +32,7 @@ import requests
 from etl.pools import pools_for, slots
 
 REPO = Path(__file__).resolve().parent.parent
-COMPONENTS = ("api-server", "scheduler", "dag-processor")
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 def free_port() -> int:
@@ -58,6 +59,8 @@ def airflow_env(home: Path, port: int, user: str = "admin", password: str = "adm
         "PATH": f"{bin_dir}:{env.get('PATH', '')}",
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": env.get("AIRFLOW__CORE__DAGS_FOLDER") or str(REPO / "dags"),
+        # plugins/driftless_reports.py: the api-server serves the consistency reports
+        "AIRFLOW__CORE__PLUGINS_FOLDER": env.get("AIRFLOW__CORE__PLUGINS_FOLDER") or str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
@@ -82,8 +85,17 @@ def airflow_env(home: Path, port: int, user: str = "admin", password: str = "adm
     return env
 
 
-def local_postgres_metadata(name: str = "driftless_airflow") -> str | None:
+def metadata_db_name() -> str:
+    """``driftless_airflow_<8 hex digits of this checkout's path>``: two clones never share one."""
+    import hashlib
+
+    return f"driftless_airflow_{hashlib.sha256(str(REPO).encode()).hexdigest()[:8]}"
+
+
+def local_postgres_metadata(name: str | None = None) -> str | None:
     """A metadata database on the local PostgreSQL (created if absent), or None when it is unreachable.
+
+    ``name`` defaults to ``metadata_db_name()``, one per checkout.
 
     Airflow refuses to create backfills on SQLite while other components use the database ("Backfill
     creation is not supported on SQLite under concurrent access"), so ``make airflow`` prefers PostgreSQL.
@@ -94,6 +106,7 @@ def local_postgres_metadata(name: str = "driftless_airflow") -> str | None:
     admin = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
                        host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),
                        port=int(os.environ.get("DRIFTLESS_PG_PORT", "5432")), database="postgres")
+    name = name or metadata_db_name()
     engine = create_engine(admin, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
     try:
         with engine.connect() as conn:
@@ -176,8 +189,8 @@ class LocalAirflow:
         return r.json()["access_token"]
 
     def api(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
-        r = requests.request(method, f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {token}"},
-                             timeout=60, **kwargs)
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        r = requests.request(method, f"{self.url}/api/v2{path}", headers=headers, timeout=60, **kwargs)
         if r.status_code >= 400:
             raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:1000]}")
         return r.json() if r.content else None
@@ -203,9 +216,30 @@ class LocalAirflow:
                 pass
             proc.wait()
 
+    def unpause(self, dag_ids: set[str]) -> set[str]:
+        """Unpause those of ``dag_ids`` the dag-processor has registered; returns the ones still to do."""
+        try:
+            token = self.token()
+            known = {d["dag_id"]: d["is_paused"] for d in self.api("GET", "/dags?limit=1000", token)["dags"]}
+            for dag_id in dag_ids & set(known):
+                if known[dag_id]:
+                    self.api("PATCH", f"/dags/{dag_id}", token, json={"is_paused": False})
+        except (requests.RequestException, RuntimeError):
+            return dag_ids
+        return dag_ids - set(known)
 
-def _demo_connections(env: dict[str, str]) -> None:
-    """Point the shipped specs' connections at the demo's SQLite files, unless already defined."""
+
+# Unpaused by `make airflow` (also for a metadata database where they were created paused before).
+UNPAUSED = {"consistency_report"}
+
+
+def demo_environment(env: dict[str, str]) -> subprocess.Popen | None:
+    """Make every shipped pipeline runnable: point its connections at the demo, unless already defined.
+
+    ``chinook`` and ``warehouse`` are the demo's SQLite files (``.demo/``); ``chinook_api`` is the demo
+    REST API (``demo/api_server.py``), started here on a free loopback port with a fresh bearer token.
+    Returns the API's process (the caller stops it), or None when ``chinook_api`` was defined already.
+    """
     from etl.demo import prepare_source
 
     demo = REPO / ".demo"
@@ -215,6 +249,30 @@ def _demo_connections(env: dict[str, str]) -> None:
             prepare_source(source)
         env["AIRFLOW_CONN_CHINOOK"] = f"sqlite:///{source}"
     env.setdefault("AIRFLOW_CONN_WAREHOUSE", f"sqlite:///{demo / 'warehouse.db'}")
+    if "AIRFLOW_CONN_CHINOOK_API" in env:
+        return None
+    token = secrets.token_urlsafe(24)
+    proc = subprocess.Popen([sys.executable, str(REPO / "demo" / "api_server.py")], text=True,
+                            env={**env, "DRIFTLESS_DEMO_API_TOKEN": token}, stdout=subprocess.PIPE,
+                            start_new_session=True)
+    line = proc.stdout.readline().strip() if proc.stdout else ""
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"the demo API (demo/api_server.py) did not start: {line or 'no output'}")
+    host, port = line.removeprefix("listening on http://").split(":")
+    env["AIRFLOW_CONN_CHINOOK_API"] = json.dumps({"conn_type": "http", "host": host, "port": int(port),
+                                                  "extra": {"token": token}})
+    return proc
+
+
+def stop_process(proc: subprocess.Popen | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,10 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "pools":
         print("pools:", ", ".join(ensure_pools(env, args.specs_dir)) or "none")
         return 0
-    _demo_connections(env)
+    api = demo_environment(env)
     where = "SQLite (backfills need PostgreSQL: set DRIFTLESS_AIRFLOW_DB)" if not metadata else metadata
     print(f"driftless: preparing Airflow in {home} (metadata DB: {where}) ...", flush=True)
-    setup(env, args.specs_dir)
+    try:
+        setup(env, args.specs_dir)
+    except BaseException:
+        stop_process(api)
+        raise
     stack = LocalAirflow(env, args.port, password=password)
 
     def _interrupt(signum, _frame):
@@ -248,14 +310,19 @@ def main(argv: list[str] | None = None) -> int:
         stack.wait_ready()
         print(f"\n  Airflow UI   {stack.url}\n  login        admin / {password}\n"
               f"  logs         {stack.logs}\n  pools        {', '.join(pools_for(args.specs_dir))}\n"
+              f"  unpaused     {', '.join(sorted(UNPAUSED))} (runs after every load; unpause pipelines in the UI)"
               "\nPress Ctrl-C to stop.", flush=True)
+        pending = set(UNPAUSED)
         while True:
             stack.check_alive()
+            if pending:
+                pending = stack.unpause(pending)
             time.sleep(2)
     except KeyboardInterrupt:
         print("\nstopping Airflow ...", flush=True)
     finally:
         stack.stop()
+        stop_process(api)
         print("stopped.")
     return 0
 

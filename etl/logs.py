@@ -9,7 +9,7 @@ from typing import Any
 
 class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        fields = getattr(record, "fields", {})
+        fields = {} if getattr(record, "fields_in_message", False) else getattr(record, "fields", {})
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
         return f"{self.formatTime(record, '%Y-%m-%dT%H:%M:%S')} {record.levelname.lower()} {record.name}: " \
                f"{record.getMessage()}{' ' + extra if extra else ''}"
@@ -28,6 +28,18 @@ def configure(verbose: bool = False) -> None:
     conn_log.propagate = False
 
 
+def render(fields: dict[str, Any]) -> str:
+    """``k=v k=v``, as the log lines show fields."""
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
 def event(logger: logging.Logger, message: str, **fields: Any) -> None:
-    """Log at INFO with structured fields."""
-    logger.info(message, extra={"fields": fields})
+    """Log at INFO with structured fields, also written into the message text.
+
+    Handlers that drop a record's extra attributes (Airflow's task log handler does) still show the
+    numbers; the fields stay on the record (``record.fields``) for handlers that read them.
+    """
+    if fields:
+        logger.info("%s %s", message, render(fields), extra={"fields": fields, "fields_in_message": True})
+    else:
+        logger.info(message)

@@ -133,11 +133,26 @@ def test_dry_run_through_the_dag_writes_nothing(airflow_db, tmp_path, monkeypatc
     run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC), run_conf={
         "start": "2024-01-01T00:00:00+00:00", "end": "2025-01-01T00:00:00+00:00", "dry_run": True})
     assert run.state == "success"
-    report = run.get_task_instance("reconcile").xcom_pull(task_ids="load")
+    report = run.get_task_instance("extract").xcom_pull(task_ids="extract")
     assert report["dry_run"] is True and report["would_update"] >= 1 and report["would_insert"] == 0
     assert report["changed_columns"] == {"total": report["would_update"]}
     assert report["unchanged"] == 83 - report["would_update"]
     assert fingerprint(sqlite_url, SPEC) == before
+    # The load (whose outlet is the target's Asset) is skipped: a dry run announces no update.
+    assert {ti.task_id: ti.state for ti in run.get_task_instances()} == {
+        "extract": "success", "load": "skipped", "reconcile": "skipped"}
+    assert asset_events(run.run_id) == []
+
+
+def asset_events(run_id: str) -> list[dict]:
+    """The asset events a run produced (Airflow's metadata database)."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return [{"uri": e.uri, "extra": e.extra} for e in
+                session.scalars(select(AssetEvent).where(AssetEvent.source_run_id == run_id))]
 
 
 def fingerprint_or_none(url):

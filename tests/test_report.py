@@ -106,7 +106,7 @@ def test_consistency_report_dag_parses_and_is_scheduled_on_target_assets(tmp_pat
     specs = [load_spec(p) for p in spec_files(REPO / "dags" / "pipelines")]
     assert out["uris"] == sorted(f"driftless://{s.target.connection}/default/{s.target.table}" for s in specs)
     assert {"driftless://warehouse/default/invoice_lines", "driftless://warehouse/default/invoices"} <= set(out["uris"])
-    assert out["kind"] == "AssetAny" and out["params"] == ["out_dir", "repair"]
+    assert out["kind"] == "AssetAny" and out["params"] == ["on_drift", "out_dir", "repair"]
 
 
 @pytest.mark.airflow

@@ -104,14 +104,18 @@ TEMPLATE = """<!doctype html>
 <p>generated {{ data.generated_at }} &middot; {{ data.pipelines|length }} pipeline(s)</p></header><main>
 <section><h2>Integration catalog</h2>
 <table><tr><th>pipeline</th><th>source</th><th>target</th><th>schedule</th><th>last run</th>
-<th>window checks</th><th>deep diff</th><th>watermark</th><th>freshness lag</th></tr>
+<th>window checks</th><th>deep diff</th><th>watermark</th>
+<th title="now minus the newest cursor value loaded into the target">freshness lag</th></tr>
 {% for p in data.pipelines %}<tr><td><a href="#{{ p.pipeline }}">{{ p.pipeline }}</a></td>
 <td>{{ p.source.type }}: <code>{{ p.source.connection }}</code> {{ p.source.table }}</td>
 <td><code>{{ p.target.connection }}</code> {{ p.target.table }}</td><td><code>{{ p.schedule }}</code></td>
 <td>{{ badge(p.last_status or 'none') }}</td><td>{{ badge(p.window_status or 'none') }}</td>
 <td>{{ badge(p.deep_status or 'none') }}</td>
 <td>{{ p.state.watermark if p.state else '-' }}</td><td>{{ p.state.freshness_lag if p.state else '-' }}</td></tr>
-{% endfor %}</table></section>
+{% endfor %}</table>
+<p class="muted">Watermark: where the next scheduled window starts. Freshness lag: now minus the newest cursor value
+(e.g. <code>updated_at</code>) loaded into the target, so it measures how old the newest synced row is, not when the
+last run happened: a source with no recent changes shows a large lag beside a current watermark.</p></section>
 {% for p in data.pipelines %}<section id="{{ p.pipeline }}"><h2>{{ p.pipeline }}</h2>
 <p class="muted">{{ p.description }} &middot; key {{ p.source.primary_key|join(', ') }}, cursor {{ p.source.cursor }}
 {% if p.target.database %} &middot; target {{ p.target.database }}{% endif %}</p>
@@ -123,7 +127,8 @@ not checked: {{ n }}{% endfor %}</p>
 <div class="kpi">last extracted<b>{{ '{:,}'.format(last.extracted) if last else '-' }}</b></div>
 <div class="kpi">last loaded<b>{{ '{:,}'.format(last.loaded) if last else '-' }}</b></div>
 <div class="kpi">last quarantined<b>{{ '{:,}'.format(last.quarantined) if last else '-' }}</b></div>
-<div class="kpi">freshness lag<b>{{ p.state.freshness_lag if p.state else '-' }}</b></div>
+<div class="kpi" title="now minus the newest cursor value loaded into the target">
+freshness lag<b>{{ p.state.freshness_lag if p.state else '-' }}</b></div>
 <div class="kpi">reconciliation<b>{{ badge(p.reconciliation_status) }}</b></div></div>
 {% if not (p.runs or p.checks) %}<p class="muted">never run: the target holds no runs, checks or diffs of this
 pipeline yet</p>{% else %}
