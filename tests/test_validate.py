@@ -104,7 +104,7 @@ def test_booleans_and_json():
     assert conv.bad.tolist() == [False, False, False, True, False]
     js = convert_column(pd.Series([{"b": 1, "a": [1, 2]}, '{"x": 1}', "{oops", float("nan")], dtype=object), "json")
     assert js.bad.tolist() == [False, False, True, True]  # NaN is no JSON value (and not a NULL)
-    assert js.values[0] == '{"a": [1, 2], "b": 1}'
+    assert js.values[0] == '{"a":[1,2],"b":1}'  # stored normalized: sorted keys, compact (etl.canonical)
 
 
 # --- transforms -------------------------------------------------------------------------------------------
