@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gzip
+import hashlib
 import json
 import os
 from datetime import UTC, datetime
@@ -16,7 +18,7 @@ import pytest
 from sqlalchemy import URL, create_engine, text
 
 from connectors.files.source import FileSource
-from etl.errors import SpecError
+from etl.errors import SourceError, SpecError
 from etl.pipeline import run_window
 from etl.spec import parse_spec
 from etl.window import Window
@@ -289,3 +291,148 @@ def test_file_records_check(tmp_path, connections, sqlite_url):
     result.loaded -= 1
     failed = next(c for c in FileSource(spec).window_checks(result) if c["check"] == "file_records")
     assert failed["status"] == "FAIL" and "held 4 records but 3 are accounted for" in failed["message"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compressed files, read as streams; memory bounded by chunk_size
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _compress(data: bytes, codec: str) -> bytes:
+    if codec == "gzip":
+        return gzip.compress(data, compresslevel=1)
+    sink = pa.BufferOutputStream()
+    with pa.CompressedOutputStream(sink, "zstd") as out:
+        out.write(data)
+    return sink.getvalue().to_pybytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("fmt", "codec", "n"), [("csv", "gzip", 1_200_000), ("jsonl", "zstd", 200_000)])
+def test_compressed_file_read_in_bounded_chunks(tmp_path, connections, sqlite_url, fmt, codec, n):
+    """A file hundreds of times the chunk size: every chunk has chunk_size rows, and memory stays far below the file."""
+    import tracemalloc
+
+    connections(wh=sqlite_url)
+    if fmt == "csv":
+        body = "id,name,amount\n" + "".join(f"{i},name number {i} with some padding text,{i % 997}.25\n"
+                                            for i in range(n))
+    else:
+        body = "".join(json.dumps({"id": i, "name": f"name number {i} with some padding text", "amount": i % 997})
+                       + "\n" for i in range(n))
+    raw = body.encode()
+    suffix = ".gz" if codec == "gzip" else ".zst"
+    write(tmp_path / f"big.{fmt}{suffix}", _compress(raw, codec))
+    spec = make_spec(tmp_path, glob=f"*{suffix}", format=fmt)
+    chunk_size = spec.chunk_size
+    source = FileSource(spec)
+    sizes, arrow_peak = [], 0
+    tracemalloc.start()
+    try:
+        for frame in source.read(DAY1):
+            sizes.append(len(frame))
+            arrow_peak = max(arrow_peak, pa.total_allocated_bytes())
+        _, python_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(sizes) == n and set(sizes[:-1]) == {chunk_size} and 0 < sizes[-1] <= chunk_size
+    assert source.metrics["files"][0]["records"] == n
+    # The file is never held whole: far less memory than its decompressed size (len(raw) is 66 MB / 15 MB).
+    assert len(raw) > 12_000_000
+    assert python_peak + arrow_peak < len(raw) / 3, (python_peak, arrow_peak, len(raw))
+    assert source.metrics["files"][0]["sha256"] == hashlib.sha256((tmp_path / f"big.{fmt}{suffix}").read_bytes()
+                                                                  ).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad files: a SourceError naming the file and the line; the window loads nothing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fails(spec: Any, pattern: str, url: URL) -> str:
+    with pytest.raises(SourceError, match=pattern) as info:
+        run_window(spec, DAY1)
+    assert rows(url, "SELECT count(*) FROM etl_runs WHERE status = 'failed'") == [(1,)]
+    if _has(url, "etl_files"):
+        assert rows(url, "SELECT count(*) FROM etl_files") == [(0,)]
+    return str(info.value)
+
+
+def _has(url: URL, table: str) -> bool:
+    from sqlalchemy import inspect
+
+    engine = create_engine(url)
+    try:
+        return inspect(engine).has_table(table)
+    finally:
+        engine.dispose()
+
+
+CSV_CASES = [
+    ("truncated.csv.gz", gzip.compress(b"id,name,amount\n" + b"".join(b"%d,n%d,%d\n" % (i, i * 7, i)
+                                                                        for i in range(5000)))[:-100],
+     r"file truncated.csv.gz: the file is truncated or its compression is corrupt \(Truncated compressed "
+     r"stream\), at its start; nothing"),
+    ("cut.csv.gz", (lambda z: z[:len(z) // 2])(gzip.compress(b"id,name,amount\n" + b"".join(
+        b"%d,n%d,%d\n" % (i, i * 7919 % 100003, i) for i in range(400_000)), compresslevel=1)),
+     r"file cut.csv.gz: the file is truncated or its compression is corrupt \(Truncated compressed stream\), "
+     r"after line [1-9]\d{4,}; nothing"),
+    ("latin.csv", "id,name,amount\n1,a,1\n2,Jos\u00e9,2\n".encode("latin-1"),
+     r"file latin.csv, line 3: not valid utf-8 .*declare the file's encoding in source.encoding"),
+    ("header.csv", b"id,title,amount\n1,a,1\n",
+     r"file header.csv, line 1: the header lacks column\(s\) \['name'\] that the spec reads; it has \['id', 'title'"),
+    ("fields.csv", b"id,name,amount\n1,a,1\n2,b,2\n3,c\n4,d,4\n",
+     r"file fields.csv, line 4: expected 3 fields as in the header, found 2: '3,c'"),
+    ("empty.csv", b"", r"file empty.csv, line 1: expected a header line naming the columns, found an empty file"),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "pattern"), CSV_CASES, ids=[c[0] for c in CSV_CASES])
+def test_bad_csv_files(tmp_path, connections, sqlite_url, name, body, pattern):
+    connections(wh=sqlite_url)
+    write(tmp_path / "good.csv", "id,name,amount\n9,ok,9\n", "2025-01-01T01:00:00")  # read first, loaded never
+    write(tmp_path / name, body)
+    _fails(make_spec(tmp_path, glob="*.csv*"), pattern, sqlite_url)
+    if _has(sqlite_url, "orders"):
+        assert rows(sqlite_url, "SELECT count(*) FROM orders") == [(0,)]
+
+
+def test_bad_jsonl_and_parquet_files(tmp_path, connections, sqlite_url):
+    connections(wh=sqlite_url)
+    write(tmp_path / "j" / "a.jsonl", '{"id": 1, "name": "a", "amount": 1}\n{"id": 2, "name": \n')
+    _fails(make_spec(tmp_path / "j", glob="*.jsonl", format="jsonl"),
+           r"file a.jsonl, line 2: not valid JSON \(Expecting value at column 19\)", sqlite_url)
+    write(tmp_path / "k" / "a.jsonl", '{"id": 1, "name": "a", "amount": 1}\n[1, 2]\n')
+    with pytest.raises(SourceError, match=r"file a.jsonl, line 2: expected a JSON object per line, got list"):
+        run_window(make_spec(tmp_path / "k", glob="*.jsonl", format="jsonl"), DAY1)
+    write(tmp_path / "t" / "a.jsonl", '{"id": 1, "name": "a", "amount": 1}\n{"id": 2, "na')
+    with pytest.raises(SourceError, match=r"file a.jsonl, line 2: not valid JSON .*; the file may be truncated"):
+        run_window(make_spec(tmp_path / "t", glob="*.jsonl", format="jsonl"), DAY1)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"id": [1, 2], "name": ["a", "b"], "amount": [1, 2]}), sink)
+    write(tmp_path / "p" / "cut.parquet", sink.getvalue().to_pybytes()[:-30])
+    with pytest.raises(SourceError, match=r"file cut.parquet: not a readable Parquet file"):
+        run_window(make_spec(tmp_path / "p", glob="*.parquet", format="parquet"), DAY1)
+
+
+def test_unreadable_file(tmp_path, connections, sqlite_url):
+    connections(wh=sqlite_url)
+    write(tmp_path / "a.csv", "id,name,amount\n1,a,1\n")
+    write(tmp_path / "b.csv.gz", "id,name,amount\n2,b,2\n")  # named .gz, but not gzip
+    with pytest.raises(SourceError, match=r"file b.csv.gz: cannot read it, at its start: zlib inflate failed"):
+        run_window(make_spec(tmp_path, glob="*.csv*"), DAY1)
+
+
+def test_empty_cursor_in_a_file_column(tmp_path, connections, sqlite_url):
+    connections(wh=sqlite_url)
+    write(tmp_path / "a.csv", "id,name,amount,updated\n1,a,1,2025-01-01\n2,b,2,\n3,c,3,2025-01-01\n")
+    data = copy.deepcopy(BASE)
+    data["source"].update(location=str(tmp_path), cursor="updated")
+    data["columns"].append({"name": "updated", "type": "date"})
+    with pytest.raises(SourceError, match=r"file a.csv, line 3: the cursor 'updated' is empty"):
+        run_window(parse_spec(data, "t"), DAY1)
+    data["source"]["null_cursor"] = "skip"
+    result = run_window(parse_spec(data, "t"), DAY1)
+    assert result.loaded == 2 and result.metrics["files"][0]["null_cursor_skipped"] == 1
+    assert next(c for c in result.checks if c["check"] == "file_records")["status"] == "PASS"
+    assert next(c for c in result.checks if c["check"] == "null_cursor_rows")["status"] == "WARN"

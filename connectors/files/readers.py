@@ -30,7 +30,10 @@ import pyarrow.parquet as pq
 from connectors.files.spec import FileSourceSpec
 from etl.errors import SourceError
 
-BLOCK = 1 << 20  # bytes read at a time (and CSV block size)
+BLOCK = 1 << 20  # bytes read at a time
+# CSV block size: pyarrow's streaming reader reads about 32 blocks ahead of the batch handed out, so the block
+# size bounds the memory of a CSV read (256 KiB: ~9 MB ahead, batches of a few thousand rows).
+CSV_BLOCK = 1 << 18
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 FILE_ERRORS = (OSError, EOFError, pa.ArrowException, ValueError, UnicodeError)
 
@@ -158,7 +161,10 @@ def read_header(opened: OpenFile, spec: FileSourceSpec) -> list[str]:
     if not opts.header:
         assert opts.column_names is not None
         return list(opts.column_names)
-    raw = opened.stream.readline()
+    try:
+        raw = opened.stream.readline()
+    except FILE_ERRORS as exc:
+        raise _file_error(opened.name, 0, exc) from exc
     encoding = "utf-8-sig" if spec.encoding == "utf-8" else spec.encoding
     try:
         text = raw.decode(encoding)
@@ -206,7 +212,7 @@ def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str]) -> Itera
     try:
         reader = pcsv.open_csv(
             opened.stream,
-            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=BLOCK,
+            read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=CSV_BLOCK,
                                           encoding=spec.encoding),
             parse_options=pcsv.ParseOptions(
                 delimiter=opts.delimiter, quote_char=opts.quote_char or False, double_quote=opts.double_quote,
@@ -229,20 +235,23 @@ def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str]) -> Itera
                 start += n
             yield batch.to_pandas(), lines
     except FILE_ERRORS as exc:
-        if bad:
-            raise SourceError(f"{_where(opened.name, bad['number'])}: expected {bad['expected']} fields as in the "
+        if bad:  # pyarrow counts the lines of what it was given: the lines after the header
+            line = bad["number"] + (1 if opts.header else 0) if bad["number"] is not None else None
+            raise SourceError(f"{_where(opened.name, line)}: expected {bad['expected']} fields as in the "
                               f"header, found {bad['actual']}: {str(bad['text'])[:200]!r}") from exc
         raise _file_error(opened.name, start - 1, exc) from exc
 
 
 def _file_error(name: str, last_line: int, exc: BaseException) -> SourceError:
+    """A reader's failure as a SourceError naming the file and the last line read before it."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = f"after line {last_line}" if last_line > 0 else "at its start"
     if "truncated" in text.lower() or isinstance(exc, EOFError):
-        return SourceError(f"file {name}: the file is truncated or its compression is corrupt ({text}), after line "
-                           f"{last_line}; nothing of the window was loaded. Replace the file and run the window again")
+        return SourceError(f"file {name}: the file is truncated or its compression is corrupt ({text}), {where}; "
+                           "nothing of the window was loaded. Replace the file and run the window again")
     if "utf8" in text.lower().replace("-", "") or isinstance(exc, UnicodeError):
-        return SourceError(f"file {name}: not valid text in the declared encoding ({text}) after line {last_line}")
-    return SourceError(f"file {name}: cannot read it after line {last_line}: {text}")
+        return SourceError(f"file {name}: not valid text in the declared encoding ({text}), {where}")
+    return SourceError(f"file {name}: cannot read it, {where}: {text}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -288,7 +297,7 @@ def read_jsonl(opened: OpenFile, spec: FileSourceSpec, needed: list[str], text_c
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
+                record = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 raise SourceError(f"{_where(opened.name, number)}: not valid JSON ({exc.msg} at column {exc.colno})"
                                   + ("; the file may be truncated" if not raw.endswith(b"\n") else "")) from exc

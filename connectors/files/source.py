@@ -19,6 +19,7 @@ and what was reported; the load step records the files in ``etl_files`` in its t
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -206,9 +207,7 @@ class FileSource:
         """Yield the window's records as DataFrames of ``chunk_size`` rows (the last one may be shorter)."""
         plan = self.plan(window)
         fs, _ = self._fs_root()
-        size = self.spec.chunk_size
-        buffer: list[pd.DataFrame] = []
-        buffered = 0
+        rechunk = Rechunker(self.spec.chunk_size)
         files: list[dict[str, Any]] = []
         changed = list(plan.changed_elsewhere)
         blank_total = 0
@@ -238,12 +237,8 @@ class FileSource:
                     frame = self._frame(raw, lines, info, home)
                     frame, dropped = self._null_cursors(frame, info)
                     skipped += dropped
-                    if len(frame):
-                        buffer.append(frame)
-                        buffered += len(frame)
-                    while buffered >= size:
-                        chunk, buffer, buffered = _cut(buffer, size)
-                        yield chunk
+                    rechunk.add(frame)
+                    yield from rechunk.chunks()
                 digest = opened.digest()
             except SourceError as exc:
                 if "not valid text" in str(exc) and self.source.format == "csv":
@@ -270,9 +265,7 @@ class FileSource:
                 log.warning("pipeline %s, window %s: file %s changed after run %s loaded it; reloaded",
                             self.spec.name, window.key, info.path, before.run_id)
             files.append(entry)
-        if buffered:
-            chunk, buffer, buffered = _cut(buffer, buffered)
-            yield chunk
+        yield from rechunk.chunks(final=True)
         self.metrics = {"files": files, "files_read": len(files), "records_read": sum(f["records"] for f in files),
                         "blank_lines": blank_total, "null_cursor_records": self.null_cursor_records,
                         "changed_files": changed, "missing_files": plan.missing, "undated_files": plan.undated}
@@ -348,9 +341,40 @@ class FileSource:
         return checks
 
 
-def _cut(buffer: list[pd.DataFrame], size: int) -> tuple[pd.DataFrame, list[pd.DataFrame], int]:
-    """The first ``size`` buffered rows as one frame, and the rest."""
-    whole = pd.concat(buffer, ignore_index=True) if len(buffer) > 1 else buffer[0].reset_index(drop=True)
-    chunk, rest = whole.iloc[:size], whole.iloc[size:]
-    rest_list = [rest.reset_index(drop=True)] if len(rest) else []
-    return chunk.reset_index(drop=True), rest_list, len(rest)
+class Rechunker:
+    """Frames of any size in, frames of ``size`` rows out.
+
+    Holds what is not yet handed out (at most one batch plus one chunk). Each chunk owns its memory, so it
+    does not keep the batch it came from alive.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.frames: deque[pd.DataFrame] = deque()
+        self.position = 0  # rows of frames[0] already handed out
+        self.rows = 0
+
+    def add(self, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self.frames.append(frame)
+            self.rows += len(frame)
+
+    def chunks(self, final: bool = False) -> Iterator[pd.DataFrame]:
+        """The full chunks held (and with ``final`` the rest as a last, shorter one)."""
+        while self.rows >= self.size or (final and self.rows):
+            yield self._take(min(self.size, self.rows))
+
+    def _take(self, n: int) -> pd.DataFrame:
+        parts, need = [], n
+        while need:
+            frame = self.frames[0]
+            k = min(need, len(frame) - self.position)
+            parts.append(frame.iloc[self.position:self.position + k])
+            self.position += k
+            need -= k
+            if self.position == len(frame):
+                self.frames.popleft()
+                self.position = 0
+        self.rows -= n
+        chunk = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+        return chunk.copy(deep=True)
