@@ -436,3 +436,46 @@ def test_empty_cursor_in_a_file_column(tmp_path, connections, sqlite_url):
     assert result.loaded == 2 and result.metrics["files"][0]["null_cursor_skipped"] == 1
     assert next(c for c in result.checks if c["check"] == "file_records")["status"] == "PASS"
     assert next(c for c in result.checks if c["check"] == "null_cursor_rows")["status"] == "WARN"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shipped demo pipeline, as an Airflow DAG
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_demo_file_pipeline_builds_a_dag():
+    from tests.test_dags import REPO, load_dag_module
+
+    dag = load_dag_module().build_dag(REPO / "dags" / "pipelines" / "chinook_tracks_csv.yaml")
+    assert [t.task_id for t in dag.topological_sort()] == ["extract", "load", "reconcile"]
+    assert "source:file" in dag.tags
+    assert [a.uri for a in dag.get_task("load").outlets] == ["driftless://warehouse/default/tracks"]
+
+
+@pytest.mark.airflow
+@pytest.mark.slow
+def test_demo_file_pipeline_runs_in_airflow_by_day(airflow_db, tmp_path, monkeypatch, connections, sqlite_url):
+    import yaml
+
+    from etl.demo import prepare_file_drop
+    from tests.test_dags import REPO, load_dag_module
+
+    connections(warehouse=sqlite_url)
+    prepare_file_drop(tmp_path / "drops")
+    data = yaml.safe_load((REPO / "dags" / "pipelines" / "chinook_tracks_csv.yaml").read_text())
+    data["source"]["location"] = str(tmp_path / "drops")
+    specs_dir = tmp_path / "pipelines"
+    specs_dir.mkdir()
+    spec_path = specs_dir / "chinook_tracks_csv.yaml"
+    spec_path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
+    # The run at 2025-06-02 00:00 syncs [06-01, 06-02) (and the day before, lag P1D): the 06-01 file.
+    run = load_dag_module().build_dag(spec_path).test(logical_date=datetime(2025, 6, 2, tzinfo=UTC))
+    assert run.state == "success"
+    assert rows(sqlite_url, "SELECT count(*), min(_file), max(_file) FROM tracks") == [
+        (1752, "tracks/2025-06-01/tracks.csv.gz", "tracks/2025-06-01/tracks.csv.gz")]
+    run = load_dag_module().build_dag(spec_path).test(logical_date=datetime(2025, 6, 3, tzinfo=UTC))
+    assert run.state == "success"
+    assert rows(sqlite_url, "SELECT count(*), round(sum(unit_price), 2) FROM tracks") == [(3503, 3680.97)]
+    assert rows(sqlite_url, "SELECT path, records FROM etl_files ORDER BY path") == [
+        ("tracks/2025-06-01/tracks.csv.gz", 1752), ("tracks/2025-06-02/tracks.csv.gz", 1751)]

@@ -223,7 +223,7 @@ def _sum_checks(spec: PipelineSpec, result: Any, source: Any, source_error: str 
             src = source_sums(source, result.window, columns)
             assert src is not None
         elif set(columns) <= set(staged):
-            src, note = staged, "source: sum over the records extracted in this window (the API is not read again)"
+            src, note = staged, "source: sum over the records extracted in this window (the source is not read again)"
         elif source_error is not None:
             return every(Check.ERROR, f"could not run: {source_error}")
         else:
