@@ -479,3 +479,14 @@ def test_demo_file_pipeline_runs_in_airflow_by_day(airflow_db, tmp_path, monkeyp
     assert rows(sqlite_url, "SELECT count(*), round(sum(unit_price), 2) FROM tracks") == [(3503, 3680.97)]
     assert rows(sqlite_url, "SELECT path, records FROM etl_files ORDER BY path") == [
         ("tracks/2025-06-01/tracks.csv.gz", 1752), ("tracks/2025-06-02/tracks.csv.gz", 1751)]
+
+
+def test_big_integers_beside_nulls_convert_exactly():
+    """Raw integers in an object column with NULLs (JSON Lines, Parquet, REST) keep every digit."""
+    import pandas as pd
+
+    from etl.transform import convert_column
+
+    conv = convert_column(pd.Series([2**62 + 1, None, "12", -(2**63)], dtype=object), "bigint")
+    assert conv.values.tolist()[0] == 2**62 + 1 and conv.values.tolist()[3] == -(2**63)
+    assert not conv.bad.any()
