@@ -487,6 +487,6 @@ def test_big_integers_beside_nulls_convert_exactly():
 
     from etl.transform import convert_column
 
-    conv = convert_column(pd.Series([2**62 + 1, None, "12", -(2**63)], dtype=object), "bigint")
+    conv = convert_column(pd.Series([2**62 + 1, None, 12, -(2**63)], dtype=object), "bigint")
     assert conv.values.tolist()[0] == 2**62 + 1 and conv.values.tolist()[3] == -(2**63)
     assert not conv.bad.any()
