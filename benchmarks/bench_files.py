@@ -79,11 +79,12 @@ def files(n: int) -> tuple[Path, Path]:
     return csv_path, parquet_path
 
 
-def recreate_db() -> None:
+def recreate_db(create: bool = True) -> None:
     admin = create_engine(PG.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{DB}"'))
+        if create:
+            conn.execute(text(f'CREATE DATABASE "{DB}"'))
     admin.dispose()
 
 
@@ -161,7 +162,7 @@ def run(n: int, reps: int = 1) -> dict:
         ratio = out[f"files_driftless_{fmt}_s"] / out[f"files_raw_copy_{fmt}_s"]
         out[f"files_{fmt}_vs_raw_copy"] = round(ratio, 2)
         print(f"  driftless / raw COPY ({fmt}): {ratio:.2f}x (goal <= 2x)", flush=True)
-    recreate_db()
+    recreate_db(create=False)  # leave nothing behind
     return out
 
 
