@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.compute as pc
 from sqlalchemy.exc import SQLAlchemyError
 
+from connectors.files.source import FileSource
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl import metrics
@@ -41,7 +42,7 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"sql": SqlSource, "rest": RestSource}
+SOURCES = {"sql": SqlSource, "rest": RestSource, "file": FileSource}
 
 
 def new_run_id() -> str:
@@ -208,6 +209,10 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
         check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: fail before any write
         result.schema_changes = loader.ensure_tables(target)
         ensure_quarantine_table(loader.engine, schema)
+        # Sources that keep state of their own in the target (file sources: etl_files) write it in the transaction.
+        source_class = SOURCES[spec.source.type]
+        if hasattr(source_class, "prepare_target"):
+            source_class.prepare_target(loader.engine, schema)
         with loader.transaction(target, mode) as conn:
             for chunk in manifest.tables():
                 result.written += loader.stage(conn, target, chunk)
@@ -228,6 +233,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
             if advance_watermark:  # partition slices leave it to the window's final task
                 result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor,
                                                  run_id, schema, until=until)
+            if hasattr(source_class, "record_loaded"):
+                source_class.record_loaded(conn, spec, window, run_id, manifest)
             result.duration_s = time.monotonic() - t0
             record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
                        window_end=window.end, status=Run.SUCCESS, extracted=result.extracted,

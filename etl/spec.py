@@ -16,6 +16,7 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors.files.spec import FileSourceSpec
 from connectors.rest.spec import RestSourceSpec
 from etl.errors import SpecError
 from etl.window import NULL_CURSOR_HELP, NullCursor
@@ -323,7 +324,7 @@ class PipelineSpec(_Strict):
                           "is the extraction window")
     start_date: date | datetime = date(2025, 1, 1)
     chunk_size: int = Field(50_000, gt=0, le=5_000_000, description="records per chunk held in memory")
-    source: Annotated[SqlSourceSpec | RestSourceSpec, Field(discriminator="type")]
+    source: Annotated[SqlSourceSpec | RestSourceSpec | FileSourceSpec, Field(discriminator="type")]
     target: TargetSpec
     columns: list[ColumnSpec] = Field(min_length=1)
     transforms: TransformSpec = Field(default_factory=TransformSpec)

@@ -150,7 +150,11 @@ def _number_text(value: str, parsing: Parsing) -> str | None:
 
 def _numbers_from_text(series: pd.Series, parsing: Parsing) -> tuple[pd.Series, np.ndarray]:
     """Text values replaced by their normalized number text; returns the series and which text was no number."""
-    texts = series.map(lambda v: _number_text(v, parsing) if isinstance(v, str) else v)
+    if _is_stringish(series):
+        texts = series.map(lambda v: _number_text(v, parsing) if isinstance(v, str) else v)
+    else:  # kept as objects: map() would infer float64 for ints beside a None, and big ints would lose digits
+        texts = pd.Series([_number_text(v, parsing) if isinstance(v, str) else v for v in series.array],
+                          index=series.index, dtype=object)
     was_text = _object_mask(series, lambda v: isinstance(v, str)) if not _is_stringish(series) else series.notna(
     ).to_numpy()
     bad = was_text & texts.isna().to_numpy()

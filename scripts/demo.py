@@ -1,6 +1,7 @@
 """``make demo``: sync the shipped Chinook database into a SQLite warehouse through Airflow, twice.
 
-1. Prepare the source (``.demo/source.db``) from the shipped Chinook file, start an empty warehouse.
+1. Prepare the source (``.demo/source.db``) from the shipped Chinook file, and a CSV drop of its tracks
+   (``.demo/drops/tracks/<day>/tracks.csv.gz``); start an empty warehouse.
 2. Migrate Airflow's metadata database (SQLite, inside the repo).
 3. For each demo pipeline, run the nightly-sync DAG for one window with ``airflow dags test``,
    fingerprint the target, run the same window again and fingerprint it again.
@@ -23,13 +24,13 @@ sys.path.insert(0, str(REPO))
 from sqlalchemy import create_engine  # noqa: E402
 
 from etl.airflow_local import ensure_pools  # noqa: E402
-from etl.demo import prepare_source  # noqa: E402
+from etl.demo import prepare_file_drop, prepare_source  # noqa: E402
 from etl.reconcile import table_fingerprint  # noqa: E402
 from etl.spec import load_spec  # noqa: E402
 from etl.state import read_runs, read_state  # noqa: E402
 
 DEMO = REPO / ".demo"
-PIPELINES = ["chinook_invoices", "chinook_invoice_lines", "chinook_customers_api"]
+PIPELINES = ["chinook_invoices", "chinook_invoice_lines", "chinook_customers_api", "chinook_tracks_csv"]
 # The demo's one window: the store's whole history, given through the DAG's trigger-form params.
 WINDOW = {"start": "2021-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"}
 LOGICAL_DATE = "2026-01-01T02:00:00+00:00"
@@ -60,6 +61,7 @@ def main() -> None:
     source, warehouse = DEMO / "source.db", DEMO / "warehouse.db"
     print("driftless demo: Chinook (SQLite, shipped in demo/) -> warehouse (SQLite) through Airflow")
     prepare_source(source)
+    drops = prepare_file_drop(DEMO / "drops")  # the CSV drop read by chinook_tracks_csv
     for leftover in DEMO.glob("warehouse.db*"):
         leftover.unlink()
     env = dict(os.environ)
@@ -69,6 +71,7 @@ def main() -> None:
         "PATH": f"{bin_dir}:{env.get('PATH', '')}",
     })
     print(f"  source     {source}\n  warehouse  {warehouse}\n  AIRFLOW_HOME {env['AIRFLOW_HOME']}")
+    print(f"  file drop  {', '.join(str(p.relative_to(REPO)) for p in drops)}")
     sh("airflow", "db", "migrate", env=env)
     pools = ensure_pools(env, REPO / "dags" / "pipelines")  # one pool per target connection (etl/pools.py)
     print(f"  ok  pools {', '.join(pools)}")

@@ -223,7 +223,7 @@ def _sum_checks(spec: PipelineSpec, result: Any, source: Any, source_error: str 
             src = source_sums(source, result.window, columns)
             assert src is not None
         elif set(columns) <= set(staged):
-            src, note = staged, "source: sum over the records extracted in this window (the API is not read again)"
+            src, note = staged, "source: sum over the records extracted in this window (the source is not read again)"
         elif source_error is not None:
             return every(Check.ERROR, f"could not run: {source_error}")
         else:
@@ -284,6 +284,13 @@ def run_window_checks(spec: PipelineSpec, result: Any, source: Any, source_error
                  "message": f"could not run: counting NULL-cursor rows in the source failed: {error_detail(exc)}"}
     if nulls is not None:
         checks.append(nulls)
+    source_checks = getattr(source, "window_checks", None)  # checks of the source's own (file sources)
+    if source_checks is not None:
+        try:
+            checks += source_checks(result)
+        except CHECK_ERRORS as exc:
+            checks.append({"check": "source_checks", "status": Check.ERROR,
+                           "message": f"could not run: {error_detail(exc)}"})
     store_error = None
     try:
         loader = loader_for(resolve_url(spec.target.connection))
