@@ -29,6 +29,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl.canonical import normalized_json
 from etl.errors import SpecError
@@ -63,6 +64,35 @@ class Parsing:
 
 
 DEFAULT_PARSING = Parsing()
+
+# The same two rules as RE2 patterns, for Arrow's vectorized regex on whole text columns (see _arrow_text).
+_NUMBER_RE2 = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+_ISO_RE2 = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?"
+            r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?$")
+_NO_TEXT = pa.scalar(None, pa.string())
+
+
+def _arrow_text(series: pd.Series) -> pa.Array | None:
+    """The column as trimmed Arrow text when every value is text or NULL; None otherwise (mixed values).
+
+    Text sources (CSV, text columns of a database) give whole columns of strings: the rules are then
+    applied by Arrow's C++ kernels (RE2 regex, casts) instead of one Python call per value. Any other
+    value (a number, a NaN) makes this None and the per-value path decides.
+    """
+    if series.dtype != object and not _is_stringish(series):
+        return None
+    try:
+        text = pa.array(series, type=pa.string(), from_pandas=_is_stringish(series))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    return pc.utf8_trim_whitespace(text)
+
+
+def _matching(text: pa.Array, pattern: str) -> tuple[pa.Array, np.ndarray]:
+    """``text`` where it matches ``pattern`` (NULL elsewhere), and which non-NULL values did not match."""
+    ok = pc.fill_null(pc.match_substring_regex(text, pattern), False)
+    bad = pc.and_(pc.is_valid(text), pc.invert(ok)).to_numpy(zero_copy_only=False)
+    return pc.if_else(ok, text, _NO_TEXT), bad
 
 
 @dataclass(frozen=True)
@@ -150,6 +180,10 @@ def _number_text(value: str, parsing: Parsing) -> str | None:
 
 def _numbers_from_text(series: pd.Series, parsing: Parsing) -> tuple[pd.Series, np.ndarray]:
     """Text values replaced by their normalized number text; returns the series and which text was no number."""
+    text = _arrow_text(series) if parsing == DEFAULT_PARSING else None
+    if text is not None:  # all text: checked by Arrow in one pass
+        numbers, bad = _matching(text, _NUMBER_RE2)
+        return pd.Series(numbers.to_numpy(zero_copy_only=False), index=series.index, dtype=object), bad
     if _is_stringish(series):
         texts = series.map(lambda v: _number_text(v, parsing) if isinstance(v, str) else v)
     else:  # kept as objects: map() would infer float64 for ints beside a None, and big ints would lose digits
@@ -280,6 +314,18 @@ def _to_decimal(series: pd.Series, precision: int, scale: int, parsing: Parsing)
                 return Conversion(values, np.zeros(len(series), dtype=bool), reason)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             pass
+    text = _arrow_text(series) if parsing == DEFAULT_PARSING else None
+    if text is not None:
+        # All text: Arrow's cast refuses a value needing rounding or more digits than the precision, exactly
+        # like _decimal_value; one refusal sends the chunk down the per-value path, which names each bad value.
+        numbers, bad = _matching(text, _NUMBER_RE2)
+        try:
+            decimals = pc.cast(numbers, pa.decimal128(precision, scale))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        else:
+            return Conversion(pd.Series(decimals.to_numpy(zero_copy_only=False), index=series.index, dtype=object),
+                              bad, reason)
     quantum = Decimal(1).scaleb(-scale)
     int_digits = precision - scale
     out = np.empty(len(series), dtype=object)
@@ -388,6 +434,11 @@ def _to_timestamp(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
         bad = np.zeros(len(series), dtype=bool)
     elif epoch and pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         stamps = _stamps_from_epoch(series, cast(str, parsing.format))
+        bad = (~missing) & stamps.isna().to_numpy()
+    elif parsing.format is None and (text := _arrow_text(series)) is not None:  # all text: Arrow checks ISO 8601
+        iso, _ = _matching(text, _ISO_RE2)
+        stamps = pd.to_datetime(pd.Series(iso.to_numpy(zero_copy_only=False), index=series.index, dtype=object),
+                                utc=True, errors="coerce", format="ISO8601")
         bad = (~missing) & stamps.isna().to_numpy()
     else:
         wrong = _object_mask(series, lambda v: not (
