@@ -1,6 +1,7 @@
 """The ``etl`` command: the same code paths as the DAGs, without Airflow.
 
 etl run PIPELINE --start 2025-01-01 --end 2025-01-02
+etl run PIPELINE | --all [--window P1D] [--until T]     (catch up from the watermark)
 etl specs check [DIR]
 etl quarantine list PIPELINE [--reason R] [--window START/END] [--run ID] [--summary]
 etl quarantine replay PIPELINE
@@ -26,6 +27,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from etl.pipeline import run_window
     from etl.reconcile.checks import ChecksFailed
 
+    if args.all or (args.start is None and args.end is None):
+        return _cmd_catch_up(args)
+    if args.start is None or args.end is None:
+        raise DriftlessError("give both --start and --end for one window, or neither to catch up from the watermark")
+    if args.window or args.until:
+        raise DriftlessError("--window and --until are for catching up (no --start/--end); "
+                             "--start/--end already give the window")
     spec = find_spec(args.pipeline, args.specs_dir)
     window = Window.parse(args.start, args.end)
     if not args.allow_future:
@@ -37,6 +45,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(exc.result.summary(), default=str))
         raise
     print(json.dumps(result.summary(), default=str))
+    return 0
+
+
+def _cmd_catch_up(args: argparse.Namespace) -> int:
+    from etl.catchup import catch_up, catch_up_all, parse_step, print_summary, until_from
+    from etl.status import Run
+
+    if args.run_id:
+        raise DriftlessError("--run-id names the run of one window; a catch-up gives each window its own id")
+    if args.all and (args.pipeline or args.start or args.end):
+        raise DriftlessError("--all runs every spec of the specs directory: give no PIPELINE and no --start/--end")
+    if not args.all and not args.pipeline:
+        raise DriftlessError("give a PIPELINE to run, or --all")
+    step = parse_step(args.window) if args.window else None
+    until = until_from(args.until, args.allow_future)
+    if args.all:
+        results = catch_up_all(spec_files(args.specs_dir or default_specs_dir()), until, step)
+        print_summary(results)
+        return 0 if all(r.status == Run.SUCCESS for r in results) else 1
+    result = catch_up(find_spec(args.pipeline, args.specs_dir), until, step)
+    if result.status != Run.SUCCESS:
+        raise DriftlessError(f"pipeline {result.pipeline!r}: {result.done} of {result.planned} window(s) "
+                             f"committed, then: {result.error}")
     return 0
 
 
@@ -91,10 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (rows, chunks, elapsed)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="sync one window of a pipeline")
-    run.add_argument("pipeline", help="pipeline name (a spec in the specs directory) or a spec file path")
-    run.add_argument("--start", required=True, help="window start, ISO-8601 (UTC unless a zone is given)")
-    run.add_argument("--end", required=True, help="window end (exclusive), ISO-8601")
+    run = sub.add_parser("run", help="sync one window of a pipeline, or (without --start/--end) every window due "
+                         "since its watermark")
+    run.add_argument("pipeline", nargs="?", help="pipeline name (a spec in the specs directory) or a spec file path")
+    run.add_argument("--start", help="window start, ISO-8601 (UTC unless a zone is given)")
+    run.add_argument("--end", help="window end (exclusive), ISO-8601")
+    run.add_argument("--all", action="store_true", help="catch up every pipeline of the specs directory, one after "
+                     "the other, continuing past a failing one; exits non-zero at the end if any failed")
+    run.add_argument("--window", metavar="DURATION", help="catch-up step, an ISO-8601 duration (P1D, PT6H) "
+                     "(default: one schedule interval)")
+    run.add_argument("--until", help="catch up to this time instead of now (ISO-8601); only complete windows run")
     run.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
     run.add_argument("--run-id", help="id recorded in etl_runs (default: generated)")
     run.add_argument("--allow-future", action="store_true", help="accept a window ending after now (refused "
