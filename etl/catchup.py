@@ -42,16 +42,16 @@ from etl.window import Window, parse_instant
 _DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)
 
 
-def parse_step(text: str) -> timedelta:
-    """``--window``: an ISO-8601 duration (``P1D``, ``PT6H``, ``P7D``), positive."""
+def parse_step(text: str, option: str = "--window") -> timedelta:
+    """``--window`` (or ``option``): an ISO-8601 duration (``P1D``, ``PT6H``, ``P7D``), positive."""
     try:
         if not text.strip().upper().startswith("P"):
             raise ValueError(text)
         step = _DURATION.validate_python(text.strip())
     except (ValidationError, ValueError):
-        raise DriftlessError(f"--window: {text!r} is not an ISO-8601 duration (expected e.g. P1D, PT6H, P7D)") from None
+        raise DriftlessError(f"{option}: {text!r} is not an ISO-8601 duration (expected e.g. P1D, PT6H, P7D)") from None
     if step <= timedelta(0):
-        raise DriftlessError(f"--window: {text!r} must be a positive duration")
+        raise DriftlessError(f"{option}: {text!r} must be a positive duration")
     return step
 
 

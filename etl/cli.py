@@ -2,6 +2,7 @@
 
 etl run PIPELINE --start 2025-01-01 --end 2025-01-02
 etl run PIPELINE | --all [--window P1D] [--until T]     (catch up from the watermark)
+etl status [PIPELINE] [--json] [--grace PT1H]
 etl specs check [DIR]
 etl quarantine list PIPELINE [--reason R] [--window START/END] [--run ID] [--summary]
 etl quarantine replay PIPELINE
@@ -87,6 +88,12 @@ def _cmd_specs_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from etl.health import status_command
+
+    return status_command(args)
+
+
 def _cmd_quarantine(args: argparse.Namespace) -> int:
     from etl.quarantine import quarantine_command
 
@@ -137,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--allow-future", action="store_true", help="accept a window ending after now (refused "
                      "otherwise); the watermark then moves only up to the time the source was read")
     run.set_defaults(func=_cmd_run)
+
+    st = sub.add_parser("status", help="is each pipeline fresh and healthy: last run, watermark, lag behind the "
+                        "schedule, rows, quarantine, failing checks; exit 2 when one is stale or failing")
+    st.add_argument("pipeline", nargs="?", help="pipeline name or spec file path (default: every spec)")
+    st.add_argument("--json", action="store_true", help="one JSON object per pipeline instead of the table")
+    st.add_argument("--grace", metavar="DURATION", help="stale = watermark older than 2 schedule intervals + this "
+                    "ISO-8601 duration (default PT1H)")
+    st.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    st.set_defaults(func=_cmd_status)
 
     diff = sub.add_parser("diff", help="compare a table in two databases row by row (no spec needed)")
     diff.add_argument("source", help="source database URL (postgresql://, mysql://, sqlite:///) or connection id")
