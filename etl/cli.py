@@ -4,6 +4,7 @@ etl run PIPELINE --start 2025-01-01 --end 2025-01-02
 etl run PIPELINE | --all [--window P1D] [--until T]     (catch up from the watermark)
 etl status [PIPELINE] [--json] [--grace PT1H]
 etl specs check [DIR]
+etl discover SOURCE_CONNECTION --target CONNECTION [--tables t1,t2 | --schema s] [--out DIR] [--force]
 etl quarantine list PIPELINE [--reason R] [--window START/END] [--run ID] [--summary]
 etl quarantine replay PIPELINE
 etl diff SOURCE_URL TARGET_URL --table T --key id [--columns a,b]
@@ -92,6 +93,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from etl.health import status_command
 
     return status_command(args)
+
+
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from etl.discover import discover_command
+
+    return discover_command(args)
 
 
 def _cmd_quarantine(args: argparse.Namespace) -> int:
@@ -197,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     check = specs_sub.add_parser("check", help="validate every spec of a directory")
     check.add_argument("dir", nargs="?", help="directory (default: dags/pipelines)")
     check.set_defaults(func=_cmd_specs_check)
+
+    disc = sub.add_parser("discover", help="write one pipeline spec per table of a source database (types, key, "
+                          "cursor, comments where a person must decide)")
+    disc.add_argument("source", help="source connection id (AIRFLOW_CONN_<ID> or an Airflow Connection)")
+    disc.add_argument("--target", required=True, help="target connection id written into the specs")
+    disc.add_argument("--tables", help="only these tables, comma-separated (default: every table)")
+    disc.add_argument("--schema", help="the source schema to read (default: the connection's; PostgreSQL: public)")
+    disc.add_argument("--out", help="directory to write the specs to (default: $DRIFTLESS_SPECS_DIR or "
+                      "./dags/pipelines)")
+    disc.add_argument("--schedule", default="@daily", help="schedule written into the specs (default @daily)")
+    disc.add_argument("--prefix", help="prefix of the pipeline and target table names (e.g. shop_)")
+    disc.add_argument("--target-schema", help="schema of the target tables")
+    disc.add_argument("--force", action="store_true", help="overwrite existing specs that differ (without it, "
+                      "discover prints what changed in the source and a diff, and exits 2)")
+    disc.set_defaults(func=_cmd_discover)
 
     quarantine = sub.add_parser("quarantine", help="rows that failed validation (kept in etl_quarantine)")
     q_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)
