@@ -14,10 +14,10 @@ MariaDB/MySQL's ``COLUMN_TYPE`` and its ``json_valid`` checks, SQLite's declared
   alternatives; a nullable cursor gets a warning, and ``null_cursor: every_window`` when the source holds
   NULLs today. ``start_date`` is the day of the oldest cursor value, so the first ``etl run`` loads the
   whole table.
-* Columns that need a conversion in the source (arrays to JSON, uuid/interval/time to text, ...) and
-  tables or columns whose names are not plain identifiers make the spec read a generated ``query`` (names
-  quoted by the source's dialect) instead of ``table``; the deep diff and repair need ``table``, so such
-  specs say so.
+* Source names are kept as the source holds them (``table: "Order Items"``, ``source: "Unit-Price"``):
+  every path quotes them through the source's dialect. Columns that need a conversion in the source
+  (arrays to JSON, uuid/interval/time to text, ...) make the spec read a generated ``query`` (names quoted
+  by the dialect) instead of ``table``; the deep diff and repair need ``table``, so such specs say so.
 
 Every written spec is validated as ``etl specs check`` does before it is written. An existing spec is
 never overwritten silently: discover compares it with what it would write, prints what changed in the
@@ -409,18 +409,13 @@ def plan_table(engine: Engine, schema: str | None, spec_schema: str | None, name
         plan.cursor = cursor.name
         src = by_source[cursor.source][1]
         _cursor_facts(engine, schema, plan, cursor, src)
-    plain = IDENTIFIER.match(name) and (spec_schema is None or IDENTIFIER.match(spec_schema))
-    if any(c.mapped.read for c in loaded) or not plain or any(not IDENTIFIER.match(c.source) for c in loaded):
+    converted = [c.name for c in loaded if c.mapped.read]
+    if converted or "." in name:
         plan.query = _source_query(engine, spec_schema, name, loaded)
-        why = []
-        if any(c.mapped.read for c in loaded):
-            why.append("some columns are converted in the source (" + ", ".join(
-                c.name for c in loaded if c.mapped.read) + ")")
-        if not plain or any(not IDENTIFIER.match(c.source) for c in loaded):
-            why.append("the source's table or column names are not plain identifiers (quoted here; the spec's "
-                       "`table` and `source` fields take only plain ones)")
-        plan.notes.append("read through a query because " + " and ".join(why) + ". `etl reconcile --deep` and "
-                          "`--repair` need `table:` instead; per-window checks work as usual")
+        why = f"some columns are converted in the source ({', '.join(converted)})" if converted else \
+            "the table's name holds a dot (which `table:` takes as schema.table)"
+        plan.notes.append(f"read through a query because {why}. `etl reconcile --deep` and `--repair` need "
+                          "`table:` instead; per-window checks work as usual")
     return plan
 
 

@@ -42,6 +42,23 @@ def check_identifier(value: str) -> str:
     return value
 
 
+SOURCE_NAME_MAX = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_source_name(value: str) -> str:
+    """Accept a table or column name as the source holds it (``"Order Items"``, ``"Unit-Price"``, ``Straße``).
+
+    Spaces, hyphens, non-ASCII letters, mixed case and reserved words are all accepted: they are safe because
+    every path quotes them through the source's SQL dialect (SQLAlchemy). Only empty names, control characters
+    and names over 128 characters are refused. Target names stay identifiers (``check_identifier``).
+    """
+    if not isinstance(value, str) or not value or len(value) > SOURCE_NAME_MAX or _CONTROL.search(value):
+        raise ValueError(f"{value!r} is not a usable source name (expected 1 to {SOURCE_NAME_MAX} characters "
+                         "without control characters)")
+    return value
+
+
 Identifier = Annotated[str, Field(min_length=1)]
 
 
@@ -79,7 +96,9 @@ class ColumnSpec(_Strict):
     """One column of the records, as the target table will hold it."""
 
     name: Identifier
-    source: str | None = Field(None, description="the column's name in the source, when it differs")
+    source: str | None = Field(None, description="the column's name in the source, when it differs; any name the "
+                               "source holds (quoted by its SQL dialect); for REST records a key as written, else a "
+                               "path into nested objects such as metadata.store_id or items[0].sku")
     type: str = Field(description="smallint, integer, bigint, text, varchar(n), numeric(p,s), float, "
                       "double, boolean, timestamp (UTC, no zone), timestamptz, date or json")
     nullable: bool = True
@@ -96,7 +115,7 @@ class ColumnSpec(_Strict):
         "it a grouped number is refused. Groups must be of three digits")
 
     _name = field_validator("name")(check_identifier)
-    _source = field_validator("source")(check_identifier)
+    _source = field_validator("source")(lambda v: v if v is None else check_source_name(v))
 
     @property
     def source_name(self) -> str:
@@ -149,7 +168,8 @@ class SqlSourceSpec(_Strict):
 
     type: Literal["sql"]
     connection: Identifier = Field(description="connection id: an Airflow Connection or AIRFLOW_CONN_<ID>")
-    table: str | None = Field(None, description="source table, optionally schema-qualified (schema.table)")
+    table: str | None = Field(None, description="source table, optionally schema-qualified (schema.table); any "
+                              "name the source holds, quoted by its SQL dialect (a dot always separates the schema)")
     query: str | None = Field(None, description="a SELECT whose result is filtered by the window")
     primary_key: list[Identifier] = Field(min_length=1)
     cursor: Identifier = Field(description="column whose value places a row in a window")
@@ -176,7 +196,7 @@ class SqlSourceSpec(_Strict):
     def _table(cls, value: str | None) -> str | None:
         if value is not None:
             for part in value.split("."):
-                check_identifier(part)
+                check_source_name(part)
             if value.count(".") > 1:
                 raise ValueError(f"{value!r}: expected table or schema.table")
         return value
