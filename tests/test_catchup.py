@@ -241,3 +241,33 @@ def test_a_failed_window_stops_the_catch_up_and_keeps_the_committed_ones(tmp_pat
     assert windows_of(lines) == [(day(0), day(1)), (day(1), day(2))]
     assert "window 3/5" in err and "2 later window(s) not run" in err and "2 of 5 window(s) committed" in err
     assert fingerprint(sqlite_url, parse_spec(SPEC))["watermark"] == D + timedelta(days=2)
+
+
+def test_failed_checks_stop_the_catch_up_after_their_committed_window(tmp_path, sqlite_url, connections):
+    """A window whose checks fail stays committed (its JSON line says checks_failed); the later ones wait."""
+    import io
+
+    from etl.catchup import catch_up
+    from etl.pipeline import run_window
+    from etl.reconcile.checks import ChecksFailed
+
+    source, spec_path, _ = setup(tmp_path, sqlite_url)
+    connections(src=source, wh=sqlite_url)
+    spec = parse_spec(SPEC)
+    calls = []
+
+    def run_then_fail_checks(spec, window):  # the real window run; the second one's checks are made to fail
+        result = run_window(spec, window)
+        calls.append(window)
+        if len(calls) == 2:
+            result.status = "checks_failed"
+            raise ChecksFailed("count check FAIL (planted)", result)
+        return result
+
+    out, err = io.StringIO(), io.StringIO()
+    result = catch_up(spec, until=D + timedelta(days=5), out=out, err=err, run=run_then_fail_checks)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [w["status"] for w in lines] == ["success", "checks_failed"]
+    assert (result.status, result.done, result.planned) == ("checks_failed", 2, 5)
+    assert "stopped after window 2/5: its checks failed" in err.getvalue()
+    assert fingerprint(sqlite_url, spec)["watermark"] == D + timedelta(days=2)
