@@ -5,6 +5,7 @@ etl run PIPELINE | --all [--window P1D] [--until T]     (catch up from the water
 etl status [PIPELINE] [--json] [--grace PT1H]
 etl specs check [DIR]
 etl discover SOURCE_CONNECTION --target CONNECTION [--tables t1,t2 | --schema s] [--out DIR] [--force]
+etl discover API_CONNECTION --rest --endpoint /v1/customers --target CONNECTION [--records PATH]
 etl quarantine list PIPELINE [--reason R] [--window START/END] [--run ID] [--summary]
 etl quarantine replay PIPELINE
 etl diff SOURCE_URL TARGET_URL --table T --key id [--columns a,b]
@@ -216,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--schedule", default="@daily", help="schedule written into the specs (default @daily)")
     disc.add_argument("--prefix", help="prefix of the pipeline and target table names (e.g. shop_)")
     disc.add_argument("--target-schema", help="schema of the target tables")
+    disc.add_argument("--rest", action="store_true", help="SOURCE_CONNECTION is an HTTP JSON API: sample one page "
+                      "of --endpoint and propose columns, key, cursor and paginator")
+    disc.add_argument("--endpoint", help="--rest: the endpoint path (e.g. /v1/customers)")
+    disc.add_argument("--records", help="--rest: JSON path of the records in the page (default: found in the body)")
+    disc.add_argument("--name", help="--rest: pipeline name (default: <connection>_<last part of the endpoint>)")
     disc.add_argument("--force", action="store_true", help="overwrite existing specs that differ (without it, "
                       "discover prints what changed in the source and a diff, and exits 2)")
     disc.set_defaults(func=_cmd_discover)

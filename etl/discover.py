@@ -637,8 +637,16 @@ def discover_command(args: Any) -> int:
     """``etl discover``: exit 0 when every spec was written or is unchanged, 2 when an existing one differs."""
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
     out_dir = Path(args.out) if args.out else _default_out()
-    result = discover(args.source, args.target, out_dir, tables, args.schema, args.schedule, args.prefix or "",
-                      args.target_schema, args.force)
+    if args.rest or args.endpoint:
+        if not (args.rest and args.endpoint) or tables or args.schema:
+            raise DriftlessError("a REST source takes --rest and --endpoint (no --tables or --schema)")
+        from etl.discover_rest import discover_rest
+
+        result = discover_rest(args.source, args.endpoint, args.target, out_dir, args.records, args.name,
+                               args.schedule, args.target_schema, args.force)
+    else:
+        result = discover(args.source, args.target, out_dir, tables, args.schema, args.schedule, args.prefix or "",
+                          args.target_schema, args.force)
     print(f"{len(result.written)} written, {len(result.unchanged)} unchanged, {len(result.changed)} changed in the "
           f"source (not overwritten), {len(result.drafts)} draft(s) in {out_dir}", file=sys.stderr)
     if result.changed:
