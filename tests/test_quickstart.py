@@ -35,7 +35,7 @@ def test_quickstart_block_names_its_connections():
 
 
 @pytest.mark.integration
-def test_readme_quickstart_runs_verbatim(tmp_path, pg_url):
+def test_readme_quickstart_runs_verbatim(tmp_path, pg_url, monkeypatch):
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     engine = create_engine(pg_url)
     with engine.begin() as conn:
@@ -68,3 +68,12 @@ def test_readme_quickstart_runs_verbatim(tmp_path, pg_url):
     with create_engine(warehouse).connect() as conn:  # SQLite: text 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC)
         target = [(i, n, e, float(b), str(u)[:19]) for i, n, e, b, u in conn.execute(text(query))]
     assert len(source) == 8 and target == source
+
+    # "Under Airflow the same files are the DAGs": the shipped DAG file, pointed at the same directory.
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(tmp_path / "pipelines"))
+    from tests.test_dags import load_dag_module
+
+    module = load_dag_module()
+    dag = module.customers
+    assert dag.dag_id == "customers" and type(dag.timetable).__name__ == "CronDataIntervalTimetable"
+    assert [t.task_id for t in dag.topological_sort()] == ["extract", "load", "reconcile"]
