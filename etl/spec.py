@@ -7,7 +7,9 @@ Every error names the file, the field path and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
@@ -496,14 +498,57 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     return sorted(f.alias or name for name, f in models[0].model_fields.items())
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    """Turn a pydantic error into lines of ``file: field.path: what was expected (got ...)``."""
+def yaml_line_finder(text: str) -> Callable[[str], int | None]:
+    """For a spec's YAML text: the line (1-based) of a field path such as ``columns[2].type``.
+
+    The line of the deepest part of the path the document holds (a missing field: the mapping that lacks it).
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+
+    def line_of(path: str) -> int | None:
+        node, line = root, None
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+            if isinstance(node, yaml.SequenceNode) and part.startswith("["):
+                index = int(part[1:-1])
+                if index >= len(node.value):
+                    break
+                node = node.value[index]
+                line = node.start_mark.line + 1
+            elif isinstance(node, yaml.MappingNode):
+                found = next(((k, v) for k, v in node.value if k.value == part), None)
+                if found is None:
+                    break
+                line = found[0].start_mark.line + 1
+                node = found[1]
+            else:
+                break
+        return line
+
+    return line_of
+
+
+def format_validation_error(source: str, exc: ValidationError,
+                            line_of: Callable[[str], int | None] | None = None) -> str:
+    """Turn a pydantic error into lines of ``file[:line]: field.path: what was expected (got ...)``.
+
+    ``line_of`` (``yaml_line_finder``) adds the YAML line of each field; an unknown field gets a "did you
+    mean" when a known one is spelt alike.
+    """
     lines = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(err["loc"])
             msg = "unknown field" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+            close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             expected = ", ".join(repr(_tag(m)) for m in _resolve(err["loc"])[1])
             msg = (f"unknown type {err['ctx'].get('tag')!r}" if err["type"] == "union_tag_invalid"
@@ -517,19 +562,20 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         if prefixed and prefixed[1].split(".")[0] in PipelineSpec.model_fields:
             path = f"{path}.{prefixed[1]}" if err["loc"] else prefixed[1]
             msg = prefixed[2]
-        lines.append(f"{source}: {path}: {msg}{shown}")
+        line = line_of(path) if line_of is not None else None
+        lines.append(f"{source}{f':{line}' if line else ''}: {path}: {msg}{shown}")
     return "\n".join(lines)
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> PipelineSpec:
-    """Validate an already-parsed YAML document; ``source`` names it in errors."""
+def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> PipelineSpec:
+    """Validate an already-parsed YAML document; ``source`` names it in errors (with line numbers from ``text``)."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of pipeline fields at the top level, "
                         f"got {type(data).__name__}")
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(format_validation_error(source, exc)) from None
+        raise SpecError(format_validation_error(source, exc, yaml_line_finder(text) if text else None)) from None
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
@@ -547,9 +593,11 @@ def load_spec(path: str | Path) -> PipelineSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-    spec = parse_spec(data, str(path))
+    spec = parse_spec(data, str(path), text)
     if path.stem != spec.name:
-        raise SpecError(f"{path}: name: {spec.name!r} must match the file name {path.stem!r}")
+        line = yaml_line_finder(text)("name")
+        raise SpecError(f"{path}{f':{line}' if line else ''}: name: {spec.name!r} must match the file name "
+                        f"{path.stem!r}")
     return spec
 
 
