@@ -635,6 +635,13 @@ def _write(plan: TablePlan, text_: str, out_dir: Path, force: bool, result: Disc
 
 def discover_command(args: Any) -> int:
     """``etl discover``: exit 0 when every spec was written or is unchanged, 2 when an existing one differs."""
+    from croniter import croniter
+
+    from etl.spec import CRON_PRESETS
+
+    if args.schedule not in CRON_PRESETS and not croniter.is_valid(args.schedule):
+        raise DriftlessError(f"--schedule: {args.schedule!r} is not a cron expression or preset (expected e.g. "
+                             "'0 2 * * *' or '@daily')")
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
     out_dir = Path(args.out) if args.out else _default_out()
     if args.rest or args.endpoint:
