@@ -1,7 +1,11 @@
 """The ``etl`` command: the same code paths as the DAGs, without Airflow.
 
 etl run PIPELINE --start 2025-01-01 --end 2025-01-02
+etl run PIPELINE | --all [--window P1D] [--until T]     (catch up from the watermark)
+etl status [PIPELINE] [--json] [--grace PT1H]
 etl specs check [DIR]
+etl discover SOURCE_CONNECTION --target CONNECTION [--tables t1,t2 | --schema s] [--out DIR] [--force]
+etl discover API_CONNECTION --rest --endpoint /v1/customers --target CONNECTION [--records PATH]
 etl quarantine list PIPELINE [--reason R] [--window START/END] [--run ID] [--summary]
 etl quarantine replay PIPELINE
 etl diff SOURCE_URL TARGET_URL --table T --key id [--columns a,b]
@@ -26,6 +30,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from etl.pipeline import run_window
     from etl.reconcile.checks import ChecksFailed
 
+    if args.all or (args.start is None and args.end is None):
+        return _cmd_catch_up(args)
+    if args.start is None or args.end is None:
+        raise DriftlessError("give both --start and --end for one window, or neither to catch up from the watermark")
+    if args.window or args.until:
+        raise DriftlessError("--window and --until are for catching up (no --start/--end); "
+                             "--start/--end already give the window")
     spec = find_spec(args.pipeline, args.specs_dir)
     window = Window.parse(args.start, args.end)
     if not args.allow_future:
@@ -37,6 +48,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(exc.result.summary(), default=str))
         raise
     print(json.dumps(result.summary(), default=str))
+    return 0
+
+
+def _cmd_catch_up(args: argparse.Namespace) -> int:
+    from etl.catchup import catch_up, catch_up_all, parse_step, print_summary, until_from
+    from etl.status import Run
+
+    if args.run_id:
+        raise DriftlessError("--run-id names the run of one window; a catch-up gives each window its own id")
+    if args.all and (args.pipeline or args.start or args.end):
+        raise DriftlessError("--all runs every spec of the specs directory: give no PIPELINE and no --start/--end")
+    if not args.all and not args.pipeline:
+        raise DriftlessError("give a PIPELINE to run, or --all")
+    step = parse_step(args.window) if args.window else None
+    until = until_from(args.until, args.allow_future)
+    if args.all:
+        results = catch_up_all(spec_files(args.specs_dir or default_specs_dir()), until, step)
+        print_summary(results)
+        return 0 if all(r.status == Run.SUCCESS for r in results) else 1
+    result = catch_up(find_spec(args.pipeline, args.specs_dir), until, step)
+    if result.status != Run.SUCCESS:
+        raise DriftlessError(f"pipeline {result.pipeline!r}: {result.done} of {result.planned} window(s) "
+                             f"committed, then: {result.error}")
     return 0
 
 
@@ -54,6 +88,18 @@ def _cmd_specs_check(args: argparse.Namespace) -> int:
         print(f"ok  {path}")
     print(f"{len(specs)} spec(s) valid in {directory}")
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from etl.health import status_command
+
+    return status_command(args)
+
+
+def _cmd_discover(args: argparse.Namespace) -> int:
+    from etl.discover import discover_command
+
+    return discover_command(args)
 
 
 def _cmd_quarantine(args: argparse.Namespace) -> int:
@@ -91,15 +137,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (rows, chunks, elapsed)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="sync one window of a pipeline")
-    run.add_argument("pipeline", help="pipeline name (a spec in the specs directory) or a spec file path")
-    run.add_argument("--start", required=True, help="window start, ISO-8601 (UTC unless a zone is given)")
-    run.add_argument("--end", required=True, help="window end (exclusive), ISO-8601")
+    run = sub.add_parser("run", help="sync one window of a pipeline, or (without --start/--end) every window due "
+                         "since its watermark")
+    run.add_argument("pipeline", nargs="?", help="pipeline name (a spec in the specs directory) or a spec file path")
+    run.add_argument("--start", help="window start, ISO-8601 (UTC unless a zone is given)")
+    run.add_argument("--end", help="window end (exclusive), ISO-8601")
+    run.add_argument("--all", action="store_true", help="catch up every pipeline of the specs directory, one after "
+                     "the other, continuing past a failing one; exits non-zero at the end if any failed")
+    run.add_argument("--window", metavar="DURATION", help="catch-up step, an ISO-8601 duration (P1D, PT6H) "
+                     "(default: one schedule interval)")
+    run.add_argument("--until", help="catch up to this time instead of now (ISO-8601); only complete windows run")
     run.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
     run.add_argument("--run-id", help="id recorded in etl_runs (default: generated)")
     run.add_argument("--allow-future", action="store_true", help="accept a window ending after now (refused "
                      "otherwise); the watermark then moves only up to the time the source was read")
     run.set_defaults(func=_cmd_run)
+
+    st = sub.add_parser("status", help="is each pipeline fresh and healthy: last run, watermark, lag behind the "
+                        "schedule, rows, quarantine, failing checks; exit 2 when one is stale or failing")
+    st.add_argument("pipeline", nargs="?", help="pipeline name or spec file path (default: every spec)")
+    st.add_argument("--json", action="store_true", help="one JSON object per pipeline instead of the table")
+    st.add_argument("--grace", metavar="DURATION", help="stale = watermark older than 2 schedule intervals + this "
+                    "ISO-8601 duration (default PT1H)")
+    st.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    st.set_defaults(func=_cmd_status)
 
     diff = sub.add_parser("diff", help="compare a table in two databases row by row (no spec needed)")
     diff.add_argument("source", help="source database URL (postgresql://, mysql://, sqlite:///) or connection id")
@@ -144,6 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     check = specs_sub.add_parser("check", help="validate every spec of a directory")
     check.add_argument("dir", nargs="?", help="directory (default: dags/pipelines)")
     check.set_defaults(func=_cmd_specs_check)
+
+    disc = sub.add_parser("discover", help="write one pipeline spec per table of a source database (types, key, "
+                          "cursor, comments where a person must decide)")
+    disc.add_argument("source", help="source connection id (AIRFLOW_CONN_<ID> or an Airflow Connection)")
+    disc.add_argument("--target", required=True, help="target connection id written into the specs")
+    disc.add_argument("--tables", help="only these tables, comma-separated (default: every table)")
+    disc.add_argument("--schema", help="the source schema to read (default: the connection's; PostgreSQL: public)")
+    disc.add_argument("--out", help="directory to write the specs to (default: $DRIFTLESS_SPECS_DIR or "
+                      "./dags/pipelines)")
+    disc.add_argument("--schedule", default="@daily", help="schedule written into the specs (default @daily)")
+    disc.add_argument("--prefix", help="prefix of the pipeline and target table names (e.g. shop_)")
+    disc.add_argument("--target-schema", help="schema of the target tables")
+    disc.add_argument("--rest", action="store_true", help="SOURCE_CONNECTION is an HTTP JSON API: sample one page "
+                      "of --endpoint and propose columns, key, cursor and paginator")
+    disc.add_argument("--endpoint", help="--rest: the endpoint path (e.g. /v1/customers)")
+    disc.add_argument("--records", help="--rest: JSON path of the records in the page (default: found in the body)")
+    disc.add_argument("--name", help="--rest: pipeline name (default: <connection>_<last part of the endpoint>)")
+    disc.add_argument("--force", action="store_true", help="overwrite existing specs that differ (without it, "
+                      "discover prints what changed in the source and a diff, and exits 2)")
+    disc.set_defaults(func=_cmd_discover)
 
     quarantine = sub.add_parser("quarantine", help="rows that failed validation (kept in etl_quarantine)")
     q_sub = quarantine.add_subparsers(dest="quarantine_command", required=True)

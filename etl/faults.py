@@ -4,6 +4,8 @@ Off unless ``DRIFTLESS_FAILPOINT`` names the point. The process then touches the
 ``DRIFTLESS_FAILPOINT_MARKER`` (so the test knows it got there) and sleeps until killed; or, when
 ``DRIFTLESS_FAILPOINT_RESUME`` names a file, until that file exists, and then goes on (so a test can
 change the world at that point, for example drop the source table between load and checks).
+``DRIFTLESS_FAILPOINT_AFTER=N`` lets the process pass the point N times first (to stop a catch-up in
+its third window, say).
 """
 
 from __future__ import annotations
@@ -12,9 +14,14 @@ import os
 import time
 from pathlib import Path
 
+_passed: dict[str, int] = {}
+
 
 def failpoint(name: str) -> None:
     if os.environ.get("DRIFTLESS_FAILPOINT") != name:
+        return
+    _passed[name] = _passed.get(name, 0) + 1
+    if _passed[name] <= int(os.environ.get("DRIFTLESS_FAILPOINT_AFTER", "0")):
         return
     marker = os.environ.get("DRIFTLESS_FAILPOINT_MARKER")
     if marker:

@@ -7,7 +7,9 @@ Every error names the file, the field path and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
@@ -40,6 +42,23 @@ def check_identifier(value: str) -> str:
             f"{value!r} is not a valid identifier (expected a letter or underscore followed by letters, "
             "digits or underscores, at most 63 characters)"
         )
+    return value
+
+
+SOURCE_NAME_MAX = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_source_name(value: str) -> str:
+    """Accept a table or column name as the source holds it (``"Order Items"``, ``"Unit-Price"``, ``Straße``).
+
+    Spaces, hyphens, non-ASCII letters, mixed case and reserved words are all accepted: they are safe because
+    every path quotes them through the source's SQL dialect (SQLAlchemy). Only empty names, control characters
+    and names over 128 characters are refused. Target names stay identifiers (``check_identifier``).
+    """
+    if not isinstance(value, str) or not value or len(value) > SOURCE_NAME_MAX or _CONTROL.search(value):
+        raise ValueError(f"{value!r} is not a usable source name (expected 1 to {SOURCE_NAME_MAX} characters "
+                         "without control characters)")
     return value
 
 
@@ -80,7 +99,9 @@ class ColumnSpec(_Strict):
     """One column of the records, as the target table will hold it."""
 
     name: Identifier
-    source: str | None = Field(None, description="the column's name in the source, when it differs")
+    source: str | None = Field(None, description="the column's name in the source, when it differs; any name the "
+                               "source holds (quoted by its SQL dialect); for REST records a key as written, else a "
+                               "path into nested objects such as metadata.store_id or items[0].sku")
     type: str = Field(description="smallint, integer, bigint, text, varchar(n), numeric(p,s), float, "
                       "double, boolean, timestamp (UTC, no zone), timestamptz, date or json")
     nullable: bool = True
@@ -97,7 +118,7 @@ class ColumnSpec(_Strict):
         "it a grouped number is refused. Groups must be of three digits")
 
     _name = field_validator("name")(check_identifier)
-    _source = field_validator("source")(check_identifier)
+    _source = field_validator("source")(lambda v: v if v is None else check_source_name(v))
 
     @property
     def source_name(self) -> str:
@@ -150,7 +171,8 @@ class SqlSourceSpec(_Strict):
 
     type: Literal["sql"]
     connection: Identifier = Field(description="connection id: an Airflow Connection or AIRFLOW_CONN_<ID>")
-    table: str | None = Field(None, description="source table, optionally schema-qualified (schema.table)")
+    table: str | None = Field(None, description="source table, optionally schema-qualified (schema.table); any "
+                              "name the source holds, quoted by its SQL dialect (a dot always separates the schema)")
     query: str | None = Field(None, description="a SELECT whose result is filtered by the window")
     primary_key: list[Identifier] = Field(min_length=1)
     cursor: Identifier = Field(description="column whose value places a row in a window")
@@ -177,7 +199,7 @@ class SqlSourceSpec(_Strict):
     def _table(cls, value: str | None) -> str | None:
         if value is not None:
             for part in value.split("."):
-                check_identifier(part)
+                check_source_name(part)
             if value.count(".") > 1:
                 raise ValueError(f"{value!r}: expected table or schema.table")
         return value
@@ -477,14 +499,57 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
     return sorted(f.alias or name for name, f in models[0].model_fields.items())
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    """Turn a pydantic error into lines of ``file: field.path: what was expected (got ...)``."""
+def yaml_line_finder(text: str) -> Callable[[str], int | None]:
+    """For a spec's YAML text: the line (1-based) of a field path such as ``columns[2].type``.
+
+    The line of the deepest part of the path the document holds (a missing field: the mapping that lacks it).
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        root = None
+
+    def line_of(path: str) -> int | None:
+        node, line = root, None
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+            if isinstance(node, yaml.SequenceNode) and part.startswith("["):
+                index = int(part[1:-1])
+                if index >= len(node.value):
+                    break
+                node = node.value[index]
+                line = node.start_mark.line + 1
+            elif isinstance(node, yaml.MappingNode):
+                found = next(((k, v) for k, v in node.value if k.value == part), None)
+                if found is None:
+                    break
+                line = found[0].start_mark.line + 1
+                node = found[1]
+            else:
+                break
+        return line
+
+    return line_of
+
+
+def format_validation_error(source: str, exc: ValidationError,
+                            line_of: Callable[[str], int | None] | None = None) -> str:
+    """Turn a pydantic error into lines of ``file[:line]: field.path: what was expected (got ...)``.
+
+    ``line_of`` (``yaml_line_finder``) adds the YAML line of each field; an unknown field gets a "did you
+    mean" when a known one is spelt alike.
+    """
     lines = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             allowed = _allowed_fields(err["loc"])
             msg = "unknown field" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+            close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1, cutoff=0.6)
+            if close:
+                msg += f"; did you mean {close[0]!r}?"
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             expected = ", ".join(repr(_tag(m)) for m in _resolve(err["loc"])[1])
             msg = (f"unknown type {err['ctx'].get('tag')!r}" if err["type"] == "union_tag_invalid"
@@ -498,19 +563,20 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         if prefixed and prefixed[1].split(".")[0] in PipelineSpec.model_fields:
             path = f"{path}.{prefixed[1]}" if err["loc"] else prefixed[1]
             msg = prefixed[2]
-        lines.append(f"{source}: {path}: {msg}{shown}")
+        line = line_of(path) if line_of is not None else None
+        lines.append(f"{source}{f':{line}' if line else ''}: {path}: {msg}{shown}")
     return "\n".join(lines)
 
 
-def parse_spec(data: Any, source: str = "<spec>") -> PipelineSpec:
-    """Validate an already-parsed YAML document; ``source`` names it in errors."""
+def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> PipelineSpec:
+    """Validate an already-parsed YAML document; ``source`` names it in errors (with line numbers from ``text``)."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping of pipeline fields at the top level, "
                         f"got {type(data).__name__}")
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(format_validation_error(source, exc)) from None
+        raise SpecError(format_validation_error(source, exc, yaml_line_finder(text) if text else None)) from None
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
@@ -528,9 +594,11 @@ def load_spec(path: str | Path) -> PipelineSpec:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
-    spec = parse_spec(data, str(path))
+    spec = parse_spec(data, str(path), text)
     if path.stem != spec.name:
-        raise SpecError(f"{path}: name: {spec.name!r} must match the file name {path.stem!r}")
+        line = yaml_line_finder(text)("name")
+        raise SpecError(f"{path}{f':{line}' if line else ''}: name: {spec.name!r} must match the file name "
+                        f"{path.stem!r}")
     return spec
 
 

@@ -75,5 +75,5 @@ def test_specs_check(tmp_path):
     (tmp_path / "broken.yaml").write_text("name: broken\nschedule: daily\n")
     proc = etl("specs", "check", str(tmp_path))
     assert proc.returncode == 1
-    assert f"{tmp_path / 'broken.yaml'}: schedule:" in proc.stderr
-    assert f"{tmp_path / 'broken.yaml'}: source: Field required" in proc.stderr
+    assert f"{tmp_path / 'broken.yaml'}:2: schedule:" in proc.stderr  # file:line: field
+    assert f"{tmp_path / 'broken.yaml'}:1: source: Field required" in proc.stderr  # missing: the top level

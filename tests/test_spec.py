@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,10 @@ def test_malformed_field_is_named(tmp_path, label, mutate, path, expected):
     with pytest.raises(SpecError) as err:
         load_spec(spec_file)
     message = str(err.value)
-    assert f"{spec_file}: {path}:" in message, message
+    found = re.search(rf"{re.escape(str(spec_file))}:(\d+): {re.escape(path)}:", message)
+    assert found, message
+    line = spec_file.read_text().splitlines()[int(found[1]) - 1]  # the field's line, or its parent's when missing
+    assert any(key in line for key in re.findall(r"[A-Za-z_]+", path)), (line, message)
     assert expected in message, message
 
 
@@ -102,8 +106,8 @@ def test_load_specs_reports_all_broken_files(tmp_path):
     write(tmp_path, other, name="second")
     with pytest.raises(SpecError) as err:
         load_specs(tmp_path)
-    assert "invoices_test.yaml: schedule" in str(err.value)
-    assert "second.yaml: columns[0].type" in str(err.value)
+    assert re.search(r"invoices_test.yaml:\d+: schedule", str(err.value)), str(err.value)
+    assert re.search(r"second.yaml:\d+: columns\[0\].type", str(err.value)), str(err.value)
 
 
 def test_shipped_specs_are_valid():

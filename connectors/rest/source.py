@@ -20,6 +20,8 @@ import pandas as pd
 import pyarrow as pa
 
 from connectors.rest.client import Page, RedirectGuard, RestClient
+from connectors.rest.jsonpath import parse_path
+from connectors.rest.jsonpath import select as select_path
 from connectors.rest.paginators import State
 from connectors.rest.spec import RestSourceSpec
 from etl.connections import connection_fields
@@ -68,6 +70,26 @@ def parse_cursor(value: Any, fmt: str | None = None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
+def field_getter(name: str) -> Callable[[dict], Any]:
+    """How a record's value for a column's ``source`` name is read.
+
+    The key as written first (``created-at``, ``Straße``, even ``a.b`` when the record has that key); when the
+    record has no such key and the name is a path (``metadata.store_id``, ``items[0].sku``), the value found by
+    walking nested objects and lists. Missing is None (NULL), as for a missing top-level key.
+    """
+    if "." not in name and "[" not in name:
+        return lambda record: record.get(name)
+    try:
+        parse_path(name)
+    except ValueError:
+        return lambda record: record.get(name)
+
+    def get(record: dict) -> Any:
+        return record[name] if name in record else select_path(record, name, None)
+
+    return get
+
+
 class RestSource:
     """Records of one API endpoint whose cursor lies in ``[window.start - lag, window.end)``.
 
@@ -90,7 +112,7 @@ class RestSource:
         self._start: dict[str, Any] | None = None
         # key (text; a tuple for compound keys) -> its cursor value as received (parsed on demand)
         self._seen: dict[Any, Any] = {}
-        self._columns = [(c.name, c.source_name, c.type) for c in spec.columns]
+        self._columns = [(c.name, field_getter(c.source_name), c.type) for c in spec.columns]
         self.null_cursor_records = 0  # records of the window whose cursor was null or missing
 
     def resume_from(self, checkpoint: dict[str, Any] | None,
@@ -120,14 +142,16 @@ class RestSource:
         client-side or when a key repeats (then the newer cursor value wins).
         """
         key_fields = [self.spec.column(k).source_name for k in self.source.primary_key]
-        single = key_fields[0] if len(key_fields) == 1 else None
+        single = field_getter(key_fields[0]) if len(key_fields) == 1 else None
+        key_getters = [field_getter(k) for k in key_fields]
         cursor_field = self.spec.column(self.source.cursor).source_name
+        cursor_of = field_getter(cursor_field)
         seen, kept, filtered, duplicates = self._seen, [], 0, 0
         for record in records:
             if type(record) is not dict:
                 raise SourceError(f"pipeline {self.spec.name!r}: page {page}: expected records to be JSON objects, "
                                   f"got {type(record).__name__}: {str(record)[:100]!r}")
-            cursor = record.get(cursor_field)
+            cursor = cursor_of(record)
             if cursor is None:  # in no window: source.null_cursor says what happens
                 if self._null_cursor(records, cursor_field, page):
                     continue
@@ -136,7 +160,7 @@ class RestSource:
                 if cursor is None or not bounds.start <= cursor < bounds.end:
                     filtered += 1
                     continue
-            key = str(record.get(single)) if single else tuple(str(record.get(k)) for k in key_fields)
+            key = str(single(record)) if single else tuple(str(get(record)) for get in key_getters)
             old = seen.get(key, _NEVER)
             if old is not _NEVER:
                 new, before = self._cursor(cursor, page), self._cursor(old, page)
@@ -151,7 +175,8 @@ class RestSource:
         """A record without a cursor: counted; True to drop it (``skip``), raise under ``fail``."""
         self.null_cursor_records += 1
         if self.source.null_cursor == "fail":
-            found = sum(1 for r in records if type(r) is dict and r.get(cursor_field) is None)
+            cursor_of = field_getter(cursor_field)
+            found = sum(1 for r in records if type(r) is dict and cursor_of(r) is None)
             raise SourceError(
                 f"pipeline {self.spec.name!r}: page {page}: {found} record(s) have a null or missing cursor "
                 f"{cursor_field!r}, so they lie in no window; nothing was loaded. State what to do with them in the "
@@ -167,8 +192,8 @@ class RestSource:
         missing integer stays ``None`` instead of turning the column into floats.
         """
         data = {}
-        for name, src, kind in self._columns:
-            values = [r.get(src) for r in records]
+        for name, get, kind in self._columns:
+            values = [get(r) for r in records]
             # Numbers, dates and timestamps stay as received: etl.transform converts them under the column's
             # declared rules (an epoch number is a timestamp only where the column says `format: epoch_s`).
             if kind == "text" or kind.startswith(("varchar", "string")):

@@ -36,7 +36,7 @@ from etl.connections import redact
 from etl.errors import ReconciliationFailed, driver_error_summary
 from etl.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
 from etl.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
-from etl.spec import TYPE_PATTERN, check_identifier
+from etl.spec import TYPE_PATTERN, check_source_name
 from etl.status import Check
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class _Side:
 
     def __init__(self, url: URL, table: str, schema: str | None) -> None:
         for name in [table, *([schema] if schema else [])]:
-            check_identifier(name)
+            check_source_name(name)  # quoted by the dialect (d.quote, d.table)
         self.url = url
         self.label = redact(url)
         self.dialect_cls = hash_dialect_for(url)
@@ -153,7 +153,7 @@ class _Side:
     def use_columns(self, columns: list[str], keys: list[str]) -> None:
         """The compared columns and key columns, by this side's names."""
         for name in columns:
-            check_identifier(name)
+            check_source_name(name)  # quoted by the dialect (d.quote, d.table)
         missing = [c for c in columns if c not in self.table.c]
         if missing:
             raise ReconciliationFailed(
