@@ -46,6 +46,7 @@ from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
 from etl.connections import redact, resolve_url
 from etl.errors import DriftlessError, SpecError
+from etl.load.sqlite import SQLITE_EXACT_DIGITS
 from etl.spec import IDENTIFIER, parse_spec
 
 NAMING_RULE = ("target names are snake_case ASCII: camelCase split at capitals, accents dropped (é -> e, ß -> ss), "
@@ -364,7 +365,7 @@ def _source_query(engine: Engine, schema: str | None, name: str, columns: list[P
 
 
 def plan_table(engine: Engine, schema: str | None, spec_schema: str | None, name: str, pipeline: str,
-               key_as_varchar: bool = False) -> TablePlan:
+               key_as_varchar: bool = False, exact_digits: int | None = None) -> TablePlan:
     """Reflect one table and decide its spec (see the module docstring).
 
     ``schema`` is where the table is reflected (None: SQLite), ``spec_schema`` what the spec names (None: the
@@ -380,6 +381,12 @@ def plan_table(engine: Engine, schema: str | None, spec_schema: str | None, name
     by_source: dict[str, tuple[PlannedColumn, SourceColumn]] = {}
     for src, target in zip(columns, targets, strict=True):
         planned = PlannedColumn(src.name, target, mapper(src), src.nullable)
+        wide = re.match(r"numeric\((\d+),\d+\)$", planned.mapped.type or "")
+        if exact_digits is not None and wide and int(wide[1]) > exact_digits:
+            # The target cannot hold the decimal exactly (SQLite: doubles): its text, and a person decides.
+            planned.mapped = Mapped("text", read="text", decide=True, note=(
+                f"{planned.mapped.type} does not fit the target exactly (it holds numbers to {exact_digits} digits): "
+                "loaded as text; choose a PostgreSQL or MariaDB target to keep it a number"))
         plan.columns.append(planned)
         by_source[src.name] = (planned, src)
     key = pk or unique_key
@@ -580,7 +587,8 @@ def discover(source_conn: str, target_conn: str, out_dir: Path, tables: list[str
                                      + (f" schema {schema!r}" if schema else ""))
             pipeline = snake_name(f"{prefix}{qualify + '_' if qualify else ''}{name}")
             plan = plan_table(engine, reflect_schema, qualify, name, pipeline,
-                              key_as_varchar=target_dialect in ("mysql", "mariadb"))
+                              key_as_varchar=target_dialect in ("mysql", "mariadb"),
+                              exact_digits=SQLITE_EXACT_DIGITS if target_dialect == "sqlite" else None)
             text_ = render_spec(plan, source_conn, target_conn, schedule, target_schema)
             _write(plan, text_, out_dir, force, result, out, check_code)
     except SQLAlchemyError as exc:
