@@ -2,7 +2,7 @@
 
 etl run PIPELINE --start 2025-01-01 --end 2025-01-02
 etl run PIPELINE | --all [--window P1D] [--until T]     (catch up from the watermark)
-etl status [PIPELINE] [--json] [--grace PT1H]
+etl status [PIPELINE] [--json | --prometheus] [--grace PT1H]
 etl specs check [DIR]
 etl discover SOURCE_CONNECTION --target CONNECTION [--tables t1,t2 | --schema s] [--out DIR] [--force]
 etl discover API_CONNECTION --rest --endpoint /v1/customers --target CONNECTION [--records PATH]
@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "schedule, rows, quarantine, failing checks; exit 2 when one is stale or failing")
     st.add_argument("pipeline", nargs="?", help="pipeline name or spec file path (default: every spec)")
     st.add_argument("--json", action="store_true", help="one JSON object per pipeline instead of the table")
+    st.add_argument("--prometheus", action="store_true", help="the latest run's metrics in Prometheus' text format "
+                    "(for node_exporter's textfile collector); same names as the Airflow metrics (README: Monitoring)")
     st.add_argument("--grace", metavar="DURATION", help="stale = watermark older than 2 schedule intervals + this "
                     "ISO-8601 duration (default PT1H)")
     st.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")

@@ -34,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from etl.catchup import first_start, last_boundary, parse_step, schedule_interval
 from etl.connections import resolve_url
 from etl.errors import DriftlessError
+from etl.metrics import prometheus_text, run_values
 from etl.spec import PipelineSpec
 from etl.state import RUNS_TABLE, as_utc, read_state, state_tables
 from etl.status import BAD, Run
@@ -63,9 +64,11 @@ class PipelineHealth:
     rows_written: int | None = None
     quarantined_open: int = 0
     failing_checks: list[str] = field(default_factory=list)
+    last_run: dict[str, Any] | None = field(default=None, repr=False)  # the etl_runs row (for --prometheus)
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["last_run"]
         for key in ("last_run_at", "watermark"):
             data[key] = data[key].isoformat() if data[key] else None
         return data
@@ -127,6 +130,7 @@ def pipeline_health(spec: PipelineSpec, now: datetime | None = None, grace: time
         last = _last_run(engine, spec)
         h.quarantined_open = _open_quarantine(engine, spec)
         if last is not None:
+            h.last_run = last
             h.last_run_status = last["status"]
             h.last_run_at = as_utc(last["finished_at"])
             h.last_window = {"start": as_utc(last["window_start"]).isoformat(),
@@ -205,6 +209,16 @@ def render_table(rows: list[PipelineHealth], now: datetime) -> str:
     return "\n".join(lines)
 
 
+def prometheus_health(rows: list[PipelineHealth], now: datetime) -> str:
+    """The pipelines' latest-run metrics (``etl.metrics`` names) in Prometheus' text format.
+
+    For users without Airflow: ``etl status --prometheus > /var/lib/node_exporter/driftless.prom``.
+    Pipelines never run are left out.
+    """
+    values = {h.pipeline: run_values(h.last_run, h.watermark, now=now) for h in rows if h.last_run is not None}
+    return prometheus_text(values)
+
+
 def exit_code(rows: list[PipelineHealth]) -> int:
     states = {h.health for h in rows}
     if states & {"stale", "failing"}:
@@ -213,7 +227,7 @@ def exit_code(rows: list[PipelineHealth]) -> int:
 
 
 def status_command(args: Any, out: TextIO | None = None) -> int:
-    """``etl status [PIPELINE] [--json] [--grace PT1H]``."""
+    """``etl status [PIPELINE] [--json | --prometheus] [--grace PT1H]``."""
     from etl.errors import SpecError
     from etl.spec import default_specs_dir, find_spec, load_spec, spec_files
 
@@ -232,7 +246,9 @@ def status_command(args: Any, out: TextIO | None = None) -> int:
                 rows.append(PipelineHealth(path.stem, "-", "-", health="error", reasons=[str(exc)]))
     rows.extend(pipeline_health(spec, now, grace) for spec in specs)
     rows.sort(key=lambda h: h.pipeline)
-    if args.json:
+    if getattr(args, "prometheus", False):
+        print(prometheus_health(rows, now), file=out, end="")
+    elif args.json:
         for h in rows:
             print(json.dumps(h.as_json(), default=str), file=out)
     else:

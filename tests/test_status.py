@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 import yaml
 from sqlalchemy import create_engine, update
 
@@ -121,3 +122,17 @@ def test_failing_and_never_run_and_unreadable(tmp_path, sqlite_url):
     (specs / "events.yaml").unlink()
     code, rows = status(env)
     assert code == 1 and {r["health"] for r in rows} == {"pending", "error"}
+
+
+def test_prometheus_output_holds_the_latest_run(tmp_path, sqlite_url):
+    _, env = setup(tmp_path, sqlite_url)
+    assert etl(["run", "events"], env).returncode == 0
+    proc = etl(["status", "--prometheus"], env)
+    assert proc.returncode == 0, proc.stderr
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in proc.stdout.splitlines()
+               if line and not line.startswith("#")}
+    _, [row] = status(env, "events")  # the latest run (the catch-up's last window) is what the metrics hold
+    assert samples['driftless_rows_loaded{pipeline="events"}'] == row["rows_loaded"] > 0
+    assert samples['driftless_run_status{pipeline="events"}'] == 0  # success
+    assert samples['driftless_freshness_lag_s{pipeline="events"}'] == pytest.approx(row["lag_s"], abs=120)
+    assert "# TYPE driftless_freshness_lag_s gauge" in proc.stdout
