@@ -236,13 +236,17 @@ UNPAUSED = {"consistency_report"}
 def demo_environment(env: dict[str, str]) -> subprocess.Popen | None:
     """Make every shipped pipeline runnable: point its connections at the demo, unless already defined.
 
+    The file pipeline's CSV drop (``.demo/drops``) is written when absent.
+
     ``chinook`` and ``warehouse`` are the demo's SQLite files (``.demo/``); ``chinook_api`` is the demo
     REST API (``demo/api_server.py``), started here on a free loopback port with a fresh bearer token.
     Returns the API's process (the caller stops it), or None when ``chinook_api`` was defined already.
     """
-    from etl.demo import prepare_source
+    from etl.demo import prepare_file_drop, prepare_source
 
     demo = REPO / ".demo"
+    if not (demo / "drops").is_dir():  # the CSV drop that chinook_tracks_csv reads (location: .demo/drops)
+        prepare_file_drop(demo / "drops")
     if "AIRFLOW_CONN_CHINOOK" not in env:
         source = demo / "source.db"
         if not source.exists():

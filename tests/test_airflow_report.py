@@ -130,7 +130,7 @@ def test_report_dag_is_created_unpaused_and_runs_on_loads_or_daily(monkeypatch):
     assert dag.timetable.timetable.expression == "0 6 * * *"
     assert {a.uri for a in dag.timetable.asset_condition.objects} == {
         "driftless://warehouse/default/invoices", "driftless://warehouse/default/invoice_lines",
-        "driftless://warehouse/default/customers"}
+        "driftless://warehouse/default/customers", "driftless://warehouse/default/tracks"}
     monkeypatch.setenv("DRIFTLESS_REPORT_SCHEDULE", "none")
     assert isinstance(load_report_dag(REPO / "dags" / "pipelines", monkeypatch).timetable.asset_condition, AssetAny)
 
