@@ -27,3 +27,15 @@ class LoadError(DriftlessError):
 
 class ReconciliationFailed(DriftlessError):
     """Source and target disagree beyond the configured thresholds."""
+
+
+def error_detail(exc: BaseException) -> str:
+    """The first line of an error's cause, for messages.
+
+    A database driver's own words (SQLAlchemy keeps them in ``orig``: the server's message), else the
+    error's message, else its type name. The one helper for this; the error itself is chained
+    (``raise ... from exc``), so logs keep the rest.
+    """
+    cause = getattr(exc, "orig", None) or exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__

@@ -21,22 +21,23 @@ from typing import Any, cast
 
 import pandas as pd
 import pyarrow.compute as pc
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl.connections import redact, resolve_url
-from etl.errors import DriftlessError, LoadError
+from etl.errors import DriftlessError, LoadError, error_detail
 from etl.faults import failpoint
 from etl.load import loader_for
-from etl.load.modes import write_mode_for
+from etl.load.entry import LoadResult, RunRecord, load_rows
 from etl.logs import event
 from etl.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
-from etl.reconcile.digest import spec_digest_columns
+from etl.reconcile.checks import run_window_checks, staged_sums
 from etl.schema import target_table
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter, staging_root
-from etl.state import advance_state, ensure_state_tables, record_run
+from etl.state import ensure_state_tables, record_run
 from etl.status import Run
 from etl.window import Window
 
@@ -132,8 +133,6 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     try:
         return _extract(spec, window, run_id, root, frames, started_at)
     except (DriftlessError, SQLAlchemyError, OSError) as exc:
-        from etl.reconcile.checks import error_detail
-
         detail = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
         _record_failure(spec, window, run_id, started_at, f"extract failed: {detail}")
         raise
@@ -168,8 +167,6 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     manifest = staged.close(max_cursor.isoformat() if max_cursor else None, getattr(source, "metrics", None))
     if spec.reconcile.sum_columns and getattr(source, "statement", None) is None:
         # The checks cannot ask this source for the window's sums: take them from what was staged.
-        from etl.reconcile.checks import staged_sums
-
         manifest.sums = staged_sums(spec, window, manifest.tables())
         manifest = writer.close(manifest.max_cursor, manifest.metrics)
     event(log, "extract done", pipeline=spec.name, window=window.key, rows=manifest.records,
@@ -185,14 +182,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     record commit and the watermark stays; ``etl.partitions.finish_window`` moves it once every slice is in.
     """
     started_at = datetime.now(UTC)
-    t0 = time.monotonic()
     url = resolve_url(spec.target.connection)
     loader = loader_for(url)
-    if spec.reconcile.row_digest:
-        loader.row_digest = spec_digest_columns(spec)
-    mode = write_mode_for(spec, window)  # upsert / append / replace, plus delete detection
-    target = mode.table(target_table(spec))
-    schema = spec.target.db_schema
     extracted = manifest.records if manifest.extracted is None else manifest.extracted
     result = WindowResult(spec.name, window, run_id, extracted=extracted, deduplicated=manifest.deduplicated,
                           metrics=manifest.metrics, staged_sums=dict(manifest.sums))
@@ -200,51 +191,41 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     # A window ending after the source was read (etl run --allow-future) moves the watermark only that far.
     read_at = datetime.fromisoformat(manifest.read_at) if manifest.read_at else None
     until = read_at if read_at is not None and read_at < window.end else None
+
+    def then(conn: Connection, load: LoadResult) -> dict[str, Any]:
+        """In the load's transaction, after the merge: the counts add up, rejects go to quarantine."""
+        if load.loaded != manifest.records:
+            raise LoadError(f"staging holds {load.loaded} records but the extract reported {manifest.records}; "
+                            "re-run the extract step")
+        result.quarantined = write_quarantine(conn, spec, window, run_id, manifest)
+        if extracted != load.loaded + result.quarantined + result.deduplicated:
+            raise LoadError(
+                f"extracted {extracted} records but loaded {load.loaded} + quarantined "
+                f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
+            )
+        return {"quarantined": result.quarantined}
+
+    run = RunRecord(run_id, window, Run.SUCCESS, started_at, advance_watermark=advance_watermark,
+                    max_cursor=max_cursor, until=until,
+                    fields={"extracted": extracted, "deduplicated": result.deduplicated,
+                            "metrics": json.dumps(result.metrics) if result.metrics else None})
     try:
         check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: fail before any write
-        result.schema_changes = loader.ensure_tables(target)
-        ensure_quarantine_table(loader.engine, schema)
-        with loader.transaction(target, mode) as conn:
-            for chunk in manifest.tables():
-                result.written += loader.stage(conn, target, chunk)
-                result.loaded += chunk.num_rows
-                failpoint("mid_load")
-            result.written += loader.merge(conn, target, mode)
-            if result.loaded != manifest.records:
-                raise LoadError(
-                    f"staging holds {result.loaded} records but the extract reported {manifest.records}; "
-                    "re-run the extract step"
-                )
-            result.quarantined = write_quarantine(conn, spec, window, run_id, manifest)
-            if result.extracted != result.loaded + result.quarantined + result.deduplicated:
-                raise LoadError(
-                    f"extracted {result.extracted} records but loaded {result.loaded} + quarantined "
-                    f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
-                )
-            if advance_watermark:  # partition slices leave it to the window's final task
-                result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor,
-                                                 run_id, schema, until=until)
-            result.duration_s = time.monotonic() - t0
-            record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
-                       window_end=window.end, status=Run.SUCCESS, extracted=result.extracted,
-                       loaded=result.loaded, written=result.written, watermark=result.watermark,
-                       quarantined=result.quarantined, deduplicated=result.deduplicated,
-                       schema_changes=json.dumps(result.schema_changes) if result.schema_changes else None,
-                       started_at=started_at, finished_at=datetime.now(UTC), duration_s=result.duration_s,
-                       metrics=json.dumps(result.metrics) if result.metrics else None)
-            failpoint("before_commit")
+        ensure_quarantine_table(loader.engine, spec.target.db_schema)
+        load = load_rows(spec, manifest.tables(), window=window, run=run, then=then, loader=loader)
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)
         if isinstance(exc, SQLAlchemyError):
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-            message = f"loading {target.fullname!r} into {redact(url)} failed: {detail}"
+            message = f"loading {target_table(spec).fullname!r} into {redact(url)} failed: {error_detail(exc)}"
         _record_failure(spec, window, run_id, started_at, message, loader, extracted=extracted,
                         quarantined=manifest.quarantined)
         loader.dispose()
         if isinstance(exc, DriftlessError):
             raise
-        raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {message}") from None
+        raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {message}") from exc
     loader.dispose()
+    result.loaded, result.written, result.schema_changes = load.loaded, load.written, load.schema_changes
+    result.watermark, result.duration_s = load.watermark, load.duration_s
     event(log, "load done", pipeline=spec.name, window=window.key, loaded=result.loaded, written=result.written)
     return result
 
@@ -276,8 +257,6 @@ def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
     Raises ``ChecksFailed`` (carrying the result) when a check FAILs or cannot run; the run is then
     recorded as ``checks_failed``.
     """
-    from etl.reconcile.checks import error_detail, run_window_checks
-
     source, source_error = None, None
     try:
         source = source_for(spec)

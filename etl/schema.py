@@ -36,6 +36,10 @@ from etl.canonical import normalized_json
 from etl.errors import SourceError
 from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 
+# A UTC timestamp column on every dialect (MySQL/MariaDB DATETIME keeps microseconds only with fsp=6);
+# driftless's own tables (state, runs, quarantine, checks) and ``_deleted_at`` use it.
+UTC_TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
 
 def sql_type(type_name: str) -> TypeEngine[Any]:
     """The SQLAlchemy type of a spec column type."""

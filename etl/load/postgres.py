@@ -25,7 +25,7 @@ from sqlalchemy import Column, Connection, MetaData, Table, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from etl.errors import LoadError
-from etl.load.base import Loader, naive_timestamps, sibling_table
+from etl.load.base import Loader, Setup, naive_timestamps, sibling_table
 from etl.load.modes import WriteMode
 
 COPY_BLOCK = 1 << 20
@@ -48,11 +48,13 @@ class PostgresLoader(Loader):
         return f"_driftless_new_{target.name}"[:63]
 
     @contextmanager
-    def _transaction(self, target: Table) -> Iterator[Connection]:
+    def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
                          {"name": f"driftless:{target.fullname}"})
             conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")  # staged timestamps are naive UTC text
+            if setup is not None:
+                setup(conn)
             conn.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE {self.quote(self._stage_name(target))} "
                 f"(LIKE {self.quote_table(target)}) ON COMMIT DROP"
@@ -102,8 +104,7 @@ class PostgresLoader(Loader):
         conn.exec_driver_sql(f"ANALYZE {stage}")
         return unique
 
-    def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
-        mode = self.current_mode(mode)
+    def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'")
         key_names = [c.name for c in target.primary_key.columns]
         keys = [self.quote(k) for k in key_names]

@@ -22,10 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table, create_engine, event
+from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table
 
+from etl.engines import engine_for
 from etl.errors import LoadError
-from etl.load.base import Loader, naive_utc, sibling_table
+from etl.load.base import Loader, Setup, naive_utc, sibling_table
 from etl.load.modes import Upsert, WriteMode
 
 BUSY_TIMEOUT_MS = 60_000
@@ -35,23 +36,19 @@ class SqliteLoader(Loader):
     """Loads into a SQLite file in WAL mode. Concurrent loads wait on the database's write lock."""
 
     def create_engine(self, url: URL) -> Engine:
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-
         # pysqlite's own transaction handling defers BEGIN and skips DDL; take control so that
         # the whole load, DDL included, is one transaction that holds the write lock from its start.
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn, _record):
+        def connect(dbapi_conn: Any) -> None:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.close()
 
-        @event.listens_for(engine, "begin")
-        def _begin(conn):
+        def begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        return engine
+        return engine_for(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, on_connect=connect, on_begin=begin)
 
     def _keys_table(self, target: Table) -> Table:
         keys = [Column(c.name, c.type) for c in target.primary_key.columns]
@@ -63,9 +60,11 @@ class SqliteLoader(Loader):
         return target
 
     @contextmanager
-    def _transaction(self, target: Table) -> Iterator[Connection]:
+    def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         self._statements: dict[tuple[str, ...], str] = {}
         with self.engine.begin() as conn:
+            if setup is not None:
+                setup(conn)
             if self.mode is not None and self.mode.swap:
                 into = self._into(target)
                 into.drop(conn, checkfirst=True)
@@ -118,8 +117,7 @@ class SqliteLoader(Loader):
         self.staged += chunk.num_rows
         return written
 
-    def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
-        mode = self.current_mode(mode)
+    def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
         if mode.swap:  # stage() counted the rows written into the new table
             into = self._into(target)
             conn.exec_driver_sql(f"DROP TABLE {self.quote_table(target)}")

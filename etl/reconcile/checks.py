@@ -37,7 +37,7 @@ from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import resolve_url
-from etl.errors import DriftlessError, ReconciliationFailed
+from etl.errors import DriftlessError, ReconciliationFailed, error_detail
 from etl.load import loader_for
 from etl.reconcile.store import record_checks
 from etl.schema import sql_type, target_table
@@ -70,14 +70,6 @@ def relative_difference(source: Any, target: Any) -> float:
     s = Decimal(str(source or 0))
     t = Decimal(str(target or 0))
     return float(abs(s - t) / max(abs(s), Decimal(1)))
-
-
-def error_detail(exc: BaseException) -> str:
-    """The first line of an error's cause (the driver's message for database errors)."""
-    if isinstance(exc, SQLAlchemyError):
-        exc = getattr(exc, "orig", None) or exc
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _window_bounds(spec: PipelineSpec, window) -> tuple[Any, Any]:
