@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
 
 import pandas as pd
-from sqlalchemy import Engine, and_, bindparam, column, create_engine, func, or_, select, table, text
+from sqlalchemy import Engine, column, func, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import redact, resolve_url
+from etl.engines import engine_for
 from etl.errors import SourceError
 from etl.schema import read_type, sql_type
 from etl.spec import PipelineSpec
@@ -45,7 +45,7 @@ class SqlSource:
     def __init__(self, spec: PipelineSpec, engine: Engine | None = None) -> None:
         self.spec = spec
         self.source = spec.source
-        self.engine = engine or create_engine(resolve_url(self.source.connection))
+        self.engine = engine or engine_for(resolve_url(self.source.connection))
 
     def _selectable(self):
         # Untyped columns: the driver hands over its raw values and SQLAlchemy applies no result processor.
@@ -63,19 +63,9 @@ class SqlSource:
         src = self._selectable()
         cursor_spec = self.spec.column(self.source.cursor)
         cursor = src.c[cursor_spec.source_name]
-        bound_type = sql_type(cursor_spec.type)
-        start: datetime | date
-        end: datetime | date
-        start, end = window.widened(self.source.lag).start, window.end
-        if cursor_spec.type == "timestamp":  # naive column: bounds as naive UTC
-            start, end = start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
-        elif cursor_spec.type == "date":
-            start, end = start.date(), end.date()
         key_cols = [src.c[self.spec.column(k).source_name] for k in self.source.primary_key]
-        in_window = and_(cursor >= bindparam("window_start", start, type_=bound_type),
-                         cursor < bindparam("window_end", end, type_=bound_type))
-        if self.source.null_cursor == "every_window":  # rows with a NULL cursor belong to every window
-            in_window = or_(in_window, cursor.is_(None))
+        in_window = window.condition(cursor, cursor_spec.type, self.source.lag, null_cursor=self.source.null_cursor,
+                                     bind_type=sql_type(cursor_spec.type))
         return (
             select(*[src.c[c.source_name].label(c.name) for c in self.spec.source_columns])
             .where(in_window)

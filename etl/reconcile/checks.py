@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import resolve_url
@@ -72,26 +71,13 @@ def relative_difference(source: Any, target: Any) -> float:
     return float(abs(s - t) / max(abs(s), Decimal(1)))
 
 
-def _window_bounds(spec: PipelineSpec, window) -> tuple[Any, Any]:
-    """The window's bounds as the cursor column compares them (same rules as the SQL source)."""
-    cursor = spec.column(spec.source.cursor)
-    start, end = window.widened(spec.source.lag).start, window.end
-    if cursor.type == "timestamp":
-        return start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
-    if cursor.type == "date":
-        return start.date(), end.date()
-    return start, end
-
-
 def target_sums(spec: PipelineSpec, engine, window, columns: list[str]) -> dict[str, Any]:
     """Sums of ``columns`` over the target rows whose cursor lies in the (widened) window."""
     table = target_table(spec)
-    cursor = table.c[spec.source.cursor]
-    start, end = _window_bounds(spec, window)
-    kind = sql_type(spec.column(spec.source.cursor).type)
-    in_window = and_(cursor >= bindparam("ws", start, type_=kind), cursor < bindparam("we", end, type_=kind))
-    if spec.source.null_cursor == "every_window":  # as the source reads them: NULL-cursor rows in every window
-        in_window = or_(in_window, cursor.is_(None))
+    cursor_type = spec.column(spec.source.cursor).type
+    # The rows the source's window reads (NULL-cursor rows too under every_window), as the source selects them.
+    in_window = window.condition(table.c[spec.source.cursor], cursor_type, spec.source.lag,
+                                 null_cursor=spec.source.null_cursor, bind_type=sql_type(cursor_type))
     stmt = select(*[func.sum(table.c[c]) for c in columns]).where(in_window)
     with engine.connect() as conn:
         row = conn.execute(stmt).one()
@@ -138,7 +124,7 @@ def staged_sums(spec: PipelineSpec, window, tables: Iterable[pa.Table]) -> dict[
     for a column without values.
     """
     columns = spec.reconcile.sum_columns
-    start, end = _window_bounds(spec, window)
+    start, end = window.bounds(spec.column(spec.source.cursor).type, spec.source.lag)
     totals: dict[str, Any] = dict.fromkeys(columns)
     for table in tables:
         cursor = table.column(spec.source.cursor)
