@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import Engine, column, func, select, table, text
@@ -116,4 +117,20 @@ class SqlSource:
         stmt = self.statement(window).order_by(None).subquery()
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(stmt)).scalar_one())
+
+    def sums(self, window: Window, columns: list[str]) -> dict[str, Any]:
+        """Sums of ``columns`` over the window's rows now, summed by the source's database (for reconciliation).
+
+        The source reads untyped columns (raw values); a sum is read as the spec's type, e.g. a SQLite REAL
+        sum as numeric(p,s) (its float noise past the scale is not a difference).
+        """
+        sub = self.statement(window).order_by(None).subquery()
+        sums = [func.sum(sub.c[c], type_=sql_type(self.spec.column(c).type)) for c in columns]
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*sums)).one()
+        return dict(zip(columns, row, strict=False))
+
+    def close(self) -> None:
+        """Release the source's connections."""
+        self.engine.dispose()
 

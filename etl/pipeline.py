@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from connectors.base import Closable, CountsWindow, Metered, Resumable, Source
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl.connections import redact, resolve_url
@@ -43,15 +44,15 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"sql": SqlSource, "rest": RestSource}
+SOURCES: dict[str, Callable[[PipelineSpec], Source]] = {"sql": SqlSource, "rest": RestSource}
 
 
 def new_run_id() -> str:
     return f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
 
 
-def source_for(spec: PipelineSpec):
-    """The connector for the spec's ``source.type``."""
+def source_for(spec: PipelineSpec) -> Source:
+    """The connector for the spec's ``source.type`` (``connectors.base.Source``, with its capabilities)."""
     return SOURCES[spec.source.type](spec)
 
 
@@ -143,29 +144,28 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     started = time.monotonic()
     source = source_for(spec) if frames is None else None
     # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.
-    resumable = getattr(source, "resumable", False)
+    resumable = source if isinstance(source, Resumable) else None
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
-                           window.start.isoformat(), window.end.isoformat(), resume=resumable)
+                           window.start.isoformat(), window.end.isoformat(), resume=resumable is not None)
     staged = ValidatingWriter(spec, writer)  # transform + validate; rejects staged for quarantine
     progress = writer.checkpoint or {}
     max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
-    if resumable:
-        assert source is not None  # only a source built here can be resumable
-        source.resume_from(progress.get("source"), writer.manifest.tables)
+    if resumable is not None:
+        resumable.resume_from(progress.get("source"), writer.manifest.tables)
     for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
         chunk = staged.write(frame)
         if chunk.num_rows:
             chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
             if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
                 max_cursor = chunk_max
-        if resumable:  # resume point, written after the chunk it covers
-            assert source is not None
-            staged.save_progress({"source": source.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
+        if resumable is not None:  # resume point, written after the chunk it covers
+            staged.save_progress({"source": resumable.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
     writer.manifest.read_at = started_at.isoformat()
-    manifest = staged.close(max_cursor.isoformat() if max_cursor else None, getattr(source, "metrics", None))
-    if spec.reconcile.sum_columns and getattr(source, "statement", None) is None:
+    manifest = staged.close(max_cursor.isoformat() if max_cursor else None,
+                            source.metrics if isinstance(source, Metered) else None)
+    if spec.reconcile.sum_columns and not isinstance(source, CountsWindow):
         # The checks cannot ask this source for the window's sums: take them from what was staged.
         manifest.sums = staged_sums(spec, window, manifest.tables())
         manifest = writer.close(manifest.max_cursor, manifest.metrics)
@@ -257,7 +257,8 @@ def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
     Raises ``ChecksFailed`` (carrying the result) when a check FAILs or cannot run; the run is then
     recorded as ``checks_failed``.
     """
-    source, source_error = None, None
+    source: Source | None = None
+    source_error = None
     try:
         source = source_for(spec)
     except (DriftlessError, SQLAlchemyError) as exc:
@@ -265,9 +266,8 @@ def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
     try:
         run_window_checks(spec, result, source, source_error)
     finally:
-        engine = getattr(source, "engine", None)
-        if engine is not None:
-            engine.dispose()
+        if isinstance(source, Closable):
+            source.close()
     return result
 
 

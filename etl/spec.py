@@ -7,6 +7,7 @@ Every error names the file, the field path and what was expected.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -16,11 +17,11 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors.base import check_identifier
 from connectors.rest.spec import RestSourceSpec
 from etl.errors import SpecError
 from etl.window import NULL_CURSOR_HELP, NullCursor
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@once"}
 TYPE_PATTERN = re.compile(
     r"^(?:(?P<simple>smallint|integer|bigint|text|float|double|boolean|timestamp|timestamptz|date|json)"
@@ -30,16 +31,6 @@ TYPE_PATTERN = re.compile(
 CURSOR_TYPES = {"timestamp", "timestamptz", "date"}
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric", "decimal", "float", "double"}
 EPOCH_FORMATS = {"epoch_s", "epoch_ms"}
-
-
-def check_identifier(value: str) -> str:
-    """Accept a SQL identifier: a letter or underscore, then letters, digits, underscores (max 63)."""
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid identifier (expected a letter or underscore followed by letters, "
-            "digits or underscores, at most 63 characters)"
-        )
-    return value
 
 
 Identifier = Annotated[str, Field(min_length=1)]
@@ -397,7 +388,7 @@ class PipelineSpec(_Strict):
             if col.type.split("(")[0] not in NUMERIC_TYPES:
                 raise ValueError(f"reconcile.sum_columns: column {name!r} has type {col.type!r}; "
                                  f"only numeric columns can be summed ({sorted(NUMERIC_TYPES)})")
-        if self.reconcile.propagate_deletes and not getattr(self.source, "table", None):
+        if self.reconcile.propagate_deletes and not self.source.table:
             raise ValueError("reconcile.propagate_deletes: has no effect here: deletes are propagated only by "
                              "`etl reconcile --repair`, which needs a SQL source table (this source is "
                              f"{'a query' if self.source.type == 'sql' else self.source.type!r}); remove the option")
@@ -558,8 +549,6 @@ def load_specs(directory: str | Path) -> list[PipelineSpec]:
 
 def default_specs_dir() -> Path:
     """``$DRIFTLESS_SPECS_DIR``, else ``dags/pipelines`` of the working directory or of this checkout."""
-    import os
-
     env = os.environ.get("DRIFTLESS_SPECS_DIR")
     if env:
         return Path(env)

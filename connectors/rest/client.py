@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import string
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import pybreaker
 import requests
 import tenacity
 
+from connectors.base import render_params
 from connectors.rest.auth import auth_from_connection
 from connectors.rest.jsonpath import MISSING, select
 from connectors.rest.paginators import State, paginator_for
@@ -45,42 +45,8 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = {"start", "end", "start_epoch", "end_epoch", "start_date", "end_date"}
 SENSITIVE_PARAM = re.compile(r"key|token|secret|password|passwd|signature|sig|auth|credential", re.I)
 EXCERPT = 300
-
-
-def render_params(params: dict[str, Any], window: Window | None) -> dict[str, Any]:
-    """Fill the window into string parameter values; with ``window=None`` only check the placeholders.
-
-    Placeholders: ``{start}``/``{end}`` (ISO-8601, UTC), ``{start_epoch}``/``{end_epoch}`` (epoch seconds),
-    ``{start_date}``/``{end_date}`` (YYYY-MM-DD).
-    """
-    out: dict[str, Any] = {}
-    values: dict[str, Any] = {}
-    if window is not None:
-        values = {
-            "start": window.start.isoformat().replace("+00:00", "Z"),
-            "end": window.end.isoformat().replace("+00:00", "Z"),
-            "start_epoch": int(window.start.timestamp()),
-            "end_epoch": int(window.end.timestamp()),
-            "start_date": window.start.date().isoformat(),
-            "end_date": window.end.date().isoformat(),
-        }
-    for name, value in params.items():
-        if not isinstance(value, str):
-            out[name] = value
-            continue
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"params.{name}: {value!r} is not a valid template ({exc})") from None
-        unknown = fields - PLACEHOLDERS
-        if unknown:
-            raise ValueError(f"params.{name}: unknown placeholder(s) {sorted(unknown)} (expected any of "
-                             f"{sorted(PLACEHOLDERS)}; write {{{{ and }}}} for literal braces)")
-        out[name] = value.format(**values) if window is not None else value
-    return out
 
 
 def base_url(fields: dict[str, Any]) -> str:

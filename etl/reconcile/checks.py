@@ -26,7 +26,7 @@ committed) and raises ``ChecksFailed`` naming each such check and by how much it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from connectors.base import CountsNullCursors, CountsWindow
 from etl.connections import resolve_url
 from etl.errors import DriftlessError, ReconciliationFailed, error_detail
 from etl.load import loader_for
@@ -84,21 +85,6 @@ def target_sums(spec: PipelineSpec, engine, window, columns: list[str]) -> dict[
     return dict(zip(columns, row, strict=False))
 
 
-def source_sums(source: Any, window, columns: list[str]) -> dict[str, Any] | None:
-    """Sums over the source's window rows, for sources that can express them (SQL); None otherwise."""
-    statement = getattr(source, "statement", None)
-    if statement is None:
-        return None
-    sub = statement(window).order_by(None).subquery()
-    spec = source.spec
-    # The source reads untyped columns (raw values); the sum is read as the spec's type, e.g. a SQLite REAL
-    # sum as numeric(p,s) (its float noise past the scale is not a difference).
-    sums = [func.sum(sub.c[c], type_=sql_type(spec.column(c).type)) for c in columns]
-    with source.engine.connect() as conn:
-        row = conn.execute(select(*sums)).one()
-    return dict(zip(columns, row, strict=False))
-
-
 def null_cursor_check(spec: PipelineSpec, source: Any, result: Any) -> dict[str, Any] | None:
     """``null_cursor_rows``: how many rows with a NULL cursor (in no window) the source holds and the window took.
 
@@ -107,8 +93,11 @@ def null_cursor_check(spec: PipelineSpec, source: Any, result: Any) -> dict[str,
     or rows that appeared after a ``fail`` window's extract). Left out under ``fail`` when there are none.
     """
     policy = spec.source.null_cursor
-    counter = getattr(source, "null_cursor_count", None)
-    found = counter() if counter is not None else (getattr(result, "metrics", None) or {}).get("null_cursor_records")
+    found: int | None
+    if isinstance(source, CountsNullCursors):
+        found = source.null_cursor_count()
+    else:  # what the window's reads saw (REST: records with a null or missing cursor)
+        found = (result.metrics or {}).get("null_cursor_records")
     if found is None or (found == 0 and policy == "fail"):
         return None
     taken = found if policy == "every_window" else 0
@@ -168,12 +157,11 @@ def _source_count_check(spec: PipelineSpec, result: Any, source: Any, source_err
     name = "source_count_unchanged"
     if source_error is not None:
         return {"check": name, "status": Check.ERROR, "message": f"could not run: {source_error}"}
-    count: Callable[[Any], int] | None = getattr(source, "count", None)
-    if count is None:
+    if not isinstance(source, CountsWindow):
         return {"check": name, "status": Check.SKIP,
                 "message": f"not checked: a {spec.source.type} source cannot count a window again"}
     try:
-        now_in_source = count(result.window)
+        now_in_source = source.count(result.window)
     except CHECK_ERRORS as exc:
         return {"check": name, "target": result.extracted, "status": Check.ERROR,
                 "message": f"could not run: counting the window in the source failed: {error_detail(exc)}"}
@@ -197,9 +185,8 @@ def _sum_checks(spec: PipelineSpec, result: Any, source: Any, source_error: str 
         return [{"check": f"sum_{c}", "status": status, "message": message} for c in columns]
 
     try:
-        if getattr(source, "statement", None) is not None:
-            src = source_sums(source, result.window, columns)
-            assert src is not None
+        if isinstance(source, CountsWindow):
+            src = source.sums(result.window, columns)
         elif set(columns) <= set(staged):
             src, note = staged, "source: sum over the records extracted in this window (the API is not read again)"
         elif source_error is not None:

@@ -514,7 +514,7 @@ class DeepDiff:
     @classmethod
     def for_spec(cls, spec, source_url: URL, target_url: URL, **options: Any) -> DeepDiff:
         """A diff of a pipeline's source table and target table, with the spec's column types."""
-        if not getattr(spec.source, "table", None):
+        if not spec.source.table:
             raise ReconciliationFailed(
                 f"pipeline {spec.name!r}: the deep diff needs a SQL source table (source type "
                 f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''} is not supported)"

@@ -46,8 +46,9 @@ from etl.reconcile.dialects import (
     HashDialect,
     hash_dialect_for,
     kind_of,
+    kind_of_spec_type,
 )
-from etl.spec import check_identifier
+from etl.spec import TYPE_PATTERN, check_identifier
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,6 @@ def table_columns(table: Table, dialect: str | None = None) -> list[DigestColumn
 
 def spec_digest_columns(spec: Any) -> list[DigestColumn]:
     """The columns a pipeline's target digest covers: the spec's, with the kinds ``DeepDiff.for_spec`` compares."""
-    from etl.reconcile.dialects import kind_of_spec_type
-    from etl.spec import TYPE_PATTERN
-
     out = []
     for c in spec.columns:
         m = TYPE_PATTERN.match(c.type)

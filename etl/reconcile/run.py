@@ -179,7 +179,7 @@ def reconcile_pipeline(spec: PipelineSpec, deep: bool = False, do_repair: bool =
 
 def deep_unavailable(spec: PipelineSpec) -> str | None:
     """Why the pipeline's whole table cannot be compared (deep diff, repair); None when it can."""
-    if getattr(spec.source, "table", None):
+    if spec.source.table:
         return None
     kind = f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''}"
     sums = ", sums of " + ", ".join(spec.reconcile.sum_columns) if spec.reconcile.sum_columns else ""
