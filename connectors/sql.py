@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import redact, resolve_url
 from etl.engines import engine_for
-from etl.errors import SourceError
+from etl.errors import SourceError, error_detail
 from etl.schema import read_type, sql_type
 from etl.spec import PipelineSpec
 from etl.window import Window
@@ -106,11 +106,10 @@ class SqlSource:
                     # missing attribute by building an exception (2 per row: half of a 1M-row extract).
                     yield _frame([tuple(r) for r in rows], names)
         except SQLAlchemyError as exc:
-            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
-                f"{redact(self.engine.url)} failed: {detail}"
-            ) from None
+                f"{redact(self.engine.url)} failed: {error_detail(exc)}"
+            ) from exc
 
     def count(self, window: Window) -> int:
         """How many source rows the window holds now (for reconciliation)."""

@@ -93,7 +93,7 @@ def resolve_url(conn_id: str) -> URL:
             except json.JSONDecodeError as exc:
                 raise ConnectionNotFound(
                     f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON ({exc.msg})"
-                ) from None
+                ) from exc
         return _url_from_uri(conn_id, raw)
     if _fallback is not None:
         try:
@@ -102,7 +102,7 @@ def resolve_url(conn_id: str) -> URL:
             raise ConnectionNotFound(
                 f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
                 f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
-            ) from None
+            ) from exc
         return _url_from_fields(conn_id, fields)
     raise ConnectionNotFound(
         f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
@@ -150,7 +150,7 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
             raise ConnectionNotFound(
                 f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON "
                 f"({getattr(exc, 'msg', type(exc).__name__)})"
-            ) from None
+            ) from exc
     elif raw:
         parts = urlsplit(raw)
         if not parts.scheme or not parts.hostname:
@@ -175,7 +175,7 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
             raise ConnectionNotFound(
                 f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
                 f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
-            ) from None
+            ) from exc
     else:
         raise ConnectionNotFound(
             f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
@@ -185,7 +185,7 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
     if isinstance(extra, str):
         try:
             extra = json.loads(extra) if extra.strip() else {}
-        except json.JSONDecodeError:
-            raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from None
+        except json.JSONDecodeError as exc:
+            raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from exc
     fields["extra"] = extra
     return fields

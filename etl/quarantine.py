@@ -315,7 +315,7 @@ def quarantined_rows(manifest: Manifest) -> list[dict[str, Any]]:
         try:
             rows += pq.read_table(path).to_pylist()
         except (OSError, pa.ArrowException) as exc:
-            raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from None
+            raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from exc
     return rows
 
 

@@ -158,5 +158,5 @@ def frame_to_arrow(frame: pd.DataFrame, spec: PipelineSpec) -> pa.Table:
             raise SourceError(
                 f"pipeline {spec.name!r}: column {column.name!r} does not fit type {column.type!r} "
                 f"({exc}); first values: {sample!r}"
-            ) from None
+            ) from exc
     return pa.Table.from_arrays(arrays, schema=arrow_schema(spec))

@@ -33,11 +33,11 @@ def parse_instant(value: str | datetime, what: str = "timestamp") -> datetime:
             text = text[:-1] + "+00:00"
         try:
             dt = datetime.fromisoformat(text)
-        except ValueError:
+        except ValueError as exc:
             raise DriftlessError(
                 f"{what}: {value!r} is not an ISO-8601 date or timestamp (expected e.g. 2025-01-31 or "
                 "2025-01-31T00:00:00Z)"
-            ) from None
+            ) from exc
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)

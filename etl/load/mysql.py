@@ -164,7 +164,7 @@ class MySqlLoader(Loader):
                 cursor.executemany(f"{verb} INTO {stage} ({columns}) VALUES ({placeholders})", list(rows))
         except pymysql.MySQLError as exc:  # the raw driver's errors: say what failed, keep the server's words
             detail = exc.args[1] if len(exc.args) > 1 else exc
-            raise LoadError(f"staging rows for {target.fullname!r} failed: {detail}") from None
+            raise LoadError(f"staging rows for {target.fullname!r} failed: {detail}") from exc
         self._check_warnings(cursor, target)
         self.staged += chunk.num_rows
         return 0

@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 from sqlalchemy import Column, Connection, MetaData, Table, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from etl.errors import LoadError
+from etl.errors import LoadError, error_detail
 from etl.load.base import Loader, Setup, naive_timestamps, sibling_table
 from etl.load.modes import WriteMode
 
@@ -83,8 +83,7 @@ class PostgresLoader(Loader):
                     copy.write(view[offset : offset + COPY_BLOCK])
                 del view
         except psycopg.Error as exc:  # the raw driver's errors: say what failed, keep the server's words
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from None
+            raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {error_detail(exc)}") from exc
         self.staged += chunk.num_rows
         return 0
 

@@ -107,7 +107,7 @@ class SqliteLoader(Loader):
         try:
             cursor = raw.executemany(self._statements[key], zip(*values, strict=True))
         except sqlite3.Error as exc:  # the raw driver's errors: say what failed
-            raise LoadError(f"writing rows into {target.fullname!r} failed: {exc}") from None
+            raise LoadError(f"writing rows into {target.fullname!r} failed: {exc}") from exc
         written = max(cursor.rowcount, 0)
         if self.mode is not None and self.mode.detects_deletes:
             keys = [columns.index(c.name) for c in target.primary_key.columns]

@@ -200,9 +200,8 @@ def check_pipeline(spec: PipelineSpec, repair: bool = False, samples: int = 5) -
         try:
             return reconcile_pipeline(spec, deep=True, do_repair=repair, samples=samples)
         except (DriftlessError, SQLAlchemyError) as exc:
-            detail = str(exc) if isinstance(exc, DriftlessError) else str(getattr(exc, "orig", None) or exc)
             summary = {"pipeline": spec.name, "status": Check.ERROR,
-                       "message": f"the deep diff could not run: {detail.strip().splitlines()[0]}"}
+                       "message": f"the deep diff could not run: {error_detail(exc)}"}
     else:
         summary = {"pipeline": spec.name, "status": Check.SKIP, "message": f"not checked: {unavailable}"}
     summary.update(dict.fromkeys(("missing_in_target", "extra_in_target", "changed", "rows_source", "rows_target")))
@@ -215,5 +214,5 @@ def check_pipeline(spec: PipelineSpec, repair: bool = False, samples: int = 5) -
         finally:
             loader.dispose()
     except (DriftlessError, SQLAlchemyError) as exc:  # the target may be what is down
-        log.warning("could not record the deep diff of %s: %s", spec.name, str(exc).splitlines()[0][:200])
+        log.warning("could not record the deep diff of %s: %s", spec.name, error_detail(exc)[:200])
     return summary
