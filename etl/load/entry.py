@@ -50,8 +50,9 @@ from etl.spec import PipelineSpec
 from etl.state import advance_state, ensure_state_tables, record_run
 from etl.window import Window
 
-#: Keys per SELECT of a dry run's comparison: within every dialect's bind-parameter limit (SQLite: 32766).
-KEYS_PER_QUERY = 500
+#: Keys per statement of a dry run's comparison: within every dialect's bind-parameter limit (SQLite: 32766),
+#: divided by the number of key columns.
+KEYS_PER_QUERY = 30_000
 #: Keys per kind of change a dry run reports as examples.
 SAMPLE = 5
 
@@ -230,13 +231,14 @@ class _Probe:
             return
         t = self.target
         key_cols = [t.c[k] for k in self.key_names]
-        for start in range(0, len(keys), KEYS_PER_QUERY):
-            batch = keys[start:start + KEYS_PER_QUERY]
+        names = [c.name for c in t.columns]
+        per_query = KEYS_PER_QUERY // len(key_cols)
+        for start in range(0, len(keys), per_query):
+            batch = keys[start:start + per_query]
             if len(key_cols) == 1:
                 where = key_cols[0].in_([k[self.key_names[0]] for k in batch])
             else:
                 where = tuple_(*key_cols).in_([tuple(k[n] for n in self.key_names) for k in batch])
-            names = [c.name for c in t.columns]
             self.conn.execute(insert(self.before).from_select(names, select(*[t.c[n] for n in names]).where(where)))
             self.conn.execute(insert(self.keys), batch)
 
