@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine, and_, bindparam, column, func, or_, select, table, text
+from sqlalchemy import Engine, column, func, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.connections import redact, resolve_url, sql_engine
-from etl.errors import SourceError, driver_error_summary
+from etl.connections import redact, resolve_url
+from etl.engines import engine_for
+from etl.errors import SourceError, error_detail
 from etl.schema import read_type, sql_type
 from etl.spec import PipelineSpec
 from etl.window import Window
@@ -45,7 +46,7 @@ class SqlSource:
     def __init__(self, spec: PipelineSpec, engine: Engine | None = None) -> None:
         self.spec = spec
         self.source = spec.source
-        self.engine = engine or sql_engine(resolve_url(self.source.connection))
+        self.engine = engine or engine_for(resolve_url(self.source.connection))
 
     def _selectable(self):
         # Untyped columns: the driver hands over its raw values and SQLAlchemy applies no result processor.
@@ -63,19 +64,9 @@ class SqlSource:
         src = self._selectable()
         cursor_spec = self.spec.column(self.source.cursor)
         cursor = src.c[cursor_spec.source_name]
-        bound_type = sql_type(cursor_spec.type)
-        start: datetime | date
-        end: datetime | date
-        start, end = window.widened(self.source.lag).start, window.end
-        if cursor_spec.type == "timestamp":  # naive column: bounds as naive UTC
-            start, end = start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
-        elif cursor_spec.type == "date":
-            start, end = start.date(), end.date()
         key_cols = [src.c[self.spec.column(k).source_name] for k in self.source.primary_key]
-        in_window = and_(cursor >= bindparam("window_start", start, type_=bound_type),
-                         cursor < bindparam("window_end", end, type_=bound_type))
-        if self.source.null_cursor == "every_window":  # rows with a NULL cursor belong to every window
-            in_window = or_(in_window, cursor.is_(None))
+        in_window = window.condition(cursor, cursor_spec.type, self.source.lag, null_cursor=self.source.null_cursor,
+                                     bind_type=sql_type(cursor_spec.type))
         return (
             select(*[src.c[c.source_name].label(c.name) for c in self.spec.source_columns])
             .where(in_window)
@@ -115,15 +106,30 @@ class SqlSource:
                     # missing attribute by building an exception (2 per row: half of a 1M-row extract).
                     yield _frame([tuple(r) for r in rows], names)
         except SQLAlchemyError as exc:
-            detail = driver_error_summary(exc, self.engine.url)
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
-                f"{redact(self.engine.url)} failed: {detail}"
-            ) from None
+                f"{redact(self.engine.url)} failed: {error_detail(exc, self.engine.url)}"
+            ) from exc
 
     def count(self, window: Window) -> int:
         """How many source rows the window holds now (for reconciliation)."""
         stmt = self.statement(window).order_by(None).subquery()
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(stmt)).scalar_one())
+
+    def sums(self, window: Window, columns: list[str]) -> dict[str, Any]:
+        """Sums of ``columns`` over the window's rows now, summed by the source's database (for reconciliation).
+
+        The source reads untyped columns (raw values); a sum is read as the spec's type, e.g. a SQLite REAL
+        sum as numeric(p,s) (its float noise past the scale is not a difference).
+        """
+        sub = self.statement(window).order_by(None).subquery()
+        sums = [func.sum(sub.c[c], type_=sql_type(self.spec.column(c).type)) for c in columns]
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*sums)).one()
+        return dict(zip(columns, row, strict=False))
+
+    def close(self) -> None:
+        """Release the source's connections."""
+        self.engine.dispose()
 

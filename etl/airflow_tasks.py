@@ -76,7 +76,7 @@ def options_from_context(spec: PipelineSpec, context: dict[str, Any]) -> RunOpti
     except InvalidParams as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"pipeline {spec.name!r}: {exc}") from None
+        raise AirflowFailException(f"pipeline {spec.name!r}: {exc}") from exc
 
 
 def window_from_context(context: dict[str, Any]) -> Window:

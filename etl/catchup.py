@@ -29,10 +29,10 @@ from typing import Any, TextIO
 
 from croniter import croniter
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import create_engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.connections import resolve_url
+from etl.engines import engine_for
 from etl.errors import DriftlessError, SpecError
 from etl.spec import PipelineSpec
 from etl.state import read_state
@@ -107,7 +107,7 @@ def plan_windows(spec: PipelineSpec, watermark: datetime | None, until: datetime
 
 def stored_watermark(spec: PipelineSpec) -> datetime | None:
     """The pipeline's watermark in its target's ``etl_state`` (None before its first window)."""
-    engine = create_engine(resolve_url(spec.target.connection))
+    engine = engine_for(resolve_url(spec.target.connection))
     try:
         state = read_state(engine, spec.name, spec.target.db_schema)
     except SQLAlchemyError as exc:

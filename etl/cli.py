@@ -97,9 +97,35 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_discover(args: argparse.Namespace) -> int:
-    from etl.discover import discover_command
+    """``etl discover``: exit 0 when every spec was written or is unchanged, 2 when an existing one differs."""
+    from pathlib import Path
 
-    return discover_command(args)
+    from croniter import croniter
+
+    from etl.discover import discover
+    from etl.discover_rest import discover_rest
+    from etl.spec import CRON_PRESETS
+
+    if args.schedule not in CRON_PRESETS and not croniter.is_valid(args.schedule):
+        raise DriftlessError(f"--schedule: {args.schedule!r} is not a cron expression or preset (expected e.g. "
+                             "'0 2 * * *' or '@daily')")
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
+    env = os.environ.get("DRIFTLESS_SPECS_DIR")
+    out_dir = Path(args.out) if args.out else Path(env) if env else Path.cwd() / "dags" / "pipelines"
+    if args.rest or args.endpoint:
+        if not (args.rest and args.endpoint) or tables or args.schema:
+            raise DriftlessError("a REST source takes --rest and --endpoint (no --tables or --schema)")
+        result = discover_rest(args.source, args.endpoint, args.target, out_dir, args.records, args.name,
+                               args.schedule, args.target_schema, args.force)
+    else:
+        result = discover(args.source, args.target, out_dir, tables, args.schema, args.schedule, args.prefix or "",
+                          args.target_schema, args.force)
+    print(f"{len(result.written)} written, {len(result.unchanged)} unchanged, {len(result.changed)} changed in the "
+          f"source (not overwritten), {len(result.drafts)} draft(s) in {out_dir}", file=sys.stderr)
+    if result.changed:
+        print("review the changes above, then re-run with --force to overwrite", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _cmd_quarantine(args: argparse.Namespace) -> int:

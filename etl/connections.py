@@ -5,8 +5,9 @@ variable ``AIRFLOW_CONN_<ID>`` holding a URI (``postgresql://user:pass@host:5432
 ``mysql://root@127.0.0.1:3306/test``, ``sqlite:////abs/path.db``) or Airflow's JSON form. Inside an
 Airflow task, ids that have no such variable are looked up in Airflow's Connections.
 
-Every SQL engine driftless builds (``sql_engine``) gives up connecting after a connect timeout:
-``$DRIFTLESS_CONNECT_TIMEOUT_S`` seconds (default ``DEFAULT_CONNECT_TIMEOUT_S``), unless the
+Every SQL engine driftless builds (``etl.engines.engine_for``, with ``connect_args`` below) gives up
+connecting after a connect timeout: ``$DRIFTLESS_CONNECT_TIMEOUT_S`` seconds (default
+``etl.errors.DEFAULT_CONNECT_TIMEOUT_S``, read by ``etl.errors.connect_timeout_s``), unless the
 connection sets its own ``connect_timeout`` (URI query ``?connect_timeout=30`` or the Airflow
 Connection's extra ``{"connect_timeout": 30}``). Without it a host that drops packets hangs a run
 for the operating system's TCP timeout (minutes).
@@ -20,9 +21,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sqlalchemy import URL, Engine, create_engine, make_url
+from sqlalchemy import URL, make_url
 
-from etl.errors import ConnectionNotFound, DriftlessError
+from etl.errors import TIMEOUT_BACKENDS, ConnectionNotFound, connect_timeout_s
 
 # Airflow conn_type / URI scheme -> SQLAlchemy driver name.
 DRIVERS = {
@@ -38,10 +39,6 @@ DRIVERS = {
 _fallback: Callable[[str], dict[str, Any]] | None = None
 
 #: seconds to wait for a database server to answer a new connection, unless configured
-DEFAULT_CONNECT_TIMEOUT_S = 10
-CONNECT_TIMEOUT_ENV = "DRIFTLESS_CONNECT_TIMEOUT_S"
-# Backends whose driver takes ``connect_timeout`` (psycopg: libpq's, at least 2 s; PyMySQL: the socket's).
-_TIMEOUT_BACKENDS = ("postgresql", "mysql", "mariadb")
 
 
 def use_lookup(lookup: Callable[[str], dict[str, Any]] | None) -> None:
@@ -105,7 +102,7 @@ def resolve_url(conn_id: str) -> URL:
             except json.JSONDecodeError as exc:
                 raise ConnectionNotFound(
                     f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON ({exc.msg})"
-                ) from None
+                ) from exc
         return _url_from_uri(conn_id, raw)
     if _fallback is not None:
         try:
@@ -114,7 +111,7 @@ def resolve_url(conn_id: str) -> URL:
             raise ConnectionNotFound(
                 f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
                 f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
-            ) from None
+            ) from exc
         return _url_from_fields(conn_id, fields)
     raise ConnectionNotFound(
         f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
@@ -162,7 +159,7 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
             raise ConnectionNotFound(
                 f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON "
                 f"({getattr(exc, 'msg', type(exc).__name__)})"
-            ) from None
+            ) from exc
     elif raw:
         parts = urlsplit(raw)
         if not parts.scheme or not parts.hostname:
@@ -187,7 +184,7 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
             raise ConnectionNotFound(
                 f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
                 f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
-            ) from None
+            ) from exc
     else:
         raise ConnectionNotFound(
             f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
@@ -197,47 +194,15 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
     if isinstance(extra, str):
         try:
             extra = json.loads(extra) if extra.strip() else {}
-        except json.JSONDecodeError:
-            raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from None
+        except json.JSONDecodeError as exc:
+            raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from exc
     fields["extra"] = extra
     return fields
 
 
-def connect_timeout_s(url: URL | None = None) -> int | None:
-    """The connect timeout in seconds that applies to ``url`` (None for SQLite: a file, nothing to wait for).
-
-    The connection's own ``connect_timeout`` when it sets one, else ``$DRIFTLESS_CONNECT_TIMEOUT_S``,
-    else ``DEFAULT_CONNECT_TIMEOUT_S``.
-    """
-    if url is not None:
-        if url.get_backend_name() not in _TIMEOUT_BACKENDS:
-            return None
-        own = url.query.get("connect_timeout")
-        if own is not None:
-            try:
-                return int(float(own if isinstance(own, str) else own[0]))
-            except ValueError:
-                return None  # the driver reports it
-    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
-    if not raw:
-        return DEFAULT_CONNECT_TIMEOUT_S
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise DriftlessError(f"{CONNECT_TIMEOUT_ENV} must be a whole number of seconds above 0, not {raw!r}")
-    return value
-
-
 def connect_args(url: URL) -> dict[str, Any]:
     """The driver arguments every driftless engine adds: the connect timeout, unless the URL sets its own."""
-    if url.get_backend_name() not in _TIMEOUT_BACKENDS or "connect_timeout" in url.query:
+    if url.get_backend_name() not in TIMEOUT_BACKENDS or "connect_timeout" in url.query:
         return {}
     return {"connect_timeout": connect_timeout_s()}
 
-
-def sql_engine(url: URL, **kwargs: Any) -> Engine:
-    """``sqlalchemy.create_engine`` with driftless's connect timeout (``connect_args``) added."""
-    kwargs["connect_args"] = {**connect_args(url), **kwargs.get("connect_args", {})}
-    return create_engine(url, **kwargs)

@@ -39,15 +39,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
-from sqlalchemy import Engine, Text, cast, column, create_engine, func, inspect, select, table, text
+from sqlalchemy import Engine, Text, cast, column, func, inspect, select, table, text
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
+from connectors.base import IDENTIFIER
 from etl.connections import redact, resolve_url
+from etl.engines import engine_for
 from etl.errors import DriftlessError, SpecError
 from etl.load.sqlite import SQLITE_EXACT_DIGITS
-from etl.spec import IDENTIFIER, parse_spec
+from etl.spec import parse_spec
 
 NAMING_RULE = ("target names are snake_case ASCII: camelCase split at capitals, accents dropped (é -> e, ß -> ss), "
                "every other run of characters -> '_', lower case, 'c_' before a leading digit, at most 63 characters")
@@ -563,7 +565,7 @@ def discover(source_conn: str, target_conn: str, out_dir: Path, tables: list[str
         if not IDENTIFIER.match(conn_id):
             raise DriftlessError(f"{what}: {conn_id!r} is not a connection id (define AIRFLOW_CONN_<ID> and pass the "
                                  "id: specs name connections, never URLs)")
-    engine = create_engine(resolve_url(source_conn))
+    engine = engine_for(resolve_url(source_conn))
     try:
         target_dialect = resolve_url(target_conn).get_backend_name()
     except DriftlessError:
@@ -639,39 +641,3 @@ def _write(plan: TablePlan, text_: str, out_dir: Path, force: bool, result: Disc
     result.written.append(path)
     decide = sum(1 for line in text_.splitlines() if "DECIDE" in line)
     print(f"wrote    {path}" + (f" ({decide} line(s) marked DECIDE)" if decide else ""), file=out)
-
-
-def discover_command(args: Any) -> int:
-    """``etl discover``: exit 0 when every spec was written or is unchanged, 2 when an existing one differs."""
-    from croniter import croniter
-
-    from etl.spec import CRON_PRESETS
-
-    if args.schedule not in CRON_PRESETS and not croniter.is_valid(args.schedule):
-        raise DriftlessError(f"--schedule: {args.schedule!r} is not a cron expression or preset (expected e.g. "
-                             "'0 2 * * *' or '@daily')")
-    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
-    out_dir = Path(args.out) if args.out else _default_out()
-    if args.rest or args.endpoint:
-        if not (args.rest and args.endpoint) or tables or args.schema:
-            raise DriftlessError("a REST source takes --rest and --endpoint (no --tables or --schema)")
-        from etl.discover_rest import discover_rest
-
-        result = discover_rest(args.source, args.endpoint, args.target, out_dir, args.records, args.name,
-                               args.schedule, args.target_schema, args.force)
-    else:
-        result = discover(args.source, args.target, out_dir, tables, args.schema, args.schedule, args.prefix or "",
-                          args.target_schema, args.force)
-    print(f"{len(result.written)} written, {len(result.unchanged)} unchanged, {len(result.changed)} changed in the "
-          f"source (not overwritten), {len(result.drafts)} draft(s) in {out_dir}", file=sys.stderr)
-    if result.changed:
-        print("review the changes above, then re-run with --force to overwrite", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _default_out() -> Path:
-    import os
-
-    env = os.environ.get("DRIFTLESS_SPECS_DIR")
-    return Path(env) if env else Path.cwd() / "dags" / "pipelines"

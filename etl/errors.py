@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,6 +35,42 @@ class LoadError(DriftlessError):
 
 class ReconciliationFailed(DriftlessError):
     """Source and target disagree beyond the configured thresholds."""
+
+
+#: The connect timeout every driftless engine gets (``etl.engines.engine_for``, via ``etl.connections.connect_args``)
+#: unless ``$DRIFTLESS_CONNECT_TIMEOUT_S`` or the connection's own ``connect_timeout`` says otherwise. It lives here,
+#: not in ``etl.connections``, because the messages below name it (and ``etl.connections`` imports this module).
+DEFAULT_CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_ENV = "DRIFTLESS_CONNECT_TIMEOUT_S"
+# Backends whose driver takes ``connect_timeout`` (psycopg: libpq's, at least 2 s; PyMySQL: the socket's).
+TIMEOUT_BACKENDS = ("postgresql", "mysql", "mariadb")
+
+
+def connect_timeout_s(url: URL | None = None) -> int | None:
+    """The connect timeout in seconds that applies to ``url`` (None for SQLite: a file, nothing to wait for).
+
+    The connection's own ``connect_timeout`` when it sets one, else ``$DRIFTLESS_CONNECT_TIMEOUT_S``,
+    else ``DEFAULT_CONNECT_TIMEOUT_S``.
+    """
+    if url is not None:
+        if url.get_backend_name() not in TIMEOUT_BACKENDS:
+            return None
+        own = url.query.get("connect_timeout")
+        if own is not None:
+            try:
+                return int(float(own if isinstance(own, str) else own[0]))
+            except ValueError:
+                return None  # the driver reports it
+    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise DriftlessError(f"{CONNECT_TIMEOUT_ENV} must be a whole number of seconds above 0, not {raw!r}")
+    return value
 
 
 CONNECTION_LOST = "the connection to the database was lost"
@@ -89,7 +126,10 @@ def _connect_timed_out(orig: BaseException) -> bool:
 
 
 def driver_error_summary(exc: BaseException, url: URL | None = None, limit: int = 300) -> str:
-    """One readable line for a database error, raw driver or wrapped by SQLAlchemy, for a user's message.
+    """One readable line for an error's cause, for a user's message: the one helper for this (``error_detail``).
+
+    Database errors, raw driver or wrapped by SQLAlchemy, and any other error alike (its message's first
+    line, else its type name); the error itself is chained (``raise ... from exc``), so logs keep the rest.
 
     The server's own first line where it has one (PyMySQL's ``(code, message)`` becomes the message);
     a session that ended under the client says so (``CONNECTION_LOST``), as does a server that did not
@@ -100,8 +140,6 @@ def driver_error_summary(exc: BaseException, url: URL | None = None, limit: int 
     if connection_lost(exc):
         return f"{CONNECTION_LOST} ({reason})" if (reason := _server_reason(orig)) else CONNECTION_LOST
     if _connect_timed_out(orig):
-        from etl.connections import connect_timeout_s
-
         seconds = connect_timeout_s(url) if url is not None else connect_timeout_s()
         return (f"no answer within the connect timeout of {seconds} s (host down, or a firewall dropping packets; "
                 f"set DRIFTLESS_CONNECT_TIMEOUT_S or the connection's connect_timeout to wait longer)")
@@ -111,3 +149,7 @@ def driver_error_summary(exc: BaseException, url: URL | None = None, limit: int 
         text = str(orig).strip()
     first = text.splitlines()[0].strip() if text else ""
     return (first or type(orig).__name__)[:limit]
+
+
+#: The one helper for an error's first line in a message (arch's name; the ops sites call it ``driver_error_summary``).
+error_detail = driver_error_summary

@@ -28,11 +28,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Engine, create_engine, func, inspect, select
+from sqlalchemy import Engine, func, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from etl.catchup import first_start, last_boundary, parse_step, schedule_interval
 from etl.connections import resolve_url
+from etl.engines import engine_for
 from etl.errors import DriftlessError
 from etl.metrics import prometheus_text, run_values
 from etl.spec import PipelineSpec
@@ -125,7 +126,7 @@ def pipeline_health(spec: PipelineSpec, now: datetime | None = None, grace: time
     h = PipelineHealth(spec.name, _source_label(spec), _target_label(spec))
     own = engine is None
     try:
-        engine = engine or create_engine(resolve_url(spec.target.connection))
+        engine = engine or engine_for(resolve_url(spec.target.connection))
         state = read_state(engine, spec.name, spec.target.db_schema)
         last = _last_run(engine, spec)
         h.quarantined_open = _open_quarantine(engine, spec)

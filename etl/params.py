@@ -109,7 +109,7 @@ def _instant(params: dict[str, Any], name: str) -> datetime | None:
     try:
         return parse_instant(value, f"param {name!r}")
     except DriftlessError as exc:
-        raise InvalidParams(str(exc)) from None
+        raise InvalidParams(str(exc)) from exc
 
 
 def run_options(
@@ -154,7 +154,7 @@ def run_options(
         try:
             window.refuse_future("param 'end'", "run it from the shell with `etl run ... --allow-future`")
         except DriftlessError as exc:
-            raise InvalidParams(str(exc)) from None
+            raise InvalidParams(str(exc)) from exc
         return RunOptions(window, dry_run=dry_run, overridden=True)
     if interval_start is None or interval_end is None:
         raise InvalidParams("the run has no data interval: give 'start' and 'end'")

@@ -15,18 +15,16 @@ KubernetesExecutor spreads the slices over its workers. The load stays exactly o
 from __future__ import annotations
 
 import shutil
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from etl import metrics
-from etl.connections import resolve_url
+from etl.dry_run import plan_window
 from etl.errors import LoadError
-from etl.load import loader_for
+from etl.load.entry import RunRecord, load_rows
 from etl.pipeline import extract_window, load_window, reconcile_window, staging_dir
-from etl.schema import target_table
 from etl.spec import PipelineSpec
-from etl.state import advance_state, record_run
+from etl.status import Run
 from etl.window import Window
 
 SLICE = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
@@ -62,8 +60,6 @@ def plan(spec: PipelineSpec, window: Window) -> list[dict[str, Any]]:
 @metrics.quietly  # a slice reports only failures; finish_window reports the window
 def sync_slice(spec: PipelineSpec, part: dict[str, Any], run_id: str, dry_run: bool = False) -> dict[str, Any]:
     """Extract, load (without moving the watermark) and reconcile one slice; returns a small summary."""
-    from etl.dry_run import plan_window
-
     window = Window.parse(part["start"], part["end"])
     slice_run = f"{run_id}__slice{part['index']:04d}"
     manifest = extract_window(spec, window, slice_run)
@@ -94,22 +90,11 @@ def finish_window(spec: PipelineSpec, window: Window, results: list[dict[str, An
                         "loaded; the watermark stays. Clear the failed slice tasks to finish the window")
     cursors = [datetime.fromisoformat(r["max_cursor"]) for r in results if r.get("max_cursor")]
     max_cursor = max(cursors) if cursors else None
-    started_at, t0 = datetime.now(UTC), time.monotonic()
-    url = resolve_url(spec.target.connection)
-    loader = loader_for(url)
-    target = target_table(spec)
     totals = {k: sum(int(r[k]) for r in results) for k in ("extracted", "loaded", "written")}
-    try:
-        loader.ensure_tables(target)
-        with loader.transaction(target) as conn:
-            watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor, run_id,
-                                      spec.target.db_schema)
-            record_run(conn, spec.target.db_schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
-                       window_end=window.end, status="success", watermark=watermark, started_at=started_at,
-                       finished_at=datetime.now(UTC), duration_s=time.monotonic() - t0,
-                       message=f"{len(results)} slices of one {spec.partition_by or 'day'}", **totals)
-    finally:
-        loader.dispose()
-    metrics.emit(spec.name, metrics.window_values(results, watermark))
+    every = spec.partition_by or "day"
+    run = RunRecord(run_id, window, Run.SUCCESS, datetime.now(UTC), advance_watermark=True, max_cursor=max_cursor,
+                    fields={**totals, "message": f"{len(results)} slices of one {every}"})
+    load = load_rows(spec, None, window=window, run=run)  # no rows: the slices loaded them
+    metrics.emit(spec.name, metrics.window_values(results, load.watermark))
     return {"pipeline": spec.name, "window": window.as_dict(), "slices": len(results), **totals,
-            "watermark": watermark.isoformat()}
+            "watermark": load.watermark.isoformat() if load.watermark else None}

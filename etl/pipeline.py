@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -19,38 +19,40 @@ from typing import Any, cast
 
 import pandas as pd
 import pyarrow.compute as pc
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from connectors.base import Closable, CountsWindow, KeepsTargetState, Metered, Resumable, Source
 from connectors.files.source import FileSource
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl import metrics
 from etl.connections import redact, resolve_url
-from etl.errors import DriftlessError, LoadError, driver_error_summary
+from etl.errors import DriftlessError, LoadError, error_detail
 from etl.faults import failpoint
 from etl.load import loader_for
-from etl.load.modes import write_mode_for
+from etl.load.entry import LoadResult, RunRecord, load_rows
 from etl.logs import event
 from etl.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
-from etl.reconcile.digest import spec_digest_columns
+from etl.reconcile.checks import ChecksFailed, run_window_checks, staged_sums
 from etl.schema import target_table
 from etl.spec import PipelineSpec
 from etl.staging import Manifest, StagingWriter, owned_run_dir, prune_stale, staging_root
-from etl.state import advance_state, ensure_state_tables, record_run
+from etl.state import ensure_state_tables, record_run
 from etl.status import Run
 from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"sql": SqlSource, "rest": RestSource, "file": FileSource}
+SOURCES: dict[str, Callable[[PipelineSpec], Source]] = {"sql": SqlSource, "rest": RestSource, "file": FileSource}
 
 
 def new_run_id() -> str:
     return f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
 
 
-def source_for(spec: PipelineSpec):
-    """The connector for the spec's ``source.type``."""
+def source_for(spec: PipelineSpec) -> Source:
+    """The connector for the spec's ``source.type`` (``connectors.base.Source``, with its capabilities)."""
     return SOURCES[spec.source.type](spec)
 
 
@@ -132,8 +134,6 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     try:
         manifest = _extract(spec, window, run_id, root, frames, started_at)
     except (DriftlessError, SQLAlchemyError, OSError) as exc:
-        from etl.reconcile.checks import error_detail
-
         detail = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
         _record_failure(spec, window, run_id, started_at, f"extract failed: {detail}")
         metrics.emit_failure(spec.name)
@@ -147,32 +147,29 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     started = time.monotonic()
     source = source_for(spec) if frames is None else None
     # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.
-    resumable = getattr(source, "resumable", False)
+    resumable = source if isinstance(source, Resumable) else None
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
-                           window.start.isoformat(), window.end.isoformat(), resume=resumable)
+                           window.start.isoformat(), window.end.isoformat(), resume=resumable is not None)
     staged = ValidatingWriter(spec, writer)  # transform + validate; rejects staged for quarantine
     progress = writer.checkpoint or {}
     max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
-    if resumable:
-        assert source is not None  # only a source built here can be resumable
-        source.resume_from(progress.get("source"), writer.manifest.tables)
+    if resumable is not None:
+        resumable.resume_from(progress.get("source"), writer.manifest.tables)
     for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
         chunk = staged.write(frame)
         if chunk.num_rows:
             chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
             if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
                 max_cursor = chunk_max
-        if resumable:  # resume point, written after the chunk it covers
-            assert source is not None
-            staged.save_progress({"source": source.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
+        if resumable is not None:  # resume point, written after the chunk it covers
+            staged.save_progress({"source": resumable.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
     writer.manifest.read_at = started_at.isoformat()
-    manifest = staged.close(max_cursor.isoformat() if max_cursor else None, getattr(source, "metrics", None))
-    if spec.reconcile.sum_columns and getattr(source, "statement", None) is None:
+    manifest = staged.close(max_cursor.isoformat() if max_cursor else None,
+                            source.metrics if isinstance(source, Metered) else None)
+    if spec.reconcile.sum_columns and not isinstance(source, CountsWindow):
         # The checks cannot ask this source for the window's sums: take them from what was staged.
-        from etl.reconcile.checks import staged_sums
-
         manifest.sums = staged_sums(spec, window, manifest.tables())
         manifest = writer.close(manifest.max_cursor, manifest.metrics)
     event(log, "extract done", pipeline=spec.name, window=window.key, rows=manifest.records,
@@ -188,15 +185,10 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     record commit and the watermark stays; ``etl.partitions.finish_window`` moves it once every slice is in.
     """
     started_at = datetime.now(UTC)
-    t0 = time.monotonic()
     url = resolve_url(spec.target.connection)
     loader = loader_for(url)
     if manifest.directory and Path(manifest.directory).is_dir():  # bulk-load files stay in private staging
         loader.scratch_dir = manifest.directory
-    if spec.reconcile.row_digest:
-        loader.row_digest = spec_digest_columns(spec)
-    mode = write_mode_for(spec, window)  # upsert / append / replace, plus delete detection
-    target = mode.table(target_table(spec))
     schema = spec.target.db_schema
     extracted = manifest.records if manifest.extracted is None else manifest.extracted
     result = WindowResult(spec.name, window, run_id, extracted=extracted, deduplicated=manifest.deduplicated,
@@ -205,58 +197,50 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     # A window ending after the source was read (etl run --allow-future) moves the watermark only that far.
     read_at = datetime.fromisoformat(manifest.read_at) if manifest.read_at else None
     until = read_at if read_at is not None and read_at < window.end else None
+    # Sources that keep state of their own in the target (file sources: etl_files) write it in the load's transaction.
+    source_class = SOURCES[spec.source.type]
+    keeps_state = isinstance(source_class, type) and issubclass(source_class, KeepsTargetState)
+
+    def then(conn: Connection, load: LoadResult) -> dict[str, Any]:
+        """In the load's transaction, after the merge: the counts add up, rejects go to quarantine."""
+        if load.loaded != manifest.records:
+            raise LoadError(f"staging holds {load.loaded} records but the extract reported {manifest.records}; "
+                            "re-run the extract step")
+        result.quarantined = write_quarantine(conn, spec, window, run_id, manifest)
+        if extracted != load.loaded + result.quarantined + result.deduplicated:
+            raise LoadError(
+                f"extracted {extracted} records but loaded {load.loaded} + quarantined "
+                f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
+            )
+        if keeps_state:
+            cast(KeepsTargetState, source_class).record_loaded(conn, spec, window, run_id, manifest)
+        return {"quarantined": result.quarantined}
+
+    run = RunRecord(run_id, window, Run.SUCCESS, started_at, advance_watermark=advance_watermark,
+                    max_cursor=max_cursor, until=until,
+                    fields={"extracted": extracted, "deduplicated": result.deduplicated,
+                            "metrics": json.dumps(result.metrics) if result.metrics else None})
     try:
         check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: fail before any write
-        result.schema_changes = loader.ensure_tables(target)
         ensure_quarantine_table(loader.engine, schema)
-        # Sources that keep state of their own in the target (file sources: etl_files) write it in the transaction.
-        source_class = SOURCES[spec.source.type]
-        if hasattr(source_class, "prepare_target"):
-            source_class.prepare_target(loader.engine, schema)
-        with loader.transaction(target, mode) as conn:
-            for chunk in manifest.tables():
-                result.written += loader.stage(conn, target, chunk)
-                result.loaded += chunk.num_rows
-                failpoint("mid_load")
-            result.written += loader.merge(conn, target, mode)
-            if result.loaded != manifest.records:
-                raise LoadError(
-                    f"staging holds {result.loaded} records but the extract reported {manifest.records}; "
-                    "re-run the extract step"
-                )
-            result.quarantined = write_quarantine(conn, spec, window, run_id, manifest)
-            if result.extracted != result.loaded + result.quarantined + result.deduplicated:
-                raise LoadError(
-                    f"extracted {result.extracted} records but loaded {result.loaded} + quarantined "
-                    f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
-                )
-            if advance_watermark:  # partition slices leave it to the window's final task
-                result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor,
-                                                 run_id, schema, until=until)
-            if hasattr(source_class, "record_loaded"):
-                source_class.record_loaded(conn, spec, window, run_id, manifest)
-            result.duration_s = time.monotonic() - t0
-            record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
-                       window_end=window.end, status=Run.SUCCESS, extracted=result.extracted,
-                       loaded=result.loaded, written=result.written, watermark=result.watermark,
-                       quarantined=result.quarantined, deduplicated=result.deduplicated,
-                       schema_changes=json.dumps(result.schema_changes) if result.schema_changes else None,
-                       started_at=started_at, finished_at=datetime.now(UTC), duration_s=result.duration_s,
-                       metrics=json.dumps(result.metrics) if result.metrics else None)
-            failpoint("before_commit")
+        if keeps_state:
+            cast(KeepsTargetState, source_class).prepare_target(loader.engine, schema)
+        load = load_rows(spec, manifest.tables(), window=window, run=run, then=then, loader=loader)
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)
         if isinstance(exc, SQLAlchemyError):
-            detail = driver_error_summary(exc, url)
-            message = f"loading {target.fullname!r} into {redact(url)} failed: {detail}"
+            message = (f"loading {target_table(spec).fullname!r} into {redact(url)} failed: "
+                       f"{error_detail(exc, url)}")
         _record_failure(spec, window, run_id, started_at, message, loader, extracted=extracted,
                         quarantined=manifest.quarantined)
         loader.dispose()
         metrics.emit_failure(spec.name)
         if isinstance(exc, DriftlessError):
             raise
-        raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {message}") from None
+        raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {message}") from exc
     loader.dispose()
+    result.loaded, result.written, result.schema_changes = load.loaded, load.written, load.schema_changes
+    result.watermark, result.duration_s = load.watermark, load.duration_s
     event(log, "load done", pipeline=spec.name, window=window.key, loaded=result.loaded, written=result.written)
     metrics.emit(spec.name, metrics.load_values(result))
     return result
@@ -289,9 +273,9 @@ def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
     Raises ``ChecksFailed`` (carrying the result) when a check FAILs or cannot run; the run is then
     recorded as ``checks_failed``.
     """
-    from etl.reconcile.checks import ChecksFailed, error_detail, run_window_checks
-
-    source, source_error, t0 = None, None, time.monotonic()
+    source: Source | None = None
+    source_error = None
+    t0 = time.monotonic()
     try:
         source = source_for(spec)
     except (DriftlessError, SQLAlchemyError) as exc:
@@ -302,9 +286,8 @@ def reconcile_window(spec: PipelineSpec, result: WindowResult) -> WindowResult:
         metrics.emit(spec.name, metrics.reconcile_values(result, time.monotonic() - t0))
         raise
     finally:
-        engine = getattr(source, "engine", None)
-        if engine is not None:
-            engine.dispose()
+        if isinstance(source, Closable):
+            source.close()
     metrics.emit(spec.name, metrics.reconcile_values(result, time.monotonic() - t0))
     return result
 

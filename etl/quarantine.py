@@ -58,10 +58,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from etl.connections import resolve_url
 from etl.errors import DriftlessError, LoadError, ValidationFailed
-from etl.spec import PipelineSpec
+from etl.load import loader_for
+from etl.load.entry import LoadResult, RunRecord, load_rows
+from etl.schema import UTC_TIMESTAMP
+from etl.spec import PipelineSpec, find_spec
 from etl.staging import Manifest, StagingWriter, write_parquet
-from etl.state import UTC_TIMESTAMP, as_utc
+from etl.state import as_utc
+from etl.status import Run
 from etl.transform import convert_column, convert_for
 from etl.validate import ChunkResult, Validator
 from etl.window import Window
@@ -310,7 +315,7 @@ def quarantined_rows(manifest: Manifest) -> list[dict[str, Any]]:
         try:
             rows += pq.read_table(path).to_pylist()
         except (OSError, pa.ArrowException) as exc:
-            raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from None
+            raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from exc
     return rows
 
 
@@ -495,18 +500,14 @@ def _newer_in_target(conn: Connection, target: Table, spec: PipelineSpec, good: 
 def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
     """Re-validate the pipeline's quarantined records under the current spec and load those that pass.
 
+    The rows load through the one load (``etl.load.entry.load_rows``) under the target's write mode
+    (``append`` leaves keys already in the target alone; a soft-deleted row that returns is undeleted).
     Loading, removing the loaded entries from quarantine and the run record commit in one transaction;
     an entry changed by a concurrent load meanwhile aborts the replay (run it again).
     """
-    from etl.connections import resolve_url
-    from etl.load import loader_for
-    from etl.schema import target_table
-    from etl.state import record_run
-
     run_id = run_id or f"replay__{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
     result = ReplayResult(spec.name, run_id)
-    url = resolve_url(spec.target.connection)
-    loader = loader_for(url)
+    loader = loader_for(resolve_url(spec.target.connection))
     schema = spec.target.db_schema
     started = datetime.now(UTC)
     try:
@@ -514,8 +515,6 @@ def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
         result.considered = len(entries)
         if not entries:
             return result
-        target = target_table(spec)
-        changes = loader.ensure_tables(target)
         frame = pd.DataFrame.from_records([e["record"] for e in entries])
         checked = Validator(spec).validate(frame)
         index = checked.index.copy()
@@ -523,16 +522,17 @@ def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
         losers = dedup_losers(index, list(spec.source.primary_key), list(spec.dedup.order_by or [spec.source.cursor]),
                               spec.dedup.keep)
         good_rows = np.flatnonzero(index["_good"].to_numpy())
-        with loader.transaction(target) as conn:
-            good_ids = [entries[i] for i in good_rows]
-            stale = losers[good_rows] | _newer_in_target(conn, target, spec, checked.good)
-            chunk = checked.good.filter(pa.array(~stale))
-            result.written = loader.stage(conn, target, chunk)
-            result.written += loader.merge(conn, target, spec.source.cursor)
-            result.loaded = chunk.num_rows
+        bad_rows = np.flatnonzero(~index["_good"].to_numpy())
+        q = quarantine_table(schema)
+
+        def rows(conn: Connection, load: LoadResult) -> list[pa.Table]:
+            """The good rows, less those the target holds in a newer version (looked at inside the load)."""
+            stale = losers[good_rows] | _newer_in_target(conn, load.target, spec, checked.good)
             result.superseded = int(stale.sum())
-            q = quarantine_table(schema)
-            done = [{"b_id": e["id"], "b_seen": e["last_seen"]} for e in good_ids]
+            return [checked.good.filter(pa.array(~stale))]
+
+        def then(conn: Connection, load: LoadResult) -> dict[str, Any]:
+            done = [{"b_id": entries[i]["id"], "b_seen": entries[i]["last_seen"]} for i in good_rows]
             if done:
                 deleted = conn.execute(
                     delete(q).where(and_(q.c.id == bindparam("b_id"), q.c.last_seen == bindparam("b_seen"))), done
@@ -540,22 +540,19 @@ def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
                 if deleted != len(done):
                     raise LoadError(f"pipeline {spec.name!r}: quarantine entries changed during the replay "
                                     "(a load ran meanwhile); nothing was replayed, run the replay again")
-            bad_rows = np.flatnonzero(~index["_good"].to_numpy())
             refreshed = [{"b_id": entries[i]["id"], "errors": checked.rejects["errors"].iat[int(index["_pos"].iat[i])]}
                          for i in bad_rows]
             if refreshed:
                 conn.execute(update(q).where(q.c.id == bindparam("b_id")).values(errors=bindparam("errors")),
                              refreshed)
-            result.still_failing = len(bad_rows)
-            record_run(conn, schema, run_id=run_id, pipeline=spec.name,
-                       window_start=min(e["window_start"] for e in entries),
-                       window_end=max(e["window_end"] for e in entries), status="replay",
-                       extracted=result.considered, loaded=result.loaded, written=result.written,
-                       quarantined=result.still_failing, deduplicated=result.superseded,
-                       schema_changes=json.dumps(changes) if changes else None,
-                       started_at=started, finished_at=datetime.now(UTC),
-                       duration_s=(datetime.now(UTC) - started).total_seconds(),
-                       message=f"replayed {result.considered} quarantined records")
+            return {"extracted": result.considered, "quarantined": len(bad_rows), "deduplicated": result.superseded}
+
+        window = Window(min(e["window_start"] for e in entries), max(e["window_end"] for e in entries))
+        run = RunRecord(run_id, window, Run.REPLAY, started, fields={
+            "message": f"replayed {result.considered} quarantined records"})
+        # No window: nothing counts as deleted, and replace writes by key (etl.load.modes.write_mode_for).
+        load = load_rows(spec, rows, run=run, then=then, loader=loader)
+        result.loaded, result.written, result.still_failing = load.loaded, load.written, len(bad_rows)
     finally:
         loader.dispose()
     return result
@@ -580,10 +577,6 @@ LIST_FIELDS = ("id", "record_key", "errors", "record", "run_id", "window_start",
 
 def quarantine_command(args: Any) -> int:
     """``etl quarantine list|replay PIPELINE`` (see ``etl.cli``)."""
-    from etl.connections import resolve_url
-    from etl.load import loader_for
-    from etl.spec import find_spec
-
     spec = find_spec(args.pipeline, args.specs_dir)
     if args.quarantine_command == "replay":
         print(json.dumps(replay(spec, run_id=args.run_id).summary(), default=str))

@@ -36,6 +36,10 @@ from etl.canonical import normalized_json
 from etl.errors import SourceError
 from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 
+# A UTC timestamp column on every dialect (MySQL/MariaDB DATETIME keeps microseconds only with fsp=6);
+# driftless's own tables (state, runs, quarantine, checks) and ``_deleted_at`` use it.
+UTC_TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
 
 def sql_type(type_name: str) -> TypeEngine[Any]:
     """The SQLAlchemy type of a spec column type."""
@@ -154,5 +158,5 @@ def frame_to_arrow(frame: pd.DataFrame, spec: PipelineSpec) -> pa.Table:
             raise SourceError(
                 f"pipeline {spec.name!r}: column {column.name!r} does not fit type {column.type!r} "
                 f"({exc}); first values: {sample!r}"
-            ) from None
+            ) from exc
     return pa.Table.from_arrays(arrays, schema=arrow_schema(spec))

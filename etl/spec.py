@@ -8,6 +8,7 @@ Every error names the file, the field path and what was expected.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -18,12 +19,12 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors.base import check_identifier
 from connectors.files.spec import FileSourceSpec
 from connectors.rest.spec import RestSourceSpec
 from etl.errors import SpecError
 from etl.window import NULL_CURSOR_HELP, NullCursor
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@once"}
 TYPE_PATTERN = re.compile(
     r"^(?:(?P<simple>smallint|integer|bigint|text|float|double|boolean|timestamp|timestamptz|date|json)"
@@ -33,16 +34,6 @@ TYPE_PATTERN = re.compile(
 CURSOR_TYPES = {"timestamp", "timestamptz", "date"}
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric", "decimal", "float", "double"}
 EPOCH_FORMATS = {"epoch_s", "epoch_ms"}
-
-
-def check_identifier(value: str) -> str:
-    """Accept a SQL identifier: a letter or underscore, then letters, digits, underscores (max 63)."""
-    if not isinstance(value, str) or not IDENTIFIER.match(value):
-        raise ValueError(
-            f"{value!r} is not a valid identifier (expected a letter or underscore followed by letters, "
-            "digits or underscores, at most 63 characters)"
-        )
-    return value
 
 
 SOURCE_NAME_MAX = 128
@@ -91,7 +82,7 @@ class ColumnChecks(_Strict):
             try:
                 re.compile(value)
             except re.error as exc:
-                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
         return value
 
 
@@ -420,7 +411,7 @@ class PipelineSpec(_Strict):
             if col.type.split("(")[0] not in NUMERIC_TYPES:
                 raise ValueError(f"reconcile.sum_columns: column {name!r} has type {col.type!r}; "
                                  f"only numeric columns can be summed ({sorted(NUMERIC_TYPES)})")
-        if self.reconcile.propagate_deletes and not getattr(self.source, "table", None):
+        if self.reconcile.propagate_deletes and not self.source.table:
             raise ValueError("reconcile.propagate_deletes: has no effect here: deletes are propagated only by "
                              "`etl reconcile --repair`, which needs a SQL source table (this source is "
                              f"{'a query' if self.source.type == 'sql' else self.source.type!r}); remove the option")
@@ -576,7 +567,7 @@ def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> Pi
     try:
         return PipelineSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(format_validation_error(source, exc, yaml_line_finder(text) if text else None)) from None
+        raise SpecError(format_validation_error(source, exc, yaml_line_finder(text) if text else None)) from exc
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
@@ -585,7 +576,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from None
+        raise SpecError(f"{path}: cannot read spec ({exc.strerror})") from exc
     try:
         # libyaml's C loader when available: ~10x faster than the pure-Python one (DAG parse time).
         data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
@@ -593,7 +584,7 @@ def load_spec(path: str | Path) -> PipelineSpec:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from None
+        raise SpecError(f"{path}: invalid YAML{where}: {problem}") from exc
     spec = parse_spec(data, str(path), text)
     if path.stem != spec.name:
         line = yaml_line_finder(text)("name")
@@ -627,8 +618,6 @@ def load_specs(directory: str | Path) -> list[PipelineSpec]:
 
 def default_specs_dir() -> Path:
     """``$DRIFTLESS_SPECS_DIR``, else ``dags/pipelines`` of the working directory or of this checkout."""
-    import os
-
     env = os.environ.get("DRIFTLESS_SPECS_DIR")
     if env:
         return Path(env)

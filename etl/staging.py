@@ -224,7 +224,7 @@ class Manifest:
             try:
                 yield pq.read_table(path)
             except (OSError, pa.ArrowException) as exc:
-                raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from None
+                raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from exc
 
 
 class StagingWriter:

@@ -22,7 +22,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    DateTime,
     Engine,
     Float,
     Integer,
@@ -35,15 +34,15 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import mysql
 
+from etl.load.evolution import add_missing_nullable_columns
+from etl.schema import UTC_TIMESTAMP
+from etl.status import Run
 from etl.window import Window
 
 STATE_TABLE = "etl_state"
 RUNS_TABLE = "etl_runs"
 
-# A UTC timestamp column on every dialect (MySQL/MariaDB DATETIME keeps microseconds only with fsp=6).
-UTC_TIMESTAMP = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def state_tables(schema: str | None = None) -> tuple[Table, Table]:
@@ -122,8 +121,6 @@ def ensure_state_tables(conn: Connection, schema: str | None = None) -> None:
         if table.name not in existing:
             table.create(conn, checkfirst=True)
     if runs.name in existing:  # made by an older version: add the columns it lacks
-        from etl.load.evolution import add_missing_nullable_columns
-
         add_missing_nullable_columns(conn, runs)
 
 
@@ -188,8 +185,6 @@ def set_run_status(engine: Engine, schema: str | None, run_id: str, status: str,
     Only the committed attempt's row (status ``success`` or ``checks_failed``) changes; failed attempts
     of the same run id keep theirs.
     """
-    from etl.status import Run
-
     _, runs = state_tables(schema)
     # Back to success (the checks of a retry passed) clears the failure's message; a success stays as it is.
     before = [Run.CHECKS_FAILED] if status == Run.SUCCESS else [Run.SUCCESS, Run.CHECKS_FAILED]

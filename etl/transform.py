@@ -632,7 +632,7 @@ class DeriveExpression:
         try:
             self.tree = ast.parse(expr, mode="eval").body
         except SyntaxError as exc:
-            raise SpecError(f"transforms.derive {name!r}: cannot parse {expr!r}: {exc.msg}") from None
+            raise SpecError(f"transforms.derive {name!r}: cannot parse {expr!r}: {exc.msg}") from exc
         self._check(self.tree)
 
     def _check(self, node: ast.AST) -> None:
@@ -697,9 +697,9 @@ def load_reference(ref: str) -> Any:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except ImportError as exc:
-        raise SpecError(f"cannot import {ref!r}: {exc}") from None
-    except AttributeError:
-        raise SpecError(f"cannot import {ref!r}: module {module_name!r} has no attribute {attr!r}") from None
+        raise SpecError(f"cannot import {ref!r}: {exc}") from exc
+    except AttributeError as exc:
+        raise SpecError(f"cannot import {ref!r}: module {module_name!r} has no attribute {attr!r}") from exc
     return obj
 
 

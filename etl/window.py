@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Literal
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, bindparam, or_
+from sqlalchemy.types import TypeEngine
 
 from etl.errors import DriftlessError
 
@@ -30,14 +33,23 @@ def parse_instant(value: str | datetime, what: str = "timestamp") -> datetime:
             text = text[:-1] + "+00:00"
         try:
             dt = datetime.fromisoformat(text)
-        except ValueError:
+        except ValueError as exc:
             raise DriftlessError(
                 f"{what}: {value!r} is not an ISO-8601 date or timestamp (expected e.g. 2025-01-31 or "
                 "2025-01-31T00:00:00Z)"
-            ) from None
+            ) from exc
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)
+
+
+def _as_cursor(value: datetime, cursor_type: str | None) -> datetime | date:
+    value = value.astimezone(UTC)
+    if cursor_type == "timestamp":
+        return value.replace(tzinfo=None)
+    if cursor_type == "date":
+        return value.date()
+    return value
 
 
 @dataclass(frozen=True, order=True)
@@ -73,9 +85,32 @@ class Window:
                 f"{what}: the window ends at {self.end.isoformat()}, after now ({now.isoformat(timespec='seconds')}): "
                 f"rows up to then may not exist yet. Give an end in the past, or {how}")
 
-    def widened(self, lag: timedelta) -> Window:
+    def widened(self, lag: timedelta | None) -> Window:
         """The window extended backwards by ``lag`` (to catch late-arriving rows)."""
-        return Window(self.start - lag, self.end)
+        return Window(self.start - lag, self.end) if lag else self
+
+    def bounds(self, cursor_type: str | None = None, lag: timedelta | None = None) -> tuple[Any, Any]:
+        """``(low, high)`` of the rows the window selects, ``low <= cursor < high``, as the cursor column compares.
+
+        ``lag`` widens the start backwards. ``cursor_type`` (a spec column type) gives the values' type:
+        ``timestamp`` (no zone, UTC): naive UTC datetimes; ``date``: dates (a window starting mid-day takes
+        that whole day); otherwise (``timestamptz``, None) aware UTC datetimes. Sources, checks and write
+        modes all take a window's bounds from here.
+        """
+        start, end = self.widened(lag).start, self.end
+        return _as_cursor(start, cursor_type), _as_cursor(end, cursor_type)
+
+    def condition(self, cursor: Any, cursor_type: str, lag: timedelta | None = None, *,
+                  null_cursor: NullCursor = "fail", bind_type: TypeEngine[Any] | None = None,
+                  names: tuple[str, str] = ("window_start", "window_end")) -> ColumnElement[bool]:
+        """The SQL condition selecting the window's rows by ``cursor`` (a column), bounds bound as parameters.
+
+        Under ``null_cursor: every_window`` rows whose cursor is NULL belong to every window (``OR cursor IS NULL``).
+        """
+        low, high = self.bounds(cursor_type, lag)
+        inside = and_(cursor >= bindparam(names[0], low, type_=bind_type),
+                      cursor < bindparam(names[1], high, type_=bind_type))
+        return or_(inside, cursor.is_(None)) if null_cursor == "every_window" else inside
 
     @property
     def key(self) -> str:

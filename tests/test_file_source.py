@@ -252,7 +252,7 @@ def test_touched_but_unchanged_file_is_not_reported(tmp_path, connections, sqlit
 
 def test_manifest_commits_with_the_data(tmp_path, connections, sqlite_url, monkeypatch):
     """A load that fails after writing etl_files rolls it back with the data: a re-run loads the file again."""
-    import etl.pipeline as pipeline
+    import etl.load.entry as entry  # the one load writes the run record (etl.load.entry.load_rows)
     from etl.errors import LoadError
 
     connections(wh=sqlite_url)
@@ -262,7 +262,7 @@ def test_manifest_commits_with_the_data(tmp_path, connections, sqlite_url, monke
     def broken(*args, **kwargs):
         raise LoadError("the run record could not be written")
 
-    monkeypatch.setattr(pipeline, "record_run", broken)
+    monkeypatch.setattr(entry, "record_run", broken)
     with pytest.raises(LoadError):
         run_window(spec, DAY1)
     monkeypatch.undo()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -167,23 +167,3 @@ def test_mariadb_refuses_values_that_would_be_truncated(mariadb_url, connections
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM orders")).scalar() == 0
     engine.dispose()
-
-
-def test_old_merge_signature_still_upserts(sqlite_url):
-    """``merge(conn, target, cursor_column)`` (the skeleton's call) keeps working."""
-    import pyarrow as pa
-
-    from etl.load import loader_for
-    from etl.schema import arrow_schema, target_table
-
-    spec = orders_spec()
-    loader = loader_for(sqlite_url)
-    target = target_table(spec)
-    loader.ensure_tables(target)
-    chunk = pa.Table.from_pylist([order(1), order(1, version=1)], schema=arrow_schema(spec))
-    with loader.transaction(target) as conn:
-        loader.stage(conn, target, chunk)
-        loader.merge(conn, target, "updated_at")
-    loader.dispose()
-    assert read_target(sqlite_url, spec)[1] == order(1, version=1)
-    assert datetime.now(UTC) > T0

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from connectors.base import check_identifier
 from etl.window import NULL_CURSOR_HELP, NullCursor
 
 #: columns every file source adds to its records: the file (relative to ``location``), the line (CSV, JSON
@@ -28,8 +29,6 @@ DATE_PLACEHOLDER = re.compile(r"\{date:([^{}]+)\}")
 
 
 def _identifier(value: str) -> str:
-    from etl.spec import check_identifier  # etl.spec imports this module: import at call time
-
     return check_identifier(value)
 
 

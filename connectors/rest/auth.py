@@ -113,6 +113,7 @@ class OAuth2ClientCredentials(AuthBase):
             resp = self.session.post(self.token_url, data=data, auth=auth, timeout=self.timeout,
                                      headers={"Accept": "application/json"}, allow_redirects=False)
         except requests.RequestException as exc:
+            # not chained: the cause's text may hold credentials (only its type is shown)
             raise TransientError(f"POST {self.token_url} (OAuth2 token) failed: {type(exc).__name__}") from None
         if resp.is_redirect:
             raise SourceError(f"POST {self.token_url} (OAuth2 token) -> HTTP {resp.status_code}: redirected to "
@@ -128,8 +129,8 @@ class OAuth2ClientCredentials(AuthBase):
         try:
             body = resp.json()
             token = body["access_token"]
-        except (ValueError, KeyError, TypeError):
-            raise SourceError(f"POST {self.token_url} (OAuth2 token): the response has no access_token") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SourceError(f"POST {self.token_url} (OAuth2 token): the response has no access_token") from exc
         try:
             lifetime = float(body.get("expires_in") or 3600)
         except (TypeError, ValueError):

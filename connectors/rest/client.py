@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import string
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import pybreaker
 import requests
 import tenacity
 
+from connectors.base import render_params
 from connectors.rest.auth import auth_from_connection
 from connectors.rest.jsonpath import MISSING, select
 from connectors.rest.paginators import State, paginator_for
@@ -46,42 +46,8 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-PLACEHOLDERS = {"start", "end", "start_epoch", "end_epoch", "start_date", "end_date"}
 SENSITIVE_PARAM = re.compile(r"key|token|secret|password|passwd|signature|sig|auth|credential", re.I)
 EXCERPT = 300
-
-
-def render_params(params: dict[str, Any], window: Window | None) -> dict[str, Any]:
-    """Fill the window into string parameter values; with ``window=None`` only check the placeholders.
-
-    Placeholders: ``{start}``/``{end}`` (ISO-8601, UTC), ``{start_epoch}``/``{end_epoch}`` (epoch seconds),
-    ``{start_date}``/``{end_date}`` (YYYY-MM-DD).
-    """
-    out: dict[str, Any] = {}
-    values: dict[str, Any] = {}
-    if window is not None:
-        values = {
-            "start": window.start.isoformat().replace("+00:00", "Z"),
-            "end": window.end.isoformat().replace("+00:00", "Z"),
-            "start_epoch": int(window.start.timestamp()),
-            "end_epoch": int(window.end.timestamp()),
-            "start_date": window.start.date().isoformat(),
-            "end_date": window.end.date().isoformat(),
-        }
-    for name, value in params.items():
-        if not isinstance(value, str):
-            out[name] = value
-            continue
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"params.{name}: {value!r} is not a valid template ({exc})") from None
-        unknown = fields - PLACEHOLDERS
-        if unknown:
-            raise ValueError(f"params.{name}: unknown placeholder(s) {sorted(unknown)} (expected any of "
-                             f"{sorted(PLACEHOLDERS)}; write {{{{ and }}}} for literal braces)")
-        out[name] = value.format(**values) if window is not None else value
-    return out
 
 
 def base_url(fields: dict[str, Any]) -> str:
@@ -300,6 +266,7 @@ class RestClient:
             try:
                 next_state = self._scrub(self.paginator.advance(state, response, body, records))
             except SourceError as exc:
+                # not chained: the cause's text holds credentials (it is redacted into this message)
                 raise SourceError(self._describe(response, str(exc))) from None
             if self.spec.total is not None:
                 self.metrics.total = self._announced_total(response, body, self.metrics.total)
@@ -318,9 +285,9 @@ class RestClient:
             return previous
         try:
             number = int(str(value).strip())
-        except ValueError:
+        except ValueError as exc:
             raise SourceError(self._describe(response, f"source.total: {spec.describe()} is {value!r}, expected a "
-                                                       "whole number of records")) from None
+                                                       "whole number of records")) from exc
         if number < 0:
             raise SourceError(self._describe(response, f"source.total: {spec.describe()} is {number}, expected a "
                                                        "count of records"))
@@ -384,7 +351,7 @@ class RestClient:
             # Decimal, not float: 12345678901234567.89 or 0.1 must load exactly as the API wrote it.
             return response.json(parse_float=Decimal)
         except ValueError as exc:
-            raise SourceError(self._describe(response, f"the body is not valid JSON ({exc})")) from None
+            raise SourceError(self._describe(response, f"the body is not valid JSON ({exc})")) from exc
 
     def _describe(self, response: requests.Response, problem: str) -> str:
         excerpt = response.text[:EXCERPT] if response.content is not None else ""
@@ -427,7 +394,7 @@ class RestClient:
         except TransientError as exc:
             why = (f"the window's deadline ({self.spec.deadline}) would pass before the next attempt"
                    if out_of_time else f"{retries.max_attempts} attempt(s)")
-            raise SourceError(self.redact.text(f"{exc} (gave up after {why})")) from None
+            raise SourceError(self.redact.text(f"{exc} (gave up after {why})")) from exc
 
     def _attempt(self, url: str, params: dict[str, Any]) -> requests.Response:
         remaining = self.deadline_at - time.monotonic()
@@ -442,11 +409,11 @@ class RestClient:
         before = self.breaker.current_state
         try:
             return self.breaker.call(self._send, url, params, remaining)
-        except pybreaker.CircuitBreakerError:
+        except pybreaker.CircuitBreakerError as exc:
             raise BreakerOpen(self.redact.text(
                 f"{self.spec.method} {self.redact.url(url)}: circuit breaker for {self.origin} is open after "
                 f"{self.spec.breaker.failures} consecutive failures (last: {self._last_failure}); failing fast, "
-                f"one probe request is let through {self.spec.breaker.cooldown:g}s after it opened")) from None
+                f"one probe request is let through {self.spec.breaker.cooldown:g}s after it opened")) from exc
         finally:
             if before != "open" and self.breaker.current_state == "open":
                 self.metrics.breaker_trips += 1
@@ -461,19 +428,23 @@ class RestClient:
                 response = self.session.request(self.spec.method, url, params=params or None, auth=self.auth,
                                                 timeout=timeout)
             except SourceError as exc:  # raised by an auth strategy (token endpoint)
+                # not chained: the cause's text holds credentials (it is redacted into this message)
                 raise SourceError(self.redact.text(str(exc))) from None
             except TransientError as exc:  # the token endpoint is down or throttling: retried
                 self.metrics.token_requests = getattr(self.auth, "token_requests", 0)
                 self._last_failure = self.redact.text(str(exc))
+                # not chained: the cause's text holds credentials (it is redacted into this message)
                 raise TransientError(self._last_failure, exc.retry_after, exc.host_failure) from None
             except requests.Timeout as exc:
                 self.metrics.response(None, time.monotonic() - started, 0)
                 self._last_failure = f"timeout ({type(exc).__name__}, connect {timeout[0]:g}s / read {timeout[1]:g}s)"
+                # not chained: the cause's text holds credentials (it is redacted into this message)
                 raise TransientError(f"{self.spec.method} {self.redact.url(url)}: {self._last_failure}") from None
             except requests.RequestException as exc:
                 # Connection refused/reset, truncated body (ChunkedEncodingError), protocol errors.
                 self.metrics.response(None, time.monotonic() - started, 0)
                 self._last_failure = f"{type(exc).__name__}: {self._reason(exc)}"
+                # not chained: the cause's text holds credentials (it is redacted into this message)
                 raise TransientError(f"{self.spec.method} {self.redact.url(url)}: {self._last_failure}") from None
             self.metrics.response(response.status_code, time.monotonic() - started, len(response.content or b""))
             self.metrics.token_requests = getattr(self.auth, "token_requests", 0)

@@ -77,8 +77,8 @@ class Paginator:
             raise SourceError(f"paginator {self.type!r}: {path!r} not found in the response body")
         try:
             return int(value)
-        except (TypeError, ValueError):
-            raise SourceError(f"paginator {self.type!r}: {path!r} is {value!r}, expected a number") from None
+        except (TypeError, ValueError) as exc:
+            raise SourceError(f"paginator {self.type!r}: {path!r} is {value!r}, expected a number") from exc
 
 
 class SinglePagePaginator(Paginator):

@@ -12,13 +12,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.base import check_identifier, render_params
+from connectors.rest.jsonpath import parse_path
 from etl.window import NULL_CURSOR_HELP, NullCursor
 
-
-def _identifier(value: str) -> str:
-    from etl.spec import check_identifier  # etl.spec imports this module: import at call time
-
-    return check_identifier(value)
+_identifier = check_identifier
 
 
 class _Strict(BaseModel):
@@ -144,8 +142,6 @@ class TotalSpec(_Strict):
         if (self.header is None) == (self.path is None):
             raise ValueError("set exactly one of header (e.g. X-Total-Count) or path (e.g. meta.total)")
         if self.path is not None:
-            from connectors.rest.jsonpath import parse_path
-
             parse_path(self.path)
         return self
 
@@ -244,8 +240,6 @@ class RestSourceSpec(_Strict):
     @field_validator("params")
     @classmethod
     def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from connectors.rest.client import render_params
-
         render_params(value, None)  # raises on unknown placeholders
         return value
 
@@ -266,8 +260,6 @@ class RestSourceSpec(_Strict):
     @field_validator("records")
     @classmethod
     def _records(cls, value: str) -> str:
-        from connectors.rest.jsonpath import parse_path
-
         parse_path(value)
         return value
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,74 +30,75 @@ from sqlalchemy import (
     update,
 )
 
-from etl.connections import sql_engine
-from etl.errors import LoadError
+from etl.engines import engine_for
 from etl.load.evolution import evolve
-from etl.load.modes import DELETED_AT, WriteMode, as_write_mode
-from etl.state import ensure_state_tables
+from etl.load.modes import DELETED_AT, WriteMode
+from etl.reconcile.dialects import DigestUnsupported, HashDialect, hash_dialect_for
+from etl.reconcile.digest import DigestColumn, ensure_digest, fill_digest
 
-if TYPE_CHECKING:  # the reconcile package is imported only by loads that keep a row digest
-    from etl.reconcile.dialects import HashDialect
-    from etl.reconcile.digest import DigestColumn
+#: What ``Loader.transaction`` runs first in the load's transaction (a dry run creates or evolves the target there).
+Setup = Callable[[Connection], None]
 
 
 class Loader(ABC):
     """Loads a window's chunks into one target table, exactly once.
 
-    Usage, all inside one transaction (the pipeline sequences it)::
+    Callers do not sequence these steps themselves: ``etl.load.entry.load_rows`` is the one load
+    (window loads, quarantine replay, repair, partition finish, dry runs). Inside it, in one transaction::
 
-        mode = write_mode_for(spec, window)          # upsert, append or replace, plus deletes
-        target = mode.table(target_table(spec))
-        loader.ensure_tables(target)
         with loader.transaction(target, mode) as conn:
             written = sum(loader.stage(conn, target, chunk) for chunk in chunks)
             written += loader.merge(conn, target, mode)
-            ... advance state, record the run ...
+            ... the caller's writes (quarantine, state, run record) ...
 
-    A loader instance serves one load at a time (the pipeline makes one per window).
+    A loader instance serves one load at a time.
     """
+
+    #: Whether DDL (CREATE/ALTER TABLE) takes part in transactions; a dry run then creates or evolves the
+    #: target inside its rolled-back transaction, else it works on a temporary stand-in (``dry_run_setup``).
+    transactional_ddl: ClassVar[bool] = True
 
     def __init__(self, url: URL) -> None:
         self.url = url
         self.engine = self.create_engine(url)
         self.mode: WriteMode | None = None
         self.staged = 0
+        #: rows the last merge deleted or marked deleted (included in its count of rows written)
+        self.deleted = 0
         #: columns of the stored row digest to keep on the target (spec ``reconcile.row_digest``); None: none
         self.row_digest: list[DigestColumn] | None = None
         #: where a bulk path writes its load files (the run's private staging directory); None: the temp dir
         self.scratch_dir: str | None = None
 
     def create_engine(self, url: URL) -> Engine:
-        return sql_engine(url, pool_pre_ping=True)
+        return engine_for(url)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
     def ensure_tables(self, target: Table) -> list[str]:
-        """Create the state tables, and create or evolve the target (``etl.load.evolution``).
+        """Create or evolve the target (``etl.load.evolution``), in a transaction of its own.
 
         New nullable spec columns are added; incompatible changes raise ``LoadError`` before any write.
         Returns the schema changes made, for the run record.
         """
         with self.engine.begin() as conn:
-            ensure_state_tables(conn, target.schema)
             changes = evolve(conn, target)
             self.ensure_digest(conn, target)
             return changes
 
+    def dry_run_setup(self, conn: Connection, target: Table) -> list[str]:
+        """In a dry run's transaction (rolled back): create or evolve the target as the load would."""
+        return evolve(conn, target)
+
     @cached_property
     def _hash_dialect(self) -> HashDialect:
-        from etl.reconcile.dialects import hash_dialect_for
-
         return hash_dialect_for(self.url)(self.engine)
 
     def ensure_digest(self, conn: Connection, table: Table) -> None:
         """Give ``table`` the spec's row digest (added, or refreshed after the columns changed)."""
         if not self.row_digest:
             return
-        from etl.reconcile.dialects import DigestUnsupported
-        from etl.reconcile.digest import ensure_digest
-
         try:
             ensure_digest(conn, self._hash_dialect, table.name, table.schema, self.row_digest)
         except DigestUnsupported as exc:  # a speed-up only: the deep diff hashes rows without it
@@ -107,28 +108,29 @@ class Loader(ABC):
         """Digests the database does not compute itself (SQLite): fill them in the load's transaction."""
         if not self.row_digest or not self._hash_dialect.fills_digest:
             return
-        from etl.reconcile.digest import fill_digest
-
         fill_digest(conn, self._hash_dialect, table.name, table.schema, self.row_digest)
 
     @contextmanager
-    def transaction(self, target: Table, mode: WriteMode | None = None) -> Iterator[Connection]:
+    def transaction(self, target: Table, mode: WriteMode | None = None, setup: Setup | None = None
+                    ) -> Iterator[Connection]:
         """A transaction holding the target's load lock, so concurrent loads of one table serialize.
 
         Args:
             target: the target table (as ``mode.table`` returned it).
-            mode: the write mode; default: upsert ordered by nothing (latest staged row wins).
+            mode: the write mode; None: nothing is staged or merged (state only).
+            setup: runs first inside the transaction, under the lock, before the staging tables exist.
         """
         self.mode = mode
         self.staged = 0
-        with self._transaction(target) as conn:
+        self.deleted = 0
+        with self._transaction(target, setup) as conn:
             yield conn
             self.fill_digest(conn, target)
 
     @abstractmethod
     @contextmanager
-    def _transaction(self, target: Table) -> Iterator[Connection]:
-        """Begin, take the load lock, create what the load stages into; commit or roll back."""
+    def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
+        """Begin, take the load lock, run ``setup``, create what the load stages into; commit or roll back."""
 
     @abstractmethod
     def stage(self, conn: Connection, target: Table, chunk: pa.Table) -> int:
@@ -138,18 +140,8 @@ class Loader(ABC):
         """
 
     @abstractmethod
-    def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
-        """Apply what was staged to the target; returns rows written (inserted, changed or deleted).
-
-        ``mode`` may also be a cursor column name (upsert), the form of earlier versions.
-        """
-
-    def current_mode(self, mode: WriteMode | str | None = None) -> WriteMode:
-        if mode is not None:
-            self.mode = as_write_mode(mode)
-        if self.mode is None:
-            raise LoadError("internal: merge() needs a write mode (pass it to transaction() or merge())")
-        return self.mode
+    def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
+        """Apply what was staged to the target; returns rows written (inserted, changed or deleted)."""
 
     def quote(self, name: str) -> str:
         return self.engine.dialect.identifier_preparer.quote(name)
@@ -180,6 +172,7 @@ class Loader(ABC):
             else:
                 stmt = delete(target).where(*in_scope, ~seen)
             written += max(conn.execute(stmt).rowcount, 0)
+        self.deleted = written
         return written
 
 

@@ -31,7 +31,8 @@ import pyarrow.compute as pc
 from sqlalchemy import Column, Table
 
 from etl.errors import LoadError
-from etl.state import UTC_TIMESTAMP
+from etl.schema import UTC_TIMESTAMP
+from etl.window import Window
 
 DELETED_AT = "_deleted_at"
 
@@ -116,36 +117,24 @@ class Replace(WriteMode):
 WRITE_MODES: dict[str, type[WriteMode]] = {cls.name: cls for cls in (Upsert, Append, Replace)}
 
 
-def cursor_bound(value: datetime, cursor_type: str) -> Any:
-    """A window bound as a value of the cursor column's type (naive UTC for ``timestamp``, a date for ``date``)."""
-    value = value.astimezone(UTC)
-    if cursor_type == "timestamp":
-        return value.replace(tzinfo=None)
-    if cursor_type == "date":
-        return value.date()
-    return value
+def write_mode_for(spec: Any, window: Window | None = None) -> WriteMode:
+    """The write mode of a pipeline spec for one window (``window`` sets the delete-detection scope).
 
-
-def write_mode_for(spec: Any, window: Any | None = None) -> WriteMode:
-    """The write mode of a pipeline spec for one window (``window`` sets the delete-detection scope)."""
+    Without a window (rows loaded outside a window's run: quarantine replay, repair) nothing is in
+    scope, so no delete is detected, and ``replace`` writes by key like ``upsert``: some rows never
+    become the whole table.
+    """
     target = spec.target
-    name = getattr(target, "write_mode", "upsert")
+    name = target.write_mode
     cls = WRITE_MODES.get(name)
     if cls is None:
         raise LoadError(f"pipeline {spec.name!r}: unknown write_mode {name!r} (expected one of {sorted(WRITE_MODES)})")
-    deletes = getattr(target, "deletes", "none")
     scope = None
     deleted_at = datetime.now(UTC)
-    if window is not None:
-        cursor_type = spec.column(spec.source.cursor).type
-        lag = getattr(spec.source, "lag", None)
-        start = window.start - lag if lag else window.start
-        scope = (cursor_bound(start, cursor_type), cursor_bound(window.end, cursor_type))
+    if window is None:
+        cls = Upsert if cls.swap else cls
+    else:
+        scope = window.bounds(spec.column(spec.source.cursor).type, spec.source.lag)
         deleted_at = min(window.end.astimezone(UTC), deleted_at)
-    return cls(cursor_column=spec.source.cursor, deletes=deletes, delete_flag=getattr(target, "delete_flag", None),
+    return cls(cursor_column=spec.source.cursor, deletes=target.deletes, delete_flag=target.delete_flag,
                scope=scope, deleted_at=deleted_at)
-
-
-def as_write_mode(mode: WriteMode | str) -> WriteMode:
-    """Accept the older ``merge(conn, target, cursor_column)`` call: a bare cursor column means upsert."""
-    return Upsert(cursor_column=mode) if isinstance(mode, str) else mode

@@ -28,12 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pymysql
-from sqlalchemy import URL, Connection, Engine, Table, delete, text
+from sqlalchemy import URL, Column, Connection, Engine, MetaData, PrimaryKeyConstraint, Table, delete, inspect, text
 from sqlalchemy.exc import OperationalError
 
-from etl.connections import sql_engine
-from etl.errors import LoadError, driver_error_summary
-from etl.load.base import Loader, as_text, sibling_table
+from etl.engines import engine_for
+from etl.errors import LoadError, error_detail
+from etl.load.base import Loader, Setup, as_text, sibling_table
+from etl.load.evolution import evolve, plan_changes
 from etl.load.modes import WriteMode
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,45 @@ def _needs_escape(array: pa.Array) -> bool:
 class MySqlLoader(Loader):
     """Loads into MariaDB or MySQL; concurrent loads of one table serialize on a named lock."""
 
+    #: CREATE/ALTER TABLE commit implicitly (CREATE TEMPORARY TABLE does not).
+    transactional_ddl = False
+
     def create_engine(self, url: URL) -> Engine:
-        if "charset" not in url.query:
-            url = url.update_query_dict({"charset": "utf8mb4"})
         connect_args = {}
         if "local_infile" not in url.query:
             connect_args["local_infile"] = True  # PyMySQL sends the file only when the client allows it
-        return sql_engine(url, pool_pre_ping=True, connect_args=connect_args)
+        return engine_for(url, connect_args=connect_args)
+
+    def dry_run_setup(self, conn: Connection, target: Table) -> list[str]:
+        """A temporary table of the target's name stands in for the target when the load would change its DDL.
+
+        DDL commits implicitly here, so a dry run cannot create or alter the target and roll back. A
+        temporary table shadows the real one of the same name for this connection (the dry run's own,
+        closed afterwards): empty when the target does not exist yet, else a copy of it with the new
+        columns (the dry run then reads the whole table once).
+        """
+        exists = inspect(conn).has_table(target.name, schema=target.schema)
+        if exists:
+            to_add, problems = plan_changes(conn, target)
+            if problems:
+                return evolve(conn, target)  # raises the LoadError naming them, before any DDL
+            if not to_add:
+                return []
+        columns = [Column(c.name, c.type, nullable=c.nullable) for c in target.columns]
+        stand_in = Table(target.name, MetaData(), *columns,
+                         PrimaryKeyConstraint(*[c.name for c in target.primary_key.columns]),
+                         schema=target.schema, prefixes=["TEMPORARY"])
+        if not exists:
+            stand_in.create(conn)
+            return [f"created table {target.fullname}"]
+        copy = self.quote(f"_driftless_dry_{target.name}"[:64])
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {copy} SELECT * FROM {self.quote_table(target)}")
+        stand_in.create(conn)
+        current = [c.name for c in target.columns if c not in to_add]
+        names = ", ".join(self.quote(n) for n in current)
+        conn.exec_driver_sql(f"INSERT INTO {self.quote_table(target)} ({names}) SELECT {names} FROM {copy}")
+        conn.exec_driver_sql(f"DROP TEMPORARY TABLE {copy}")
+        return [f"added column {c.name} {c.type.compile(dialect=conn.dialect)} to {target.fullname}" for c in to_add]
 
     def _stage_table(self, target: Table) -> Table:
         return sibling_table(target, f"_driftless_stage_{target.name}"[:64], temporary=True,
@@ -76,7 +109,7 @@ class MySqlLoader(Loader):
         return "REPLACE" if self.mode is None or self.mode.latest_wins else "IGNORE"
 
     @contextmanager
-    def _transaction(self, target: Table) -> Iterator[Connection]:
+    def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         name = f"driftless:{target.fullname}"[:64]
         self._local = True
         with self.engine.connect() as conn:
@@ -87,6 +120,8 @@ class MySqlLoader(Loader):
             stage = self._stage_table(target)
             try:
                 with conn.begin():
+                    if setup is not None:
+                        setup(conn)
                     # Temporary tables: no implicit commit (only with the TEMPORARY keyword), private to
                     # this connection.
                     conn.exec_driver_sql(f"DROP TEMPORARY TABLE IF EXISTS {self.quote(stage.name)}")
@@ -128,8 +163,8 @@ class MySqlLoader(Loader):
                 # PyMySQL rewrites an executemany of INSERT ... VALUES into multi-row statements (~1 MB each).
                 cursor.executemany(f"{verb} INTO {stage} ({columns}) VALUES ({placeholders})", list(rows))
         except pymysql.MySQLError as exc:  # the raw driver's errors: say what failed, keep the server's words
-            detail = driver_error_summary(exc, self.url)
-            raise LoadError(f"staging rows for {target.fullname!r} failed: {detail}") from None
+            detail = error_detail(exc, self.url)
+            raise LoadError(f"staging rows for {target.fullname!r} failed: {detail}") from exc
         self._check_warnings(cursor, target)
         self.staged += chunk.num_rows
         return 0
@@ -164,8 +199,7 @@ class MySqlLoader(Loader):
             detail = "; ".join(f"{w[0]} {w[1]}: {w[2]}" for w in warnings)
             raise LoadError(f"staging rows for {target.fullname!r} changed values on the way in: {detail}")
 
-    def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
-        mode = self.current_mode(mode)
+    def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
         stage = self._stage_table(target)
         tgt, stg = self.quote_table(target), self.quote(stage.name)
         key_names = [c.name for c in target.primary_key.columns]

@@ -24,8 +24,8 @@ from psycopg import errors as pg_errors
 from sqlalchemy import Column, Connection, MetaData, Table, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from etl.errors import LoadError, driver_error_summary
-from etl.load.base import Loader, naive_timestamps, sibling_table
+from etl.errors import LoadError, error_detail
+from etl.load.base import Loader, Setup, naive_timestamps, sibling_table
 from etl.load.modes import WriteMode
 
 COPY_BLOCK = 1 << 20
@@ -48,11 +48,13 @@ class PostgresLoader(Loader):
         return f"_driftless_new_{target.name}"[:63]
 
     @contextmanager
-    def _transaction(self, target: Table) -> Iterator[Connection]:
+    def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
                          {"name": f"driftless:{target.fullname}"})
             conn.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")  # staged timestamps are naive UTC text
+            if setup is not None:
+                setup(conn)
             conn.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE {self.quote(self._stage_name(target))} "
                 f"(LIKE {self.quote_table(target)}) ON COMMIT DROP"
@@ -81,8 +83,8 @@ class PostgresLoader(Loader):
                     copy.write(view[offset : offset + COPY_BLOCK])
                 del view
         except psycopg.Error as exc:  # the raw driver's errors: say what failed, keep the server's words
-            detail = driver_error_summary(exc, self.url)
-            raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from None
+            detail = error_detail(exc, self.url)
+            raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from exc
         self.staged += chunk.num_rows
         return 0
 
@@ -102,8 +104,7 @@ class PostgresLoader(Loader):
         conn.exec_driver_sql(f"ANALYZE {stage}")
         return unique
 
-    def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
-        mode = self.current_mode(mode)
+    def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'")
         key_names = [c.name for c in target.primary_key.columns]
         keys = [self.quote(k) for k in key_names]

@@ -22,10 +22,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import URL, Column, Connection, Engine, Float, MetaData, Numeric, Table, create_engine, event
+from sqlalchemy import URL, Column, Connection, Engine, Float, MetaData, Numeric, Table
 
+from etl.engines import engine_for
 from etl.errors import LoadError
-from etl.load.base import Loader, naive_utc, sibling_table
+from etl.load.base import Loader, Setup, naive_utc, sibling_table
 from etl.load.modes import Upsert, WriteMode
 
 BUSY_TIMEOUT_MS = 60_000
@@ -34,43 +35,49 @@ BUSY_TIMEOUT_MS = 60_000
 SQLITE_EXACT_DIGITS = 15
 
 
+def _refuse_inexact(target: Table) -> None:
+    """Refuse decimals SQLite cannot hold exactly, before anything is written.
+
+    SQLite keeps a NUMERIC value as a binary double: exact to 15 significant digits, silently rounded beyond.
+    A ``numeric(p,s)`` with ``p`` above 15 could lose digits, so it is refused.
+    """
+    wide = [f"{c.name} numeric({c.type.precision},{c.type.scale})" for c in target.columns
+            if isinstance(c.type, Numeric) and not isinstance(c.type, Float)
+            and (c.type.precision or 0) > SQLITE_EXACT_DIGITS]
+    if wide:
+        raise LoadError(
+            f"table {target.name!r}: SQLite stores numbers as binary doubles, exact only to "
+            f"{SQLITE_EXACT_DIGITS} significant digits, so {', '.join(wide)} could lose digits silently. Use "
+            f"numeric(p,s) with p <= {SQLITE_EXACT_DIGITS} for a SQLite target, or a PostgreSQL or MariaDB target")
+
+
 class SqliteLoader(Loader):
     """Loads into a SQLite file in WAL mode. Concurrent loads wait on the database's write lock."""
 
     def create_engine(self, url: URL) -> Engine:
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-
         # pysqlite's own transaction handling defers BEGIN and skips DDL; take control so that
         # the whole load, DDL included, is one transaction that holds the write lock from its start.
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_conn, _record):
+        def connect(dbapi_conn: Any) -> None:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.close()
 
-        @event.listens_for(engine, "begin")
-        def _begin(conn):
+        def begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-        return engine
+        return engine_for(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000}, on_connect=connect, on_begin=begin)
 
     def ensure_tables(self, target: Table) -> list[str]:
-        """As ``Loader.ensure_tables``; refuses decimals SQLite cannot hold exactly.
-
-        SQLite keeps a NUMERIC value as a binary double: exact to 15 significant digits, silently rounded beyond.
-        A ``numeric(p,s)`` with ``p`` above 15 could lose digits, so it is refused before anything is written.
-        """
-        wide = [f"{c.name} numeric({c.type.precision},{c.type.scale})" for c in target.columns
-                if isinstance(c.type, Numeric) and not isinstance(c.type, Float)
-                and (c.type.precision or 0) > SQLITE_EXACT_DIGITS]
-        if wide:
-            raise LoadError(
-                f"table {target.name!r}: SQLite stores numbers as binary doubles, exact only to "
-                f"{SQLITE_EXACT_DIGITS} significant digits, so {', '.join(wide)} could lose digits silently. Use "
-                f"numeric(p,s) with p <= {SQLITE_EXACT_DIGITS} for a SQLite target, or a PostgreSQL or MariaDB target")
+        """As ``Loader.ensure_tables``; refuses decimals SQLite cannot hold exactly (``_refuse_inexact``)."""
+        _refuse_inexact(target)
         return super().ensure_tables(target)
+
+    def dry_run_setup(self, conn: Connection, target: Table) -> list[str]:
+        """As ``Loader.dry_run_setup``, with the same refusal as a real load (``_refuse_inexact``)."""
+        _refuse_inexact(target)
+        return super().dry_run_setup(conn, target)
 
     def _keys_table(self, target: Table) -> Table:
         keys = [Column(c.name, c.type) for c in target.primary_key.columns]
@@ -82,9 +89,11 @@ class SqliteLoader(Loader):
         return target
 
     @contextmanager
-    def _transaction(self, target: Table) -> Iterator[Connection]:
+    def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         self._statements: dict[tuple[str, ...], str] = {}
         with self.engine.begin() as conn:
+            if setup is not None:
+                setup(conn)
             if self.mode is not None and self.mode.swap:
                 into = self._into(target)
                 into.drop(conn, checkfirst=True)
@@ -127,7 +136,7 @@ class SqliteLoader(Loader):
         try:
             cursor = raw.executemany(self._statements[key], zip(*values, strict=True))
         except sqlite3.Error as exc:  # the raw driver's errors: say what failed
-            raise LoadError(f"writing rows into {target.fullname!r} failed: {exc}") from None
+            raise LoadError(f"writing rows into {target.fullname!r} failed: {exc}") from exc
         written = max(cursor.rowcount, 0)
         if self.mode is not None and self.mode.detects_deletes:
             keys = [columns.index(c.name) for c in target.primary_key.columns]
@@ -137,8 +146,7 @@ class SqliteLoader(Loader):
         self.staged += chunk.num_rows
         return written
 
-    def merge(self, conn: Connection, target: Table, mode: WriteMode | str) -> int:
-        mode = self.current_mode(mode)
+    def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
         if mode.swap:  # stage() counted the rows written into the new table
             into = self._into(target)
             conn.exec_driver_sql(f"DROP TABLE {self.quote_table(target)}")

@@ -26,18 +26,18 @@ committed) and raises ``ChecksFailed`` naming each such check and by how much it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from datetime import UTC
+from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from connectors.base import ChecksWindow, CountsNullCursors, CountsWindow
 from etl.connections import resolve_url
-from etl.errors import DriftlessError, ReconciliationFailed, driver_error_summary
+from etl.errors import DriftlessError, ReconciliationFailed, error_detail
 from etl.load import loader_for
 from etl.reconcile.store import record_checks
 from etl.schema import sql_type, target_table
@@ -72,52 +72,16 @@ def relative_difference(source: Any, target: Any) -> float:
     return float(abs(s - t) / max(abs(s), Decimal(1)))
 
 
-def error_detail(exc: BaseException) -> str:
-    """The first line of an error's cause (the driver's message for database errors)."""
-    if isinstance(exc, SQLAlchemyError):
-        return driver_error_summary(exc)
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _window_bounds(spec: PipelineSpec, window) -> tuple[Any, Any]:
-    """The window's bounds as the cursor column compares them (same rules as the SQL source)."""
-    cursor = spec.column(spec.source.cursor)
-    start, end = window.widened(spec.source.lag).start, window.end
-    if cursor.type == "timestamp":
-        return start.astimezone(UTC).replace(tzinfo=None), end.astimezone(UTC).replace(tzinfo=None)
-    if cursor.type == "date":
-        return start.date(), end.date()
-    return start, end
-
-
 def target_sums(spec: PipelineSpec, engine, window, columns: list[str]) -> dict[str, Any]:
     """Sums of ``columns`` over the target rows whose cursor lies in the (widened) window."""
     table = target_table(spec)
-    cursor = table.c[spec.source.cursor]
-    start, end = _window_bounds(spec, window)
-    kind = sql_type(spec.column(spec.source.cursor).type)
-    in_window = and_(cursor >= bindparam("ws", start, type_=kind), cursor < bindparam("we", end, type_=kind))
-    if spec.source.null_cursor == "every_window":  # as the source reads them: NULL-cursor rows in every window
-        in_window = or_(in_window, cursor.is_(None))
+    cursor_type = spec.column(spec.source.cursor).type
+    # The rows the source's window reads (NULL-cursor rows too under every_window), as the source selects them.
+    in_window = window.condition(table.c[spec.source.cursor], cursor_type, spec.source.lag,
+                                 null_cursor=spec.source.null_cursor, bind_type=sql_type(cursor_type))
     stmt = select(*[func.sum(table.c[c]) for c in columns]).where(in_window)
     with engine.connect() as conn:
         row = conn.execute(stmt).one()
-    return dict(zip(columns, row, strict=False))
-
-
-def source_sums(source: Any, window, columns: list[str]) -> dict[str, Any] | None:
-    """Sums over the source's window rows, for sources that can express them (SQL); None otherwise."""
-    statement = getattr(source, "statement", None)
-    if statement is None:
-        return None
-    sub = statement(window).order_by(None).subquery()
-    spec = source.spec
-    # The source reads untyped columns (raw values); the sum is read as the spec's type, e.g. a SQLite REAL
-    # sum as numeric(p,s) (its float noise past the scale is not a difference).
-    sums = [func.sum(sub.c[c], type_=sql_type(spec.column(c).type)) for c in columns]
-    with source.engine.connect() as conn:
-        row = conn.execute(select(*sums)).one()
     return dict(zip(columns, row, strict=False))
 
 
@@ -129,8 +93,11 @@ def null_cursor_check(spec: PipelineSpec, source: Any, result: Any) -> dict[str,
     or rows that appeared after a ``fail`` window's extract). Left out under ``fail`` when there are none.
     """
     policy = spec.source.null_cursor
-    counter = getattr(source, "null_cursor_count", None)
-    found = counter() if counter is not None else (getattr(result, "metrics", None) or {}).get("null_cursor_records")
+    found: int | None
+    if isinstance(source, CountsNullCursors):
+        found = source.null_cursor_count()
+    else:  # what the window's reads saw (REST: records with a null or missing cursor)
+        found = (result.metrics or {}).get("null_cursor_records")
     if found is None or (found == 0 and policy == "fail"):
         return None
     taken = found if policy == "every_window" else 0
@@ -146,7 +113,7 @@ def staged_sums(spec: PipelineSpec, window, tables: Iterable[pa.Table]) -> dict[
     for a column without values.
     """
     columns = spec.reconcile.sum_columns
-    start, end = _window_bounds(spec, window)
+    start, end = window.bounds(spec.column(spec.source.cursor).type, spec.source.lag)
     totals: dict[str, Any] = dict.fromkeys(columns)
     for table in tables:
         cursor = table.column(spec.source.cursor)
@@ -190,12 +157,11 @@ def _source_count_check(spec: PipelineSpec, result: Any, source: Any, source_err
     name = "source_count_unchanged"
     if source_error is not None:
         return {"check": name, "status": Check.ERROR, "message": f"could not run: {source_error}"}
-    count: Callable[[Any], int] | None = getattr(source, "count", None)
-    if count is None:
+    if not isinstance(source, CountsWindow):
         return {"check": name, "status": Check.SKIP,
                 "message": f"not checked: a {spec.source.type} source cannot count a window again"}
     try:
-        now_in_source = count(result.window)
+        now_in_source = source.count(result.window)
     except CHECK_ERRORS as exc:
         return {"check": name, "target": result.extracted, "status": Check.ERROR,
                 "message": f"could not run: counting the window in the source failed: {error_detail(exc)}"}
@@ -219,9 +185,8 @@ def _sum_checks(spec: PipelineSpec, result: Any, source: Any, source_error: str 
         return [{"check": f"sum_{c}", "status": status, "message": message} for c in columns]
 
     try:
-        if getattr(source, "statement", None) is not None:
-            src = source_sums(source, result.window, columns)
-            assert src is not None
+        if isinstance(source, CountsWindow):
+            src = source.sums(result.window, columns)
         elif set(columns) <= set(staged):
             src, note = staged, "source: sum over the records extracted in this window (the source is not read again)"
         elif source_error is not None:
@@ -284,10 +249,9 @@ def run_window_checks(spec: PipelineSpec, result: Any, source: Any, source_error
                  "message": f"could not run: counting NULL-cursor rows in the source failed: {error_detail(exc)}"}
     if nulls is not None:
         checks.append(nulls)
-    source_checks = getattr(source, "window_checks", None)  # checks of the source's own (file sources)
-    if source_checks is not None:
+    if isinstance(source, ChecksWindow):  # checks of the source's own (file sources)
         try:
-            checks += source_checks(result)
+            checks += source.window_checks(result)
         except CHECK_ERRORS as exc:
             checks.append({"check": "source_checks", "status": Check.ERROR,
                            "message": f"could not run: {error_detail(exc)}"})

@@ -37,13 +37,13 @@ import hashlib
 import uuid
 from typing import Any, ClassVar
 
-from sqlalchemy import URL, Connection, Engine, create_engine, event
+from sqlalchemy import URL, Connection, Engine
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.dialects import postgresql
 
 from etl.canonical import canonical_double, canonical_float32, canonical_json
-from etl.connections import sql_engine
+from etl.engines import engine_for
 from etl.errors import ReconciliationFailed
 
 SEPARATOR = "\x1f"
@@ -120,7 +120,7 @@ class HashDialect:
     @classmethod
     def create_engine(cls, url: URL) -> Engine:
         """An engine whose sessions are prepared for canonical output (UTC, UTF-8, functions)."""
-        return sql_engine(url, pool_pre_ping=True)
+        return engine_for(url)
 
     # -- identifiers ----------------------------------------------------------------------
     def quote(self, name: str) -> str:
@@ -297,10 +297,7 @@ class PostgresHash(HashDialect):
 
     @classmethod
     def create_engine(cls, url: URL) -> Engine:
-        engine = sql_engine(url, pool_pre_ping=True)
-
-        @event.listens_for(engine, "connect")
-        def _utc(dbapi_conn, _record):
+        def utc(dbapi_conn: Any) -> None:
             with dbapi_conn.cursor() as cur:
                 cur.execute("SET TIME ZONE 'UTC'")
                 cur.execute("SET extra_float_digits = 1")  # floats print their shortest round trip
@@ -310,7 +307,7 @@ class PostgresHash(HashDialect):
                 cur.execute("SET parallel_tuple_cost = 0")
             dbapi_conn.commit()
 
-        return engine
+        return engine_for(url, on_connect=utc)
 
     def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
         if kind == "bool":
@@ -415,16 +412,11 @@ class MySqlHash(HashDialect):
 
     @classmethod
     def create_engine(cls, url: URL) -> Engine:
-        if "charset" not in url.query:
-            url = url.update_query_dict({"charset": "utf8mb4"})
-        engine = sql_engine(url, pool_pre_ping=True)
-
-        @event.listens_for(engine, "connect")
-        def _utc(dbapi_conn, _record):
+        def utc(dbapi_conn: Any) -> None:  # utf8mb4: etl.engines
             with dbapi_conn.cursor() as cur:
                 cur.execute("SET time_zone = '+00:00'")
 
-        return engine
+        return engine_for(url, on_connect=utc)
 
     def concat(self, parts: list[str]) -> str:
         return "CONCAT(" + ", ".join(parts) + ")"
@@ -563,13 +555,7 @@ class SqliteHash(HashDialect):
 
     @classmethod
     def create_engine(cls, url: URL) -> Engine:
-        engine = create_engine(url)
-
-        @event.listens_for(engine, "connect")
-        def _functions(dbapi_conn, _record):
-            register_functions(dbapi_conn)
-
-        return engine
+        return engine_for(url, on_connect=register_functions)
 
     def canon(self, expr: str, kind: str, physical: sqltypes.TypeEngine[Any], scale: int) -> str:
         if kind in ("int", "bool"):

@@ -33,7 +33,7 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from etl.canonical import json_equal
 from etl.connections import redact
-from etl.errors import ReconciliationFailed, driver_error_summary
+from etl.errors import ReconciliationFailed, error_detail
 from etl.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
 from etl.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
 from etl.spec import TYPE_PATTERN, check_source_name
@@ -139,12 +139,12 @@ class _Side:
         self.table_name = table
         try:
             self.table = Table(table, MetaData(), autoload_with=self.engine, schema=schema)
-        except NoSuchTableError:
+        except NoSuchTableError as exc:
             self.engine.dispose()
-            raise ReconciliationFailed(f"table {table!r} does not exist in {self.label}") from None
+            raise ReconciliationFailed(f"table {table!r} does not exist in {self.label}") from exc
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise ReconciliationFailed(f"cannot read table {table!r} in {self.label}: {_first_line(exc)}") from None
+            raise ReconciliationFailed(f"cannot read table {table!r} in {self.label}: {_first_line(exc)}") from exc
         self.sql_table = self.d.table(table, schema)
         self._conn: Connection | None = None
         self.columns: list[str] = []
@@ -225,7 +225,7 @@ class _Side:
         except SQLAlchemyError as exc:
             raise ReconciliationFailed(
                 f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}"
-            ) from None
+            ) from exc
 
     def _sums(self, expr: str, max_rows: int | None) -> tuple[str, list[tuple[str, int]] | None]:
         """The SELECT list of a digest sum, and its weighted parts (see ``HashDialect.digest_sum_parts``)."""
@@ -320,7 +320,7 @@ class _Side:
                     out[b] = (int(count), self._total(sums, parts))
         except Exception as exc:  # sqlite3.Error, or an error raised inside a registered function
             raise ReconciliationFailed(
-                f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}") from None
+                f"deep diff query on {self.table_name!r} in {self.label} failed: {_first_line(exc)}") from exc
         return out
 
     def hashes_in(self, ranges: list[tuple[int, int]]) -> dict[Key, tuple[Key, int]]:
@@ -394,7 +394,7 @@ class _Side:
 
 
 def _first_line(exc: Exception) -> str:
-    return driver_error_summary(exc)
+    return error_detail(exc)[:300]
 
 
 def _merge_kinds(a: str, b: str) -> str:
@@ -514,7 +514,7 @@ class DeepDiff:
     @classmethod
     def for_spec(cls, spec, source_url: URL, target_url: URL, **options: Any) -> DeepDiff:
         """A diff of a pipeline's source table and target table, with the spec's column types."""
-        if not getattr(spec.source, "table", None):
+        if not spec.source.table:
             raise ReconciliationFailed(
                 f"pipeline {spec.name!r}: the deep diff needs a SQL source table (source type "
                 f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''} is not supported)"

@@ -39,15 +39,16 @@ from typing import Any
 from sqlalchemy import URL, Connection, MetaData, Table
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
-from etl.errors import ReconciliationFailed, driver_error_summary
+from etl.errors import ReconciliationFailed, error_detail
 from etl.reconcile.dialects import (
     FLOAT_SCALE,
     DigestUnsupported,
     HashDialect,
     hash_dialect_for,
     kind_of,
+    kind_of_spec_type,
 )
-from etl.spec import check_identifier
+from etl.spec import TYPE_PATTERN, check_identifier
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,6 @@ def table_columns(table: Table, dialect: str | None = None) -> list[DigestColumn
 
 def spec_digest_columns(spec: Any) -> list[DigestColumn]:
     """The columns a pipeline's target digest covers: the spec's, with the kinds ``DeepDiff.for_spec`` compares."""
-    from etl.reconcile.dialects import kind_of_spec_type
-    from etl.spec import TYPE_PATTERN
-
     out = []
     for c in spec.columns:
         m = TYPE_PATTERN.match(c.type)
@@ -113,8 +111,8 @@ def spec_digest_columns(spec: Any) -> list[DigestColumn]:
 def _reflect(conn: Connection, name: str, schema: str | None) -> Table:
     try:
         return Table(name, MetaData(), autoload_with=conn, schema=schema)
-    except NoSuchTableError:
-        raise ReconciliationFailed(f"table {name!r} does not exist") from None
+    except NoSuchTableError as exc:
+        raise ReconciliationFailed(f"table {name!r} does not exist") from exc
 
 
 def _covered(conn: Connection, dialect: HashDialect, table: Table) -> str | None:
@@ -163,8 +161,8 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
         for sql in statements:
             conn.exec_driver_sql(sql)
     except SQLAlchemyError as exc:
-        detail = driver_error_summary(exc)
-        raise DigestUnsupported(f"cannot add a row digest to table {name!r}: {detail}") from None
+        detail = error_detail(exc)[:300]
+        raise DigestUnsupported(f"cannot add a row digest to table {name!r}: {detail}") from exc
     state = "refreshed" if existing is not None else "added"
     log.info("row digest %s", state, extra={"table": name, "columns": [c.name for c in cols]})
     return state

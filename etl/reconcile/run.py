@@ -20,12 +20,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import column, delete, select, table, tuple_
+import pyarrow as pa
+from sqlalchemy import Connection, column, delete, select, table, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.connections import redact, resolve_url, sql_engine
-from etl.errors import DriftlessError, ReconciliationFailed, driver_error_summary
+from connectors.sql import SqlSource
+from etl.connections import redact, resolve_url
+from etl.errors import DriftlessError, ReconciliationFailed, error_detail
 from etl.load import loader_for
+from etl.load.entry import LoadResult, load_rows
 from etl.logs import event
 from etl.reconcile.diff import DeepDiff, DiffResult
 from etl.reconcile.store import record_checks
@@ -66,41 +69,46 @@ def fetch_source_rows(spec: PipelineSpec, engine, keys: list[tuple[Any, ...]]) -
 
 
 def repair(spec: PipelineSpec, diff: DiffResult) -> dict[str, int]:
-    """Upsert the drifted keys from the source; delete extras if deletes propagate. Returns counts."""
-    source_engine = sql_engine(resolve_url(spec.source.connection))
+    """Load the drifted keys from the source; delete extras if deletes propagate. Returns counts.
+
+    The rows load through the one load (``etl.load.entry.load_rows``) under the target's write mode
+    (``append`` leaves keys already in the target alone; a soft-deleted row that returns is undeleted).
+    """
+    source = SqlSource(spec)
     loader = loader_for(resolve_url(spec.target.connection))
-    target = target_table(spec)
-    upserted = deleted = rejected = 0
+    counts = {"upserted": 0, "deleted": 0, "rejected": 0}
     validator = Validator(spec)  # the same conversion, transforms and checks as a window's extract
+
+    def rows(conn: Connection, load: LoadResult) -> Iterator[pa.Table]:
+        for frame in fetch_source_rows(spec, source.engine, diff.source_keys):
+            if frame.empty:
+                continue
+            checked = validator.validate(frame)
+            counts["rejected"] += len(checked.rejects)  # what a window would quarantine is not loaded by a repair
+            counts["upserted"] += checked.good.num_rows
+            yield checked.good
+
+    def then(conn: Connection, load: LoadResult) -> None:
+        if spec.reconcile.propagate_deletes and diff.extra_keys:
+            key_cols = [load.target.c[k] for k in spec.source.primary_key]
+            for batch in _batches(diff.extra_keys):
+                gone = conn.execute(delete(load.target).where(_key_filter(key_cols, batch))).rowcount
+                counts["deleted"] += max(gone, 0)
+
     try:
-        loader.ensure_tables(target)
-        with loader.transaction(target) as conn:
-            for frame in fetch_source_rows(spec, source_engine, diff.source_keys):
-                if frame.empty:
-                    continue
-                checked = validator.validate(frame)
-                rejected += len(checked.rejects)  # what a window would quarantine is not loaded by a repair
-                loader.stage(conn, target, checked.good)
-                upserted += checked.good.num_rows
-            loader.merge(conn, target, spec.source.cursor)
-            if spec.reconcile.propagate_deletes and diff.extra_keys:
-                key_cols = [target.c[k] for k in spec.source.primary_key]
-                for batch in _batches(diff.extra_keys):
-                    deleted += max(conn.execute(delete(target).where(_key_filter(key_cols, batch))).rowcount, 0)
+        load_rows(spec, rows, then=then, loader=loader)  # no window: no delete detection, replace writes by key
     except SQLAlchemyError as exc:
-        detail = driver_error_summary(exc, loader.url)
         raise ReconciliationFailed(
-            f"pipeline {spec.name!r}: repair of {target.fullname!r} in {redact(loader.url)} failed (rolled back): "
-            f"{detail}") from None
+            f"pipeline {spec.name!r}: repair of {target_table(spec).fullname!r} in {redact(loader.url)} failed "
+            f"(rolled back): {error_detail(exc, loader.url)}") from exc
     finally:
-        source_engine.dispose()
+        source.engine.dispose()
         loader.dispose()
-    event(log, "repair done", pipeline=spec.name, upserted=upserted, deleted=deleted, rejected=rejected)
-    if rejected:
+    event(log, "repair done", pipeline=spec.name, **counts)
+    if counts["rejected"]:
         log.warning("pipeline %s: repair left %d source row(s) alone that fail validation (a window would quarantine "
-                    "them; `etl run` the window to record them in etl_quarantine)", spec.name, rejected)
-    return {"upserted": upserted, "deleted": deleted, "rejected": rejected,
-            "extras_kept": 0 if spec.reconcile.propagate_deletes else len(diff.extra_keys)}
+                    "them; `etl run` the window to record them in etl_quarantine)", spec.name, counts["rejected"])
+    return {**counts, "extras_kept": 0 if spec.reconcile.propagate_deletes else len(diff.extra_keys)}
 
 
 def _quick(spec: PipelineSpec, source_url, target_url) -> dict[str, Any]:
@@ -171,7 +179,7 @@ def reconcile_pipeline(spec: PipelineSpec, deep: bool = False, do_repair: bool =
 
 def deep_unavailable(spec: PipelineSpec) -> str | None:
     """Why the pipeline's whole table cannot be compared (deep diff, repair); None when it can."""
-    if getattr(spec.source, "table", None):
+    if spec.source.table:
         return None
     kind = f"{spec.source.type!r}{' with a query' if spec.source.type == 'sql' else ''}"
     sums = ", sums of " + ", ".join(spec.reconcile.sum_columns) if spec.reconcile.sum_columns else ""
@@ -192,9 +200,8 @@ def check_pipeline(spec: PipelineSpec, repair: bool = False, samples: int = 5) -
         try:
             return reconcile_pipeline(spec, deep=True, do_repair=repair, samples=samples)
         except (DriftlessError, SQLAlchemyError) as exc:
-            detail = str(exc) if isinstance(exc, DriftlessError) else str(getattr(exc, "orig", None) or exc)
             summary = {"pipeline": spec.name, "status": Check.ERROR,
-                       "message": f"the deep diff could not run: {detail.strip().splitlines()[0]}"}
+                       "message": f"the deep diff could not run: {error_detail(exc)}"}
     else:
         summary = {"pipeline": spec.name, "status": Check.SKIP, "message": f"not checked: {unavailable}"}
     summary.update(dict.fromkeys(("missing_in_target", "extra_in_target", "changed", "rows_source", "rows_target")))
@@ -207,5 +214,5 @@ def check_pipeline(spec: PipelineSpec, repair: bool = False, samples: int = 5) -
         finally:
             loader.dispose()
     except (DriftlessError, SQLAlchemyError) as exc:  # the target may be what is down
-        log.warning("could not record the deep diff of %s: %s", spec.name, str(exc).splitlines()[0][:200])
+        log.warning("could not record the deep diff of %s: %s", spec.name, error_detail(exc)[:200])
     return summary
