@@ -79,11 +79,20 @@ class Loader(ABC):
         New nullable spec columns are added; incompatible changes raise ``LoadError`` before any write.
         Returns the schema changes made, for the run record.
         """
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, self._ddl_lock(conn, target):
             ensure_state_tables(conn, target.schema)
             changes = evolve(conn, target)
             self.ensure_digest(conn, target)
             return changes
+
+    @contextmanager
+    def _ddl_lock(self, conn: Connection, target: Table) -> Iterator[None]:
+        """Serialize ``ensure_tables`` with other processes creating tables in the target's schema.
+
+        Partition slices of a fresh target start at once (on several Celery workers); unserialized, their
+        ``CREATE TABLE``s collide. Default: no lock (SQLite serializes writers itself).
+        """
+        yield
 
     @cached_property
     def _hash_dialect(self) -> HashDialect:
