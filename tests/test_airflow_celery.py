@@ -188,6 +188,7 @@ def test_partition_slices_run_on_both_workers_and_load_exactly_once(celery, data
         hosts_seen[name] = [t["hostname"] for t in mapped]
         # Every task ran on one of the two Celery workers, and the slices on both of them.
         assert set(hosts) <= set(stack.workers), hosts
+        assert [t["try_number"] for t in tis] == [1] * len(tis)  # a clean run: nothing failed and retried
         assert {t["hostname"] for t in mapped} == set(stack.workers), hosts_seen[name]
         finish = by_task[("finish", -1)]
         assert finish["state"] == "success" and finish["start_date"] >= max(t["end_date"] for t in mapped)
