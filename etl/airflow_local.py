@@ -201,6 +201,7 @@ class LocalAirflow:
         self.logs = Path(env["AIRFLOW_HOME"]) / "component-logs"
         self.workers = [f"worker{i}@{socket.gethostname()}" for i in range(1, workers + 1)]
         self.concurrency = concurrency
+        self.starts: dict[str, int] = {}
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -211,11 +212,12 @@ class LocalAirflow:
         for worker in self.workers:
             self.start_worker(worker)
 
-    def start_worker(self, worker: str) -> None:
+    def start_worker(self, worker: str, extra_env: dict[str, str] | None = None) -> None:
         """Start (or restart) the Celery worker named ``worker`` (``workerN@host``)."""
         # Each worker serves its task logs on a port of its own (all share this Airflow home's log folder).
         env = {**self.env, "DRIFTLESS_WORKER_NAME": worker,
-               "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+               "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()), **(extra_env or {})}
+        self.starts[worker] = self.starts.get(worker, 0) + 1  # restarts append to the same log
         self._spawn(worker.split("@")[0], ["airflow", "celery", "worker", "--celery-hostname", worker,
                                            "--concurrency", str(self.concurrency)], env)
 
@@ -225,14 +227,43 @@ class LocalAirflow:
         self.procs[name] = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
+    def kill_worker(self, worker: str, graceful: bool = False) -> list[int]:
+        """Stop a Celery worker and every process under it; returns their pids. It is no longer watched.
+
+        Default: SIGKILL to all of them at once, as if the worker's machine died (its task runners have
+        process groups of their own, so the whole tree is signalled). ``graceful``: SIGTERM to the worker
+        first (a warm shutdown), SIGKILL to what is left after 30 s.
+        """
+        import psutil
+
+        proc = self.procs.pop(worker.split("@")[0])
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        if graceful and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=30)
+        proc.wait(timeout=30)
+        return [p.pid for p in tree]
+
     def wait_workers(self, timeout: float = 180) -> None:
         """Wait until every Celery worker has connected to the broker (``ready.`` in its log)."""
         deadline = time.monotonic() + timeout
         pending = list(self.workers)
         while pending:
             self.check_alive()
-            pending = [w for w in pending if f"{w} ready." not in
-                       (self.logs / f"{w.split('@')[0]}.log").read_text(errors="replace")]
+            pending = [w for w in pending if (self.logs / f"{w.split('@')[0]}.log").read_text(
+                errors="replace").count(f"{w} ready.") < self.starts.get(w, 1)]
             if pending and time.monotonic() > deadline:
                 raise TimeoutError(f"Celery workers {', '.join(pending)} not ready after {timeout:.0f}s; "
                                    f"see {self.logs}")

@@ -34,9 +34,11 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
 BROKER = os.environ.get("DRIFTLESS_CELERY_BROKER", "redis://127.0.0.1:6379/0")
 WINDOW = Window.parse("2025-11-03T00:00:00+00:00", "2025-11-09T00:00:00+00:00")  # 6 days: 6 slices
 TARGETS = {"pg": "postgresql", "maria": "mariadb"}
+KILLED = {"kpg": "pg", "kmaria": "maria"}  # pipelines of the worker-kill test: fresh targets of each dialect
 
 
 def _spec_data(name: str) -> dict:
+    """``slices_<name>``: the invoices, partitioned by day, into connection ``wh_<name>``."""
     data = json.loads(json.dumps(INVOICES))
     data.update(name=f"slices_{name}", partition_by="day",
                 # No scheduled run gets in the way: the first yearly interval after today ends next year or later.
@@ -70,24 +72,24 @@ def databases():
     maria_admin = create_engine(MARIADB_ADMIN)
     made: dict[str, URL] = {}
     try:
-        for key in ("pg", "pg_ref", "maria", "maria_ref"):
+        for key in ("pg", "pg_ref", "maria", "maria_ref", *KILLED):
             name = f"driftless_t_{uuid.uuid4().hex[:10]}"
-            engine = pg_admin if key.startswith("pg") else maria_admin
-            service = "PostgreSQL" if key.startswith("pg") else "MariaDB"
+            engine = pg_admin if key.startswith(("pg", "kpg")) else maria_admin
+            service = "PostgreSQL" if key.startswith(("pg", "kpg")) else "MariaDB"
             try:
                 with engine.connect() as conn:
-                    conn.execute(text(f'CREATE DATABASE "{name}"' if key.startswith("pg")
+                    conn.execute(text(f'CREATE DATABASE "{name}"' if engine is pg_admin
                                       else f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
                     conn.commit()
             except Exception as exc:  # noqa: BLE001
                 unavailable(service, exc)
-            made[key] = (PG_ADMIN if key.startswith("pg") else MARIADB_ADMIN).set(database=name)
+            made[key] = (PG_ADMIN if engine is pg_admin else MARIADB_ADMIN).set(database=name)
         yield made
     finally:
-        for key, url in made.items():
-            engine = pg_admin if key.startswith("pg") else maria_admin
-            with engine.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)' if key.startswith("pg")
+        for url in made.values():
+            pg = url.get_backend_name() == "postgresql"
+            with (pg_admin if pg else maria_admin).connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)' if pg
                                   else f"DROP DATABASE IF EXISTS `{url.database}`"))
                 conn.commit()
         pg_admin.dispose()
@@ -102,13 +104,16 @@ def celery(tmp_path_factory, chinook_source, metadata_db, broker_prefix, databas
     specs.mkdir()
     source = root / "source.db"
     shutil.copyfile(chinook_source, source)
-    for name in TARGETS:
+    for name in [*TARGETS, *KILLED]:
         (specs / f"slices_{name}.yaml").write_text(yaml.safe_dump(_spec_data(name)))
     port = free_port()
     base = dict(os.environ)
     base.update({"DRIFTLESS_SPECS_DIR": str(specs), "AIRFLOW_CONN_SRC": f"sqlite:///{source}",
-                 **{f"AIRFLOW_CONN_WH_{k.upper()}": airflow_uri(databases[k]) for k in TARGETS},
-                 "DRIFTLESS_TASK_RETRIES": "2", "DRIFTLESS_RETRY_DELAY_S": "2"})
+                 **{f"AIRFLOW_CONN_WH_{k.upper()}": airflow_uri(databases[k]) for k in [*TARGETS, *KILLED]},
+                 "DRIFTLESS_TASK_RETRIES": "2", "DRIFTLESS_RETRY_DELAY_S": "2",
+                 # A task whose worker died is failed (and retried) after 40 s without a heartbeat, not 300 s.
+                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "40",
+                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5"})
     env = airflow_env(root / "airflow", port, base=base, metadata_db=metadata_db, executor="celery",
                       broker_url=BROKER, broker_prefix=broker_prefix)
     setup(env, specs)
@@ -121,13 +126,13 @@ def celery(tmp_path_factory, chinook_source, metadata_db, broker_prefix, databas
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # the dag-processor parses the folder once it is up
             dags = {d["dag_id"] for d in stack.api("GET", "/dags", token)["dags"]}
-            if {f"slices_{n}" for n in TARGETS} <= dags:
+            if {f"slices_{n}" for n in [*TARGETS, *KILLED]} <= dags:
                 break
             stack.check_alive()
             time.sleep(2)
         else:
             pytest.fail("the dag-processor did not register the pipeline DAGs within 180 s")
-        for name in TARGETS:
+        for name in [*TARGETS, *KILLED]:
             stack.api("PATCH", f"/dags/slices_{name}", token, json={"is_paused": False})
         yield {"stack": stack, "specs": specs, "source": source, "metadata": metadata_db}
     finally:
@@ -166,53 +171,102 @@ def _task_instances(metadata: str, dag_id: str, run_id: str) -> list[dict]:
     return [dict(r) for r in rows]
 
 
+@pytest.fixture(scope="module")
+def expected(databases, chinook_source):
+    """Fingerprints of one unpartitioned clean run of WINDOW into fresh PostgreSQL and MariaDB databases."""
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_CONN_SRC", f"sqlite:///{chinook_source}")
+        for name in TARGETS:
+            spec = parse_spec({k: v for k, v in _spec_data(name).items() if k != "partition_by"}, "reference")
+            mp.setenv(f"AIRFLOW_CONN_WH_{name.upper()}", airflow_uri(databases[f"{name}_ref"]))
+            run_window(spec, WINDOW)
+            out[name] = fingerprint(databases[f"{name}_ref"], spec)
+    return out
+
+
+def _check_exact(celery, databases, expected, name: str, run_id: str, tis: list[dict]) -> list[dict]:
+    """The target equals one clean unpartitioned run; the watermark moved once, after every slice was in."""
+    slices = len(split_window(WINDOW, "day"))
+    mapped = [t for t in tis if t["task_id"] == "sync_slice"]
+    assert sorted(t["map_index"] for t in mapped) == list(range(slices))
+    assert all(t["state"] == "success" and t["pool"] == f"driftless_wh_{name}" for t in mapped)
+    finish = next(t for t in tis if t["task_id"] == "finish")
+    assert finish["state"] == "success" and finish["start_date"] >= max(t["end_date"] for t in mapped)
+    spec = load_spec(celery["specs"] / f"slices_{name}.yaml")
+    got = fingerprint(databases[name], spec)
+    reference = expected[KILLED.get(name, name)]
+    assert got["rows"] > 0 and (got["rows"], got["sha256"]) == (reference["rows"], reference["sha256"])
+    assert got["watermark"] == WINDOW.end
+    engine = create_engine(databases[name])
+    try:
+        records = read_runs(engine, spec.name)
+    finally:
+        engine.dispose()
+    # One run row per slice (a killed attempt left none: its transaction died with it), none moving the
+    # watermark, then finish's, which moved it, after them all.
+    moved = [r for r in records if r["watermark"] is not None]
+    assert len(records) == slices + 1 and len(moved) == 1, [
+        (r["run_id"], r["status"], r["watermark"], r["message"], r["started_at"]) for r in records] + [
+        (t["task_id"], t["map_index"], t["hostname"], t["try_number"], t["start_date"]) for t in tis]
+    assert all(r["status"] == "success" for r in records)
+    assert moved[0]["run_id"] == run_id
+    assert moved[0]["started_at"] >= max(r["finished_at"] for r in records if r["watermark"] is None)
+    return mapped
+
+
 @pytest.mark.timeout(600)
-def test_partition_slices_run_on_both_workers_and_load_exactly_once(celery, databases, monkeypatch):
+def test_partition_slices_run_on_both_workers_and_load_exactly_once(celery, databases, expected):
     stack: LocalAirflow = celery["stack"]
     t0 = time.monotonic()
     runs = {name: _trigger(stack, f"slices_{name}", WINDOW) for name in TARGETS}
     for name, run_id in runs.items():
         assert _wait(stack, f"slices_{name}", run_id, timeout=420)["state"] == "success", stack.logs
     elapsed = time.monotonic() - t0
-
-    slices = len(split_window(WINDOW, "day"))
     hosts_seen: dict[str, list[str]] = {}
-    monkeypatch.setenv("AIRFLOW_CONN_SRC", f"sqlite:///{celery['source']}")
     for name, run_id in runs.items():
         tis = _task_instances(celery["metadata"], f"slices_{name}", run_id)
-        by_task = {(t["task_id"], t["map_index"]): t for t in tis}
-        mapped = [t for t in tis if t["task_id"] == "sync_slice"]
-        assert sorted(t["map_index"] for t in mapped) == list(range(slices))
-        assert all(t["state"] == "success" and t["pool"] == f"driftless_wh_{name}" for t in mapped)
-        hosts = sorted({t["hostname"] for t in tis})
+        # Every task ran on one of the two Celery workers, once (a clean run: nothing failed and retried).
+        assert {t["hostname"] for t in tis} <= set(stack.workers), tis
+        assert [t["try_number"] for t in tis] == [1] * len(tis)
+        mapped = _check_exact(celery, databases, expected, name, run_id, tis)
         hosts_seen[name] = [t["hostname"] for t in mapped]
-        # Every task ran on one of the two Celery workers, and the slices on both of them.
-        assert set(hosts) <= set(stack.workers), hosts
-        assert [t["try_number"] for t in tis] == [1] * len(tis)  # a clean run: nothing failed and retried
-        assert {t["hostname"] for t in mapped} == set(stack.workers), hosts_seen[name]
-        finish = by_task[("finish", -1)]
-        assert finish["state"] == "success" and finish["start_date"] >= max(t["end_date"] for t in mapped)
+        assert set(hosts_seen[name]) == set(stack.workers), hosts_seen  # the slices ran on both workers
+    print(f"\ncelery: {len(runs)} partitioned runs of {len(split_window(WINDOW, 'day'))} slices in {elapsed:.1f}s; "
+          f"slice hosts {hosts_seen}")
 
-        # The target equals one unpartitioned clean run of the window into a fresh database.
-        spec = load_spec(celery["specs"] / f"slices_{name}.yaml")
-        got = fingerprint(databases[name], spec)
-        reference_spec = parse_spec({k: v for k, v in _spec_data(name).items() if k != "partition_by"}, "reference")
-        monkeypatch.setenv(f"AIRFLOW_CONN_WH_{name.upper()}", airflow_uri(databases[f"{name}_ref"]))
-        run_window(reference_spec, WINDOW)
-        expected = fingerprint(databases[f"{name}_ref"], reference_spec)
-        assert got["rows"] > 0 and (got["rows"], got["sha256"]) == (expected["rows"], expected["sha256"])
 
-        # The watermark moved once: one run row per slice without a watermark, then finish's, after them all.
-        assert got["watermark"] == WINDOW.end
-        engine = create_engine(databases[name])
-        try:
-            records = read_runs(engine, spec.name)
-        finally:
-            engine.dispose()
-        moved = [r for r in records if r["watermark"] is not None]
-        assert len(records) == slices + 1 and len(moved) == 1, [
-            (r["run_id"], r["status"], r["watermark"], r["message"], r["started_at"]) for r in records] + [
-            (t["task_id"], t["map_index"], t["hostname"], t["try_number"], t["start_date"]) for t in tis]
-        assert moved[0]["run_id"] == run_id and moved[0]["status"] == "success"
-        assert moved[0]["started_at"] >= max(r["finished_at"] for r in records if r["watermark"] is None)
-    print(f"\ncelery: {len(TARGETS)} partitioned runs of {slices} slices in {elapsed:.1f}s; slice hosts {hosts_seen}")
+@pytest.mark.timeout(600)
+def test_a_worker_killed_mid_load_its_slices_retry_on_the_other_and_end_exact(celery, databases, expected,
+                                                                               tmp_path):
+    stack: LocalAirflow = celery["stack"]
+    doomed, survivor = stack.workers
+    marker = tmp_path / "frozen"
+    # The doomed worker freezes every slice it runs in the middle of its load (rows staged, not committed).
+    stack.kill_worker(doomed, graceful=True)
+    stack.start_worker(doomed, {"DRIFTLESS_FAILPOINT": "mid_load", "DRIFTLESS_FAILPOINT_MARKER": str(marker)})
+    stack.wait_workers()
+    t0 = time.monotonic()
+    runs = {name: _trigger(stack, f"slices_{name}", WINDOW) for name in KILLED}
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert time.monotonic() < deadline, f"no slice reached the fail point on {doomed}; logs in {stack.logs}"
+        stack.check_alive()
+        time.sleep(0.5)
+    frozen = int(marker.read_text())
+    killed = stack.kill_worker(doomed)  # SIGKILL: the worker and its task processes, mid-load
+    assert frozen in killed
+    killed_at = time.monotonic() - t0
+    for name, run_id in runs.items():
+        assert _wait(stack, f"slices_{name}", run_id, timeout=420)["state"] == "success", stack.logs
+    elapsed = time.monotonic() - t0
+    retried: dict[str, list[int]] = {}
+    for name, run_id in runs.items():
+        tis = _task_instances(celery["metadata"], f"slices_{name}", run_id)
+        mapped = _check_exact(celery, databases, expected, name, run_id, tis)
+        retried[name] = [t["map_index"] for t in mapped if t["try_number"] > 1]
+        # A retried slice ran its last try on the surviving worker.
+        assert all(t["hostname"] == survivor for t in mapped if t["try_number"] > 1), mapped
+    assert sum(len(v) for v in retried.values()) >= 1, retried  # at least the frozen slice was killed and retried
+    print(f"\ncelery kill: {doomed} killed {killed_at:.1f}s after the trigger; both runs done in {elapsed:.1f}s; "
+          f"slices retried on {survivor}: {retried}")
