@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 N ?= 1000000
+EXECUTOR ?= local
+WORKERS ?= 2
 
 export AIRFLOW_HOME := $(CURDIR)/.airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
@@ -25,9 +27,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/python scripts/demo.py
 
-# A local Airflow (api-server, scheduler, dag-processor) for trying pipelines and backfills by hand.
+# A local Airflow (api-server, scheduler, dag-processor, triggerer) for trying pipelines and backfills by hand.
+# EXECUTOR=celery: the CeleryExecutor with WORKERS Celery workers (default 2), Redis broker, PostgreSQL results.
 airflow: install
-	$(BIN)/python -m etl.airflow_local up
+	$(BIN)/python -m etl.airflow_local up --executor $(EXECUTOR) --workers $(WORKERS)
 
 # Headless Chromium (Debian package), Node.js and playwright-core (npm, into tests/browser/node_modules) for the
 # UI test. Idempotent: a no-op (well under a second) when all three are present; apt-get runs non-interactively,

@@ -3,8 +3,12 @@
 ``python -m etl.airflow_local up`` migrates the metadata database (``$DRIFTLESS_AIRFLOW_DB``, else
 the database ``driftless_airflow_<checkout hash>`` on the local PostgreSQL, else SQLite in ``$AIRFLOW_HOME``),
 creates one pool per target connection, starts the demo REST API (``chinook_api``), the api-server,
-scheduler, dag-processor and triggerer (LocalExecutor) on 127.0.0.1, unpauses ``consistency_report``,
-prints the URL and the login, and stops everything cleanly on Ctrl-C.
+scheduler, dag-processor and triggerer on 127.0.0.1, unpauses ``consistency_report``, prints the URL and
+the login, and stops everything cleanly on Ctrl-C.
+``--executor celery`` (``make airflow EXECUTOR=celery``) runs the CeleryExecutor instead of the
+LocalExecutor and starts ``--workers`` Celery workers (default 2): broker Redis (``$DRIFTLESS_CELERY_BROKER``,
+default ``redis://127.0.0.1:6379/0``, every key prefixed ``driftless_<checkout hash>:`` so clones sharing one
+Redis never take each other's tasks), result backend the metadata database (PostgreSQL).
 ``python -m etl.airflow_local pools`` only (re)creates the pools.
 
 Login: the simple auth manager with one admin user. Its user list is ``[core]
@@ -33,6 +37,8 @@ from etl.pools import pools_for, slots
 
 REPO = Path(__file__).resolve().parent.parent
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 
 def free_port() -> int:
@@ -42,11 +48,15 @@ def free_port() -> int:
 
 
 def airflow_env(home: Path, port: int, user: str = "admin", password: str = "admin",
-                base: dict[str, str] | None = None, metadata_db: str | None = None) -> dict[str, str]:
+                base: dict[str, str] | None = None, metadata_db: str | None = None, executor: str = "local",
+                broker_url: str | None = None, broker_prefix: str | None = None) -> dict[str, str]:
     """The environment of every Airflow process of a local stack rooted at ``home``.
 
     ``metadata_db`` is a SQLAlchemy URL of Airflow's metadata database (default: SQLite in ``home``).
+    ``executor`` is ``local`` (LocalExecutor) or ``celery`` (CeleryExecutor: see ``celery_env``).
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor {executor!r}: expected one of {', '.join(EXECUTORS)}")
     home.mkdir(parents=True, exist_ok=True)
     passwords = home / "simple_auth_manager_passwords.json"
     passwords.write_text(json.dumps({user: password}))
@@ -63,7 +73,7 @@ def airflow_env(home: Path, port: int, user: str = "admin", password: str = "adm
         "AIRFLOW__CORE__PLUGINS_FOLDER": env.get("AIRFLOW__CORE__PLUGINS_FOLDER") or str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": EXECUTORS[executor],
         "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM") or "4",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{user}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
@@ -82,7 +92,43 @@ def airflow_env(home: Path, port: int, user: str = "admin", password: str = "adm
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_db
         if metadata_db.startswith("postgresql+psycopg://"):  # psycopg 3 is async too; no asyncpg needed
             env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = metadata_db
+    if executor == "celery":
+        env.update(celery_env(metadata_db, broker_url or env.get("DRIFTLESS_CELERY_BROKER") or DEFAULT_BROKER,
+                              broker_prefix or metadata_db_name().removeprefix("driftless_airflow_")))
     return env
+
+
+def celery_env(metadata_db: str | None, broker_url: str, prefix: str) -> dict[str, str]:
+    """The CeleryExecutor settings shared by the scheduler and every worker (and docker-compose.integration.yml).
+
+    * broker ``broker_url`` (Redis), every key prefixed ``driftless_<prefix>:`` (kombu's ``global_keyprefix``),
+      so two checkouts or test stacks sharing one Redis never consume each other's tasks;
+    * result backend: the metadata database (``db+postgresql+psycopg://...``); Celery's results are only
+      bookkeeping, the task states Airflow acts on live in the metadata database anyway;
+    * ``task_acks_late`` and ``worker_prefetch_multiplier = 1`` (the provider's defaults, spelled out): a
+      worker takes one task per free process, and a message is acknowledged only when its task ended.
+    """
+    if not metadata_db or not metadata_db.startswith("postgresql"):
+        raise ValueError("the CeleryExecutor needs a PostgreSQL metadata database (its result backend); "
+                         "set DRIFTLESS_AIRFLOW_DB or start the local PostgreSQL")
+    return {
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": f"driftless_{prefix}:",
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_db}",
+        "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+        # A task instance's hostname is its worker's Celery name (worker1@host, ...): see task_hostname().
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "etl.airflow_local.task_hostname",
+    }
+
+
+def task_hostname() -> str:
+    """The hostname Airflow records for a task instance: ``$DRIFTLESS_WORKER_NAME`` if set, else the FQDN.
+
+    Workers started by ``LocalAirflow`` share one machine; naming each by its Celery hostname
+    (``worker1@<host>``) shows in the UI and the metadata database which worker ran which task.
+    """
+    return os.environ.get("DRIFTLESS_WORKER_NAME") or socket.getfqdn()
 
 
 def metadata_db_name() -> str:
@@ -145,23 +191,83 @@ def setup(env: dict[str, str], specs_dir: str | Path) -> None:
 
 
 class LocalAirflow:
-    """The api-server, scheduler and dag-processor of one Airflow home, as child processes."""
+    """The api-server, scheduler, dag-processor, triggerer (and Celery workers) of one Airflow home."""
 
-    def __init__(self, env: dict[str, str], port: int, user: str = "admin", password: str = "admin") -> None:
+    def __init__(self, env: dict[str, str], port: int, user: str = "admin", password: str = "admin",
+                 workers: int = 0, concurrency: int = 2) -> None:
         self.env, self.port, self.user, self.password = env, port, user, password
         self.url = f"http://127.0.0.1:{port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = Path(env["AIRFLOW_HOME"]) / "component-logs"
+        self.workers = [f"worker{i}@{socket.gethostname()}" for i in range(1, workers + 1)]
+        self.concurrency = concurrency
+        self.starts: dict[str, int] = {}
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         for name in COMPONENTS:
             args = ["airflow", name] + (["--port", str(self.port), "--host", "127.0.0.1"] if name == "api-server"
                                         else [])
-            out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-            # A session of its own: Ctrl-C reaches only this process, which stops the children in order.
-            self.procs[name] = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+            self._spawn(name, args, self.env)
+        for worker in self.workers:
+            self.start_worker(worker)
+
+    def start_worker(self, worker: str, extra_env: dict[str, str] | None = None) -> None:
+        """Start (or restart) the Celery worker named ``worker`` (``workerN@host``)."""
+        # Each worker serves its task logs on a port of its own (all share this Airflow home's log folder).
+        env = {**self.env, "DRIFTLESS_WORKER_NAME": worker,
+               "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()), **(extra_env or {})}
+        self.starts[worker] = self.starts.get(worker, 0) + 1  # restarts append to the same log
+        self._spawn(worker.split("@")[0], ["airflow", "celery", "worker", "--celery-hostname", worker,
+                                           "--concurrency", str(self.concurrency)], env)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        out = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        # A session of its own: Ctrl-C reaches only this process, which stops the children in order.
+        self.procs[name] = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def kill_worker(self, worker: str, graceful: bool = False) -> list[int]:
+        """Stop a Celery worker and every process under it; returns their pids. It is no longer watched.
+
+        Default: SIGKILL to all of them at once, as if the worker's machine died (its task runners have
+        process groups of their own, so the whole tree is signalled). ``graceful``: SIGTERM to the worker
+        first (a warm shutdown), SIGKILL to what is left after 30 s.
+        """
+        import psutil
+
+        proc = self.procs.pop(worker.split("@")[0])
+        try:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
+        if graceful and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=30)
+        proc.wait(timeout=30)
+        return [p.pid for p in tree]
+
+    def wait_workers(self, timeout: float = 180) -> None:
+        """Wait until every Celery worker has connected to the broker (``ready.`` in its log)."""
+        deadline = time.monotonic() + timeout
+        pending = list(self.workers)
+        while pending:
+            self.check_alive()
+            pending = [w for w in pending if (self.logs / f"{w.split('@')[0]}.log").read_text(
+                errors="replace").count(f"{w} ready.") < self.starts.get(w, 1)]
+            if pending and time.monotonic() > deadline:
+                raise TimeoutError(f"Celery workers {', '.join(pending)} not ready after {timeout:.0f}s; "
+                                   f"see {self.logs}")
+            time.sleep(1)
 
     def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
@@ -283,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m etl.airflow_local", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "pools"])
     parser.add_argument("--port", type=int, default=int(os.environ.get("DRIFTLESS_AIRFLOW_PORT", "8080")))
+    parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
+                        help="local (LocalExecutor, default) or celery (CeleryExecutor with --workers workers)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers to start (default 2)")
     parser.add_argument("--specs-dir",
                         default=os.environ.get("DRIFTLESS_SPECS_DIR") or str(REPO / "dags" / "pipelines"))
     args = parser.parse_args(argv)
@@ -291,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     metadata = os.environ.get("DRIFTLESS_AIRFLOW_DB")
     if args.command == "up" and not metadata:
         metadata = local_postgres_metadata()
-    env = airflow_env(home, args.port, password=password, metadata_db=metadata)
+    if args.executor == "celery" and not metadata:
+        parser.error("--executor celery needs a PostgreSQL metadata database: the local PostgreSQL "
+                     "(127.0.0.1:5432) is unreachable and DRIFTLESS_AIRFLOW_DB is not set")
+    env = airflow_env(home, args.port, password=password, metadata_db=metadata, executor=args.executor)
     if args.command == "pools":
         print("pools:", ", ".join(ensure_pools(env, args.specs_dir)) or "none")
         return 0
@@ -303,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         stop_process(api)
         raise
-    stack = LocalAirflow(env, args.port, password=password)
+    stack = LocalAirflow(env, args.port, password=password, workers=args.workers if args.executor == "celery" else 0)
 
     def _interrupt(signum, _frame):
         raise KeyboardInterrupt
@@ -312,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     stack.start()
     try:
         stack.wait_ready()
-        print(f"\n  Airflow UI   {stack.url}\n  login        admin / {password}\n"
+        stack.wait_workers()
+        executor = env["AIRFLOW__CORE__EXECUTOR"] + (f" ({', '.join(stack.workers)}; broker "
+                                                     f"{env['AIRFLOW__CELERY__BROKER_URL']})" if stack.workers else "")
+        print(f"\n  Airflow UI   {stack.url}\n  login        admin / {password}\n  executor     {executor}\n"
               f"  logs         {stack.logs}\n  pools        {', '.join(pools_for(args.specs_dir))}\n"
               f"  unpaused     {', '.join(sorted(UNPAUSED))} (runs after every load; unpause pipelines in the UI)"
               "\nPress Ctrl-C to stop.", flush=True)

@@ -82,7 +82,7 @@ class Loader(ABC):
         New nullable spec columns are added; incompatible changes raise ``LoadError`` before any write.
         Returns the schema changes made, for the run record.
         """
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, self.ddl_lock(conn, target):
             changes = evolve(conn, target)
             self.ensure_digest(conn, target)
             return changes
@@ -90,6 +90,15 @@ class Loader(ABC):
     def dry_run_setup(self, conn: Connection, target: Table) -> list[str]:
         """In a dry run's transaction (rolled back): create or evolve the target as the load would."""
         return evolve(conn, target)
+
+    @contextmanager
+    def ddl_lock(self, conn: Connection, target: Table) -> Iterator[None]:
+        """Serialize ``ensure_tables`` with other processes creating tables in the target's schema.
+
+        Partition slices of a fresh target start at once (on several Celery workers); unserialized, their
+        ``CREATE TABLE``s collide. Default: no lock (SQLite serializes writers itself).
+        """
+        yield
 
     @cached_property
     def _hash_dialect(self) -> HashDialect:

@@ -132,7 +132,7 @@ def load_rows(spec: PipelineSpec, rows: Rows, *, window: Window | None = None, r
         if dry_run:
             _dry_run(loader, result, rows)
             return result
-        with loader.engine.begin() as conn:
+        with loader.engine.begin() as conn, loader.ddl_lock(conn, target):  # slices of a fresh target start at once
             ensure_state_tables(conn, target.schema)
         result.schema_changes = loader.ensure_tables(target)
         with loader.transaction(target, result.mode) as conn:

@@ -109,6 +109,20 @@ class MySqlLoader(Loader):
         return "REPLACE" if self.mode is None or self.mode.latest_wins else "IGNORE"
 
     @contextmanager
+    def ddl_lock(self, conn: Connection, target: Table) -> Iterator[None]:
+        # DDL commits implicitly; a named lock belongs to the session and outlives those commits.
+        name = f"driftless-ddl:{target.schema or self.url.database or ''}"[:64]  # server-wide: name the database
+        if conn.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": name, "t": LOCK_TIMEOUT_S}).scalar() != 1:
+            raise LoadError(f"another process held the table-creation lock {name!r} for {LOCK_TIMEOUT_S}s")
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+            except OperationalError:  # the connection died: its lock died with it
+                pass
+
+    @contextmanager
     def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         name = f"driftless:{target.fullname}"[:64]
         self._local = True

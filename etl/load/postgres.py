@@ -48,6 +48,13 @@ class PostgresLoader(Loader):
         return f"_driftless_new_{target.name}"[:63]
 
     @contextmanager
+    def ddl_lock(self, conn: Connection, target: Table) -> Iterator[None]:
+        # Transactional DDL: the lock is held until ensure_tables' transaction ends.
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),
+                     {"name": f"driftless-ddl:{target.schema or ''}"})
+        yield
+
+    @contextmanager
     def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:name, 0))"),

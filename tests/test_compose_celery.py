@@ -1,0 +1,36 @@
+"""docker-compose.integration.yml runs the same CeleryExecutor settings as ``make airflow EXECUTOR=celery``.
+
+No Compose specification schema is available offline here, so this is a structural check: every Celery
+setting ``celery_env`` gives the local stack is in every Airflow service of the compose file, with the
+same value (the broker and result-backend hosts differ: containers, not loopback).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from etl.airflow_local import celery_env
+
+COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.integration.yml"
+HOST_SPECIFIC = {"AIRFLOW__CELERY__BROKER_URL", "AIRFLOW__CELERY__RESULT_BACKEND",
+                 "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"}
+
+
+def test_compose_airflow_services_use_the_local_celery_settings():
+    local = celery_env("postgresql+psycopg://postgres@127.0.0.1:5432/airflow", "redis://127.0.0.1:6379/0", "x")
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    airflow = {name: svc for name, svc in services.items() if name.startswith("airflow-")}
+    assert len(airflow) == 6
+    for name, svc in airflow.items():
+        env = svc["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert set(local) <= set(env), (name, sorted(set(local) - set(env)))
+        assert {k: env[k] for k in local if k not in HOST_SPECIFIC} == {
+            k: v for k, v in local.items() if k not in HOST_SPECIFIC}, name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
+            "+psycopg2", "")
+        assert env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"].startswith("driftless_")
+    assert airflow["airflow-worker"]["command"].split()[:2] == ["celery", "worker"]
