@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from sqlalchemy.exc import SQLAlchemyError
 
 from connectors.files.source import FileSource
+from connectors.queues.source import QueueSource
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl import metrics
@@ -42,7 +43,7 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-SOURCES = {"sql": SqlSource, "rest": RestSource, "file": FileSource}
+SOURCES = {"sql": SqlSource, "rest": RestSource, "file": FileSource, "queue": QueueSource}
 
 
 def new_run_id() -> str:
@@ -122,15 +123,16 @@ def _as_datetime(value: Any) -> datetime | None:
 
 
 def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path | None = None,
-                   frames: Iterable[pd.DataFrame] | None = None) -> Manifest:
+                   frames: Iterable[pd.DataFrame] | None = None, source: Any = None) -> Manifest:
     """Read the window from the source into staging files; returns their manifest.
 
-    ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read.
+    ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read
+    (``source``: that connector instance, when the caller needs it after the load, as queue sources do).
     A failed extract leaves a ``failed`` run record in the target (best effort) and raises.
     """
     started_at, t0 = datetime.now(UTC), time.monotonic()
     try:
-        manifest = _extract(spec, window, run_id, root, frames, started_at)
+        manifest = _extract(spec, window, run_id, root, frames, started_at, source)
     except (DriftlessError, SQLAlchemyError, OSError) as exc:
         from etl.reconcile.checks import error_detail
 
@@ -143,9 +145,10 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
 
 
 def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
-             frames: Iterable[pd.DataFrame] | None, started_at: datetime) -> Manifest:
+             frames: Iterable[pd.DataFrame] | None, started_at: datetime, source: Any = None) -> Manifest:
     started = time.monotonic()
-    source = source_for(spec) if frames is None else None
+    if source is None and frames is None:
+        source = source_for(spec)
     # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.
     resumable = getattr(source, "resumable", False)
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
@@ -181,8 +184,11 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
 
 
 def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: str,
-                advance_watermark: bool = True) -> WindowResult:
+                advance_watermark: bool = True, source: Any = None) -> WindowResult:
     """Merge the staged records into the target; data, watermark and run record commit together.
+
+    ``source``: the connector instance that extracted the window; queue sources need it (it holds the
+    consumed messages, recorded in ``etl_messages`` in this transaction).
 
     With ``advance_watermark=False`` (one slice of a partitioned window) the slice's data and run
     record commit and the watermark stays; ``etl.partitions.finish_window`` moves it once every slice is in.
@@ -205,12 +211,16 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     # A window ending after the source was read (etl run --allow-future) moves the watermark only that far.
     read_at = datetime.fromisoformat(manifest.read_at) if manifest.read_at else None
     until = read_at if read_at is not None and read_at < window.end else None
+    source_class = SOURCES[spec.source.type]
+    if getattr(source_class, "needs_consumer", False) and not isinstance(source, source_class):
+        raise LoadError(f"pipeline {spec.name!r}: a {spec.source.type} pipeline loads in the process that consumed "
+                        "its messages (etl run; in Airflow its one sync task), not from staging files alone")
     try:
-        check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: fail before any write
+        if getattr(source_class, "applies_reject_ratio", True):  # queues quarantine what fails, however much
+            check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: no write
         result.schema_changes = loader.ensure_tables(target)
         ensure_quarantine_table(loader.engine, schema)
-        # Sources that keep state of their own in the target (file sources: etl_files) write it in the transaction.
-        source_class = SOURCES[spec.source.type]
+        # Sources that keep state of their own in the target (etl_files, etl_messages) write it in the transaction.
         if hasattr(source_class, "prepare_target"):
             source_class.prepare_target(loader.engine, schema)
         with loader.transaction(target, mode) as conn:
@@ -234,7 +244,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                 result.watermark = advance_state(conn, spec.name, spec.source.cursor, window, max_cursor,
                                                  run_id, schema, until=until)
             if hasattr(source_class, "record_loaded"):
-                source_class.record_loaded(conn, spec, window, run_id, manifest)
+                (source if source is not None else source_class).record_loaded(conn, spec, window, run_id, manifest)
             result.duration_s = time.monotonic() - t0
             record_run(conn, schema, run_id=run_id, pipeline=spec.name, window_start=window.start,
                        window_end=window.end, status=Run.SUCCESS, extracted=result.extracted,
@@ -316,10 +326,20 @@ def run_window(spec: PipelineSpec, window: Window, run_id: str | None = None) ->
     prune_stale()  # staging left behind by killed runs
     # Staged under $DRIFTLESS_STAGING_DIR, locked by this process: removed at the end, or by a later
     # run's prune when this process is killed.
-    with owned_run_dir(staging_dir(spec, window, run_id)):
-        manifest = extract_window(spec, window, run_id)
-        result = load_window(spec, window, manifest, run_id)
-        failpoint("before_checks")
-        result = reconcile_window(spec, result)
+    # A source that acknowledges (queues) lives from its first message to the acknowledgement after the commit.
+    source = source_for(spec) if hasattr(SOURCES[spec.source.type], "acknowledge") else None
+    try:
+        with owned_run_dir(staging_dir(spec, window, run_id)):
+            manifest = extract_window(spec, window, run_id, source=source)
+            failpoint("before_load")
+            result = load_window(spec, window, manifest, run_id, source=source)
+            if source is not None:
+                failpoint("before_ack")
+                source.acknowledge(result)
+            failpoint("before_checks")
+            result = reconcile_window(spec, result)
+    finally:
+        if source is not None:
+            source.close()  # without acknowledge (a failure above), the broker delivers the messages again
     result.duration_s = time.monotonic() - t0
     return result
