@@ -414,6 +414,9 @@ class PipelineSpec(_Strict):
         for name in self.dedup.order_by:
             if name not in by_name:
                 raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
+        if self.source.type == "queue" and self.partition_by:
+            raise ValueError("partition_by: a queue source is drained by one process (it acknowledges what it "
+                             "consumed after the load); remove the option")
         if self.source.type == "queue" and self.reconcile.sum_columns:
             raise ValueError("reconcile.sum_columns: a queue source's records do not lie in the window by their "
                              "cursor, so the target cannot be summed over it; remove the option")

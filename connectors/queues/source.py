@@ -230,11 +230,11 @@ class QueueSource:
             return older
         names = list(dict.fromkeys([*self.source.primary_key, self.source.cursor]))
         rename = {v: k for k, v in self.spec.transforms.rename.items()}
-        converted, ok = {}, frame[SOURCE_ERROR_COLUMN].isna().to_numpy()
+        converted, ok = {}, frame[SOURCE_ERROR_COLUMN].isna().to_numpy().copy()
         for name in names:
             conv = convert_for(self.spec.column(name), frame[rename.get(name, name)])
             converted[name] = conv.values
-            ok &= ~conv.bad & conv.values.notna().to_numpy()
+            ok = ok & ~conv.bad & conv.values.notna().to_numpy()
         if not ok.any():
             return older
         candidates = pd.DataFrame(converted)[ok].reset_index(drop=True)
@@ -299,7 +299,9 @@ class QueueSource:
     # ---- checks -------------------------------------------------------------------------------------------
 
     def window_checks(self, result: Any) -> list[dict[str, Any]]:
-        """``queue_messages``: the messages taken = processed (recorded in ``etl_messages`` by this run) + absorbed
+        """The queue source's window checks, run after the load committed and the messages were acknowledged.
+
+        ``queue_messages``: the messages taken = processed (recorded in ``etl_messages`` by this run) + absorbed
         redeliveries, and the records of the processed messages = loaded + quarantined + deduplicated + superseded.
         ``queue_ack``: WARN when acknowledging failed after the commit.
         """
