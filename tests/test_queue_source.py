@@ -392,3 +392,35 @@ def test_sigkill_at_each_step_then_rerun_loads_every_message_once(broker, pg_url
     assert [r[0] for r in got] == list(range(n)) and [float(r[1]) for r in got] == [i + 0.25 for i in range(n)]
     assert rows(pg_url, "SELECT count(*), count(DISTINCT message_id) FROM etl_messages") == [(n, n)]
     assert broker.left(name) == 0
+
+
+@pytest.mark.airflow
+def test_dag_of_a_queue_pipeline_is_one_sync_task_that_loads_and_acknowledges(airflow_db, tmp_path, monkeypatch,
+                                                                               connections, sqlite_url):
+    from datetime import UTC, datetime
+
+    from tests.test_dags import load_dag_module
+
+    try:
+        b = Redis()
+    except Exception as exc:
+        unavailable("redis", exc)
+    try:
+        name = b.create()
+        for i in range(5):
+            b.publish(name, order(i), None)
+        connections(rs=REDIS, wh=airflow_uri(sqlite_url))
+        data = copy.deepcopy(BASE)
+        data["source"].update(b.source(name), connection="rs")
+        specs_dir = tmp_path / "pipelines"
+        specs_dir.mkdir()
+        spec_path = specs_dir / "orders_queue.yaml"
+        spec_path.write_text(yaml.safe_dump(data))
+        monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
+        dag = load_dag_module().build_dag(spec_path)
+        assert [t.task_id for t in dag.tasks] == ["sync"]
+        run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC))
+        assert run.state == "success"
+        assert [r[0] for r in rows(sqlite_url)] == list(range(5)) and b.left(name) == 0
+    finally:
+        b.close()
