@@ -154,3 +154,13 @@ def render_params(params: dict[str, Any], window: Bounded | None) -> dict[str, A
                              f"{sorted(PLACEHOLDERS)}; write {{{{ and }}}} for literal braces)")
         out[name] = value.format(**values) if window is not None else value
     return out
+
+
+@runtime_checkable
+class Acknowledges(Protocol):
+    """Consumes messages that are acknowledged to their broker only after the target committed (queues).
+
+    The load must then run in the process that consumed them (``etl run``; in Airflow, one task).
+    """
+
+    def acknowledge(self, result: Any) -> None: ...

@@ -14,7 +14,7 @@ from etl.connections import redact, resolve_url
 from etl.engines import engine_for
 from etl.errors import SourceError, error_detail
 from etl.schema import read_type, sql_type
-from etl.spec import PipelineSpec
+from etl.spec import PipelineSpec, SqlSourceSpec
 from etl.window import Window
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,10 @@ class SqlSource:
     """
 
     def __init__(self, spec: PipelineSpec, engine: Engine | None = None) -> None:
+        if not isinstance(spec.source, SqlSourceSpec):
+            raise TypeError(f"pipeline {spec.name!r}: SqlSource needs a source of type 'sql'")
         self.spec = spec
-        self.source = spec.source
+        self.source: SqlSourceSpec = spec.source
         self.engine = engine or engine_for(resolve_url(self.source.connection))
 
     def _selectable(self):

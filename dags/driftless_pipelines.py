@@ -33,7 +33,8 @@ DEFAULT_ARGS = {
 
 def pipeline_doc(spec: PipelineSpec, spec_path: Path) -> str:
     """The DAG's documentation, shown on its page in the UI."""
-    source = getattr(spec.source, "table", None) or getattr(spec.source, "endpoint", None) or "a SQL query"
+    source = (getattr(spec.source, "table", None) or getattr(spec.source, "endpoint", None)
+              or getattr(spec.source, "queue", None) or getattr(spec.source, "stream", None) or "a SQL query")
     asset = target_asset(spec)
     return "\n".join([
         f"### {spec.name}", "", spec.description or "", "",
@@ -74,6 +75,8 @@ def build_dag(spec_path: Path):
     def pipeline():
         if spec.partition_by:
             return partitioned(spec, spec_path)
+        if spec.source.type == "queue":
+            return queue_sync(spec, spec_path)
         @task
         def extract(**context) -> dict:
             from etl import airflow_tasks
@@ -95,6 +98,18 @@ def build_dag(spec_path: Path):
         reconcile(load(extract()))
 
     return pipeline()
+
+
+def queue_sync(spec: PipelineSpec, spec_path: Path) -> None:
+    """Queue shape: one task takes, loads and acknowledges (acknowledging needs the consuming connection)."""
+
+    @task(outlets=[target_asset(spec)], pool=pool_name(spec))
+    def sync(**context) -> dict:
+        from etl import airflow_tasks
+
+        return airflow_tasks.sync(str(spec_path), context)
+
+    sync()
 
 
 def partitioned(spec: PipelineSpec, spec_path: Path) -> None:

@@ -168,6 +168,36 @@ def reconcile(spec_path: str, result: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+@config_errors_fail_fast
+def sync(spec_path: str, context: dict[str, Any]) -> dict[str, Any]:
+    """Queue pipelines: extract, load, acknowledge and check the run's window in this one task.
+
+    A queue source must acknowledge its messages after the commit, on the connection that took them
+    (RabbitMQ deliveries belong to their channel), so the three steps cannot be separate tasks.
+    """
+    from etl.pipeline import run_window
+
+    _setup()
+    spec = load_spec(spec_path)
+    options = options_from_context(spec, context)
+    if options.dry_run:
+        raise _skip("dry run: a queue pipeline cannot count what it would change without taking the messages; "
+                    "nothing was read or written")
+    prune_stale()
+    result = run_window(spec, options.window, context["run_id"])
+    lineage.emit(spec, context)
+    assets.announce(spec, context, {"window": options.window.as_dict(), "loaded": result.loaded,
+                                    "written": result.written, "run_id": context["run_id"],
+                                    "watermark": result.watermark.isoformat() if result.watermark else None})
+    m = result.metrics or {}
+    log.info("sync summary: window %s: took %d message(s) (%d redelivered and absorbed), loaded %d rows, wrote %d, "
+             "quarantined %d, deduplicated %d, superseded %d; acknowledged %s; %.1f s", window_text(options.window),
+             m.get("messages_taken", 0), m.get("messages_absorbed", 0), result.loaded, result.written,
+             result.quarantined, result.deduplicated, m.get("records_superseded", 0),
+             m.get("acknowledged", "no: " + str(m.get("ack_error"))), result.duration_s)
+    return result.to_xcom()
+
+
 # Partitioned pipelines (``partition_by`` in the spec): plan -> sync_slice (mapped) -> finish.
 
 @config_errors_fail_fast

@@ -22,8 +22,9 @@ import pyarrow.compute as pc
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from connectors.base import Closable, CountsWindow, KeepsTargetState, Metered, Resumable, Source
+from connectors.base import Acknowledges, Closable, CountsWindow, KeepsTargetState, Metered, Resumable, Source
 from connectors.files.source import FileSource
+from connectors.queues.source import QueueSource
 from connectors.rest.source import RestSource
 from connectors.sql import SqlSource
 from etl import metrics
@@ -44,7 +45,8 @@ from etl.window import Window
 
 log = logging.getLogger(__name__)
 
-SOURCES: dict[str, Callable[[PipelineSpec], Source]] = {"sql": SqlSource, "rest": RestSource, "file": FileSource}
+SOURCES: dict[str, Callable[[PipelineSpec], Source]] = {"sql": SqlSource, "rest": RestSource, "file": FileSource,
+                                                    "queue": QueueSource}
 
 
 def new_run_id() -> str:
@@ -124,15 +126,16 @@ def _as_datetime(value: Any) -> datetime | None:
 
 
 def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path | None = None,
-                   frames: Iterable[pd.DataFrame] | None = None) -> Manifest:
+                   frames: Iterable[pd.DataFrame] | None = None, source: Any = None) -> Manifest:
     """Read the window from the source into staging files; returns their manifest.
 
-    ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read.
+    ``frames`` replaces the source's chunks (tests, replays of files); by default the spec's source is read
+    (``source``: that connector instance, when the caller needs it after the load, as queue sources do).
     A failed extract leaves a ``failed`` run record in the target (best effort) and raises.
     """
     started_at, t0 = datetime.now(UTC), time.monotonic()
     try:
-        manifest = _extract(spec, window, run_id, root, frames, started_at)
+        manifest = _extract(spec, window, run_id, root, frames, started_at, source)
     except (DriftlessError, SQLAlchemyError, OSError) as exc:
         detail = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
         _record_failure(spec, window, run_id, started_at, f"extract failed: {detail}")
@@ -143,9 +146,10 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
 
 
 def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
-             frames: Iterable[pd.DataFrame] | None, started_at: datetime) -> Manifest:
+             frames: Iterable[pd.DataFrame] | None, started_at: datetime, source: Any = None) -> Manifest:
     started = time.monotonic()
-    source = source_for(spec) if frames is None else None
+    if source is None and frames is None:
+        source = source_for(spec)
     # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.
     resumable = source if isinstance(source, Resumable) else None
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
@@ -178,8 +182,11 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
 
 
 def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: str,
-                advance_watermark: bool = True) -> WindowResult:
+                advance_watermark: bool = True, source: Any = None) -> WindowResult:
     """Merge the staged records into the target; data, watermark and run record commit together.
+
+    ``source``: the connector instance that extracted the window; queue sources need it (it holds the
+    consumed messages, recorded in ``etl_messages`` in this transaction).
 
     With ``advance_watermark=False`` (one slice of a partitioned window) the slice's data and run
     record commit and the watermark stays; ``etl.partitions.finish_window`` moves it once every slice is in.
@@ -200,6 +207,10 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     # Sources that keep state of their own in the target (file sources: etl_files) write it in the load's transaction.
     source_class = SOURCES[spec.source.type]
     keeps_state = isinstance(source_class, type) and issubclass(source_class, KeepsTargetState)
+    if getattr(source_class, "needs_consumer", False) and isinstance(source_class, type) \
+            and not isinstance(source, source_class):
+        raise LoadError(f"pipeline {spec.name!r}: a {spec.source.type} pipeline loads in the process that consumed "
+                        "its messages (etl run; in Airflow its one sync task), not from staging files alone")
 
     def then(conn: Connection, load: LoadResult) -> dict[str, Any]:
         """In the load's transaction, after the merge: the counts add up, rejects go to quarantine."""
@@ -212,8 +223,9 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                 f"extracted {extracted} records but loaded {load.loaded} + quarantined "
                 f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
             )
-        if keeps_state:
-            cast(KeepsTargetState, source_class).record_loaded(conn, spec, window, run_id, manifest)
+        if keeps_state:  # queue sources record the messages this instance consumed; file sources need no instance
+            cast(KeepsTargetState, source if source is not None else source_class).record_loaded(
+                conn, spec, window, run_id, manifest)
         return {"quarantined": result.quarantined}
 
     run = RunRecord(run_id, window, Run.SUCCESS, started_at, advance_watermark=advance_watermark,
@@ -221,7 +233,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                     fields={"extracted": extracted, "deduplicated": result.deduplicated,
                             "metrics": json.dumps(result.metrics) if result.metrics else None})
     try:
-        check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: fail before any write
+        if getattr(source_class, "applies_reject_ratio", True):  # queues quarantine what fails, however much
+            check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: no write
         ensure_quarantine_table(loader.engine, schema)
         if keeps_state:
             cast(KeepsTargetState, source_class).prepare_target(loader.engine, schema)
@@ -299,10 +312,23 @@ def run_window(spec: PipelineSpec, window: Window, run_id: str | None = None) ->
     prune_stale()  # staging left behind by killed runs
     # Staged under $DRIFTLESS_STAGING_DIR, locked by this process: removed at the end, or by a later
     # run's prune when this process is killed.
-    with owned_run_dir(staging_dir(spec, window, run_id)):
-        manifest = extract_window(spec, window, run_id)
-        result = load_window(spec, window, manifest, run_id)
-        failpoint("before_checks")
-        result = reconcile_window(spec, result)
+    # A source that acknowledges (queues) lives from its first message to the acknowledgement after the commit.
+    source_class = SOURCES[spec.source.type]
+    consumer: Acknowledges | None = None
+    if isinstance(source_class, type) and issubclass(source_class, Acknowledges):
+        consumer = cast(Acknowledges, source_for(spec))
+    try:
+        with owned_run_dir(staging_dir(spec, window, run_id)):
+            manifest = extract_window(spec, window, run_id, source=consumer)
+            failpoint("before_load")
+            result = load_window(spec, window, manifest, run_id, source=consumer)
+            if consumer is not None:
+                failpoint("before_ack")
+                consumer.acknowledge(result)
+            failpoint("before_checks")
+            result = reconcile_window(spec, result)
+    finally:
+        if isinstance(consumer, Closable):
+            consumer.close()  # without acknowledge (a failure above), the broker delivers the messages again
     result.duration_s = time.monotonic() - t0
     return result

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from connectors.base import check_identifier
 from connectors.files.spec import FileSourceSpec
+from connectors.queues.spec import QueueSourceSpec
 from connectors.rest.spec import RestSourceSpec
 from etl.errors import SpecError
 from etl.window import NULL_CURSOR_HELP, NullCursor
@@ -337,7 +338,7 @@ class PipelineSpec(_Strict):
                           "is the extraction window")
     start_date: date | datetime = date(2025, 1, 1)
     chunk_size: int = Field(50_000, gt=0, le=5_000_000, description="records per chunk held in memory")
-    source: Annotated[SqlSourceSpec | RestSourceSpec | FileSourceSpec, Field(discriminator="type")]
+    source: Annotated[SqlSourceSpec | RestSourceSpec | FileSourceSpec | QueueSourceSpec, Field(discriminator="type")]
     target: TargetSpec
     columns: list[ColumnSpec] = Field(min_length=1)
     transforms: TransformSpec = Field(default_factory=TransformSpec)
@@ -404,6 +405,12 @@ class PipelineSpec(_Strict):
         for name in self.dedup.order_by:
             if name not in by_name:
                 raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
+        if self.source.type == "queue" and self.partition_by:
+            raise ValueError("partition_by: a queue source is drained by one process (it acknowledges what it "
+                             "consumed after the load); remove the option")
+        if self.source.type == "queue" and self.reconcile.sum_columns:
+            raise ValueError("reconcile.sum_columns: a queue source's records do not lie in the window by their "
+                             "cursor, so the target cannot be summed over it; remove the option")
         for name in self.reconcile.sum_columns:
             col = by_name.get(name)
             if col is None:

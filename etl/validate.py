@@ -34,6 +34,9 @@ from etl.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 from etl.transform import RowFailure, apply_transforms, convert_column, convert_for, load_reference, to_json_value
 
 MAX_SHOWN_VALUE = 200
+#: a column a source may add to its records: a non-null value is the source's reason for rejecting the record
+#: (a queue message that is not JSON, say); the record is quarantined with that reason alone (check ``source``).
+SOURCE_ERROR_COLUMN = "_source_error"
 
 
 @dataclass
@@ -164,6 +167,8 @@ class Validator:
         for schema in (self.schema, self.model):
             if schema is not None:
                 failures += self._pandera(schema, typed, conv_bad)
+        if SOURCE_ERROR_COLUMN in raw.columns:
+            failures = self._source_rejects(raw[SOURCE_ERROR_COLUMN], failures)
         bad = np.zeros(n, dtype=bool)
         for f in failures:
             if f.index is None:
@@ -178,6 +183,15 @@ class Validator:
                 bad[f.index] = True
             good, _ = self._to_arrow(typed[~bad])
         return self._result(raw, typed, bad, good, failures)
+
+    @staticmethod
+    def _source_rejects(marks: pd.Series, failures: list[RowFailure]) -> list[RowFailure]:
+        """Rows the source rejected (``SOURCE_ERROR_COLUMN``): that reason replaces the row's other failures."""
+        flagged = marks.notna().to_numpy()
+        if not flagged.any():
+            return failures
+        kept = [f for f in failures if f.index is None or not flagged[f.index]]
+        return kept + [RowFailure(int(i), None, "source", str(marks.iat[i])) for i in np.flatnonzero(flagged)]
 
     def _pandera(self, schema: pa.DataFrameSchema, typed: pd.DataFrame,
                  conv_bad: dict[str, np.ndarray]) -> list[RowFailure]:
