@@ -12,6 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.base import check_identifier
+from connectors.rest.jsonpath import parse_path
+
 #: columns every queue source adds to its records: the message id (RabbitMQ: the ``message_id`` property, or
 #: what ``message_id`` names; Redis: the stream entry id) and the message time (Redis: the entry id's
 #: milliseconds; RabbitMQ: when this run received it). Declare them in ``columns`` to load them; the message
@@ -21,8 +24,6 @@ SYNTHETIC_COLUMNS = (MESSAGE_ID_COLUMN, MESSAGE_TIME_COLUMN)
 
 
 def _identifier(value: str) -> str:
-    from etl.spec import check_identifier  # etl.spec imports this module: import at call time
-
     return check_identifier(value)
 
 
@@ -77,8 +78,6 @@ class QueueSourceSpec(BaseModel):
     @field_validator("records")
     @classmethod
     def _records(cls, value: str) -> str:
-        from connectors.rest.jsonpath import parse_path
-
         parse_path(value)
         return value
 
@@ -86,8 +85,6 @@ class QueueSourceSpec(BaseModel):
     @classmethod
     def _message_id(cls, value: str) -> str:
         if value != "property":
-            from connectors.rest.jsonpath import parse_path
-
             if not parse_path(value):
                 raise ValueError(f"{value!r}: expected 'property' or a JSON path to a field of the message")
         return value
