@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from connectors.queues.source import QueueSource
 from etl.errors import SpecError
 from etl.pipeline import extract_window, load_window, run_window
+from etl.reconcile.checks import ChecksFailed
 from etl.spec import parse_spec
 from etl.status import Check
 from etl.window import Window
@@ -251,8 +252,11 @@ def test_rabbitmq_message_without_id_is_quarantined(env):
         name = b.create()
         b.publish(name, order(1), None)
         b.publish(name, json.dumps({"event_id": "e2", "id": 2, "amount": "1", "at": "2025-01-01"}), None)
-        result = run_window(make_spec(b, name), WINDOW)
-        assert (result.loaded, result.quarantined) == (0, 2)
+        with pytest.raises(ChecksFailed) as failed:  # all rejected, nothing loaded: never a success
+            run_window(make_spec(b, name), WINDOW)
+        result = failed.value.result
+        assert (result.loaded, result.quarantined, result.status) == (0, 2, "checks_failed")
+        assert b.left(name) == 0, "quarantined messages are acknowledged: they cannot block the queue"
         (record, errors), _ = rows(env, "SELECT record, errors FROM etl_quarantine")
         assert "message has no id" in errors
         b.publish(name, json.dumps({"event_id": "e3", "id": 3, "amount": "1", "at": "2025-01-01"}), None)

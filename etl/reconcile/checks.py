@@ -145,10 +145,12 @@ def _count_checks(spec: PipelineSpec, result: Any) -> list[dict[str, Any]]:
         "source": result.extracted,
         "target": result.loaded,
         "difference": float(quarantined),
-        "status": Check.WARN if quarantined else Check.PASS,
+        # Rejects and nothing loaded is never a success (windows of other sources fail before writing; a queue's
+        # window commits its quarantine so the messages can be acknowledged, and this FAIL marks the run).
+        "status": (Check.FAIL if result.loaded == 0 else Check.WARN) if quarantined else Check.PASS,
         "message": (f"{quarantined} of {result.extracted} records ({share:.2%}) failed validation and are in "
                     f"etl_quarantine (max_reject_ratio {spec.max_reject_ratio:g}); see `etl quarantine list "
-                    f"{spec.name}`") if quarantined else None,
+                    f"{spec.name}`" + ("; nothing was loaded" if result.loaded == 0 else "")) if quarantined else None,
     })
     return checks
 
