@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import pytest
@@ -35,6 +36,8 @@ BROKER = os.environ.get("DRIFTLESS_CELERY_BROKER", "redis://127.0.0.1:6379/0")
 WINDOW = Window.parse("2025-11-03T00:00:00+00:00", "2025-11-09T00:00:00+00:00")  # 6 days: 6 slices
 TARGETS = {"pg": "postgresql", "maria": "mariadb"}
 KILLED = {"kpg": "pg", "kmaria": "maria"}  # pipelines of the worker-kill test: fresh targets of each dialect
+POOLED = [f"pool_{i:02d}" for i in range(20)]  # the pool test: 20 pipelines into one target, connection wh_pgpool
+POOL_SLOTS = 2
 
 
 def _spec_data(name: str) -> dict:
@@ -44,6 +47,14 @@ def _spec_data(name: str) -> dict:
                 # No scheduled run gets in the way: the first yearly interval after today ends next year or later.
                 schedule="0 0 1 1 *", start_date=datetime.now(UTC).date().isoformat())
     data["target"]["connection"] = f"wh_{name}"
+    return data
+
+
+def _pooled_spec_data(name: str) -> dict:
+    """``<name>``: the invoices, unpartitioned, into table ``invoices_<name>`` of the one connection ``wh_pgpool``."""
+    data = json.loads(json.dumps(INVOICES))
+    data.update(name=name, schedule="0 0 1 1 *", start_date=datetime.now(UTC).date().isoformat())
+    data["target"].update(connection="wh_pgpool", table=f"invoices_{name}")
     return data
 
 
@@ -72,7 +83,7 @@ def databases():
     maria_admin = create_engine(MARIADB_ADMIN)
     made: dict[str, URL] = {}
     try:
-        for key in ("pg", "pg_ref", "maria", "maria_ref", *KILLED):
+        for key in ("pg", "pg_ref", "maria", "maria_ref", *KILLED, "pgpool"):
             name = f"driftless_t_{uuid.uuid4().hex[:10]}"
             engine = pg_admin if key.startswith(("pg", "kpg")) else maria_admin
             service = "PostgreSQL" if key.startswith(("pg", "kpg")) else "MariaDB"
@@ -98,7 +109,7 @@ def databases():
 
 @pytest.fixture(scope="module")
 def celery(tmp_path_factory, chinook_source, metadata_db, broker_prefix, databases):  # noqa: F811
-    """A running Airflow on the CeleryExecutor with two workers and the pipelines slices_pg, slices_maria."""
+    """A running Airflow on the CeleryExecutor with two workers, the slices_* pipelines and the 20 pool_* ones."""
     root = tmp_path_factory.mktemp("celery")
     specs = root / "pipelines"
     specs.mkdir()
@@ -106,10 +117,13 @@ def celery(tmp_path_factory, chinook_source, metadata_db, broker_prefix, databas
     shutil.copyfile(chinook_source, source)
     for name in [*TARGETS, *KILLED]:
         (specs / f"slices_{name}.yaml").write_text(yaml.safe_dump(_spec_data(name)))
+    for name in POOLED:
+        (specs / f"{name}.yaml").write_text(yaml.safe_dump(_pooled_spec_data(name)))
+    dag_ids = {*(f"slices_{n}" for n in [*TARGETS, *KILLED]), *POOLED}
     port = free_port()
     base = dict(os.environ)
     base.update({"DRIFTLESS_SPECS_DIR": str(specs), "AIRFLOW_CONN_SRC": f"sqlite:///{source}",
-                 **{f"AIRFLOW_CONN_WH_{k.upper()}": airflow_uri(databases[k]) for k in [*TARGETS, *KILLED]},
+                 **{f"AIRFLOW_CONN_WH_{k.upper()}": airflow_uri(databases[k]) for k in [*TARGETS, *KILLED, "pgpool"]},
                  "DRIFTLESS_TASK_RETRIES": "2", "DRIFTLESS_RETRY_DELAY_S": "2",
                  # A task whose worker died is failed (and retried) after 40 s without a heartbeat, not 300 s.
                  "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "40",
@@ -125,15 +139,15 @@ def celery(tmp_path_factory, chinook_source, metadata_db, broker_prefix, databas
         token = stack.token()
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # the dag-processor parses the folder once it is up
-            dags = {d["dag_id"] for d in stack.api("GET", "/dags", token)["dags"]}
-            if {f"slices_{n}" for n in [*TARGETS, *KILLED]} <= dags:
+            dags = {d["dag_id"] for d in stack.api("GET", "/dags?limit=1000", token)["dags"]}
+            if dag_ids <= dags:
                 break
             stack.check_alive()
             time.sleep(2)
         else:
             pytest.fail("the dag-processor did not register the pipeline DAGs within 180 s")
-        for name in [*TARGETS, *KILLED]:
-            stack.api("PATCH", f"/dags/slices_{name}", token, json={"is_paused": False})
+        for dag_id in sorted(dag_ids):
+            stack.api("PATCH", f"/dags/{dag_id}", token, json={"is_paused": False})
         yield {"stack": stack, "specs": specs, "source": source, "metadata": metadata_db}
     finally:
         stack.stop()
@@ -234,6 +248,51 @@ def test_partition_slices_run_on_both_workers_and_load_exactly_once(celery, data
         assert set(hosts_seen[name]) == set(stack.workers), hosts_seen  # the slices ran on both workers
     print(f"\ncelery: {len(runs)} partitioned runs of {len(split_window(WINDOW, 'day'))} slices in {elapsed:.1f}s; "
           f"slice hosts {hosts_seen}")
+
+
+def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
+    """The most intervals ``[start, end)`` that were open at one instant (one ending as another starts: not both)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = now = 0
+    for _, step in events:  # at one timestamp ends (-1) sort before starts (+1)
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.timeout(600)
+def test_twenty_pipelines_at_once_never_load_more_than_the_pool_allows(celery, databases, expected):
+    stack: LocalAirflow = celery["stack"]
+    pool = "driftless_wh_pgpool"
+    token = stack.token()
+    # The pool exists (created at setup with the default slots); this test narrows it to 2.
+    stack.api("PATCH", f"/pools/{pool}", token, params={"update_mask": "slots"},
+              json={"pool": pool, "slots": POOL_SLOTS, "include_deferred": False})
+    assert stack.api("GET", f"/pools/{pool}", token)["slots"] == POOL_SLOTS
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=10) as ex:  # all 20 triggered at once
+        runs = dict(zip(POOLED, ex.map(lambda name: _trigger(stack, name, WINDOW), POOLED), strict=True))
+    states = {name: _wait(stack, name, run_id, timeout=420)["state"] for name, run_id in runs.items()}
+    elapsed = time.monotonic() - t0
+    assert states == dict.fromkeys(POOLED, "success"), (states, stack.logs)
+    loads: list[tuple[datetime, datetime]] = []
+    hosts: set[str] = set()
+    for name, run_id in runs.items():
+        tis = {t["task_id"]: t for t in _task_instances(celery["metadata"], name, run_id)}
+        assert {k: t["state"] for k, t in tis.items()} == dict.fromkeys(("extract", "load", "reconcile"), "success")
+        load = tis["load"]  # the one task of an unpartitioned pipeline that writes into the target
+        assert load["pool"] == pool
+        loads.append((load["start_date"], load["end_date"]))
+        hosts.add(load["hostname"])
+        # Every target table holds the window's rows: equal to one clean run into a fresh database.
+        got = fingerprint(databases["pgpool"], load_spec(celery["specs"] / f"{name}.yaml"))
+        assert (got["rows"], got["sha256"], got["watermark"]) == (
+            expected["pg"]["rows"], expected["pg"]["sha256"], WINDOW.end), name
+    most = _max_overlap(loads)
+    # Never more loads at once than the pool's slots, and the pool was the limit (the loads did contend).
+    assert most == POOL_SLOTS, sorted(loads)
+    print(f"\ncelery pool: {len(runs)} pipelines into one target, pool {POOL_SLOTS} slots: all succeeded in "
+          f"{elapsed:.1f}s; at most {most} loads at once; loads on {sorted(hosts)}")
 
 
 @pytest.mark.timeout(600)
