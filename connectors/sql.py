@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _frame(rows: list[tuple], names: list[str]) -> pd.DataFrame:
-    """Rows as a DataFrame that keeps a float NaN apart from a NULL.
+    """Rows as a DataFrame that keeps a float NaN apart from a NULL, and big integers beside a NULL exact.
 
     pandas reads a column of floats and None as float64 with NaN for both; where a column really holds a NaN
     (PostgreSQL 'NaN', a SQLite REAL), it is kept as Python objects so conversion can refuse the NaN and keep
@@ -31,7 +31,8 @@ def _frame(rows: list[tuple], names: list[str]) -> pd.DataFrame:
     for i, name in enumerate(names):
         if frame[name].dtype.kind == "f" and frame[name].isna().any():
             raw = [r[i] for r in rows]
-            if any(isinstance(v, float) and v != v for v in raw):
+            # A real NaN, or integers beside a NULL (float64 would round 2**63 - 1): keep the driver's values.
+            if any((isinstance(v, float) and v != v) or isinstance(v, int) for v in raw):
                 frame[name] = pd.Series(raw, dtype=object)
     return frame
 

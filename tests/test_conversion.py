@@ -280,3 +280,21 @@ def test_sqlite_target_refuses_decimals_wider_than_it_stores_exactly(tmp_path, s
         run_window(parse_spec(data, "wide_target.yaml"), WINDOW)
     with create_engine(sqlite_url).connect() as conn:
         assert "wide_target" not in {r[0] for r in conn.execute(text("SELECT name FROM sqlite_master"))}
+
+
+def test_big_integers_beside_a_null_load_exactly(pg_url, sqlite_url, connections):
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:  # pandas would read [2**63 - 1, None] as float64 and round it
+        conn.execute(text("CREATE TABLE big (id integer PRIMARY KEY, n bigint, updated_at timestamp)"))
+        conn.execute(text("INSERT INTO big VALUES (1, 9223372036854775807, '2025-01-02'), (2, NULL, '2025-01-02'), "
+                          "(3, -9223372036854775808, '2025-01-02')"))
+    engine.dispose()
+    connections(src=pg_url, wh=sqlite_url)
+    data = loose_spec("big_target")
+    data["source"]["table"] = "big"
+    data["columns"] = [data["columns"][0], {"name": "n", "type": "bigint"}, data["columns"][-1]]
+    result = run_window(parse_spec(data, "big_target.yaml"), WINDOW)
+    assert (result.loaded, result.quarantined) == (3, 0)
+    with create_engine(sqlite_url).connect() as conn:
+        got = dict(conn.execute(text("SELECT id, n FROM big_target")).all())
+    assert got == {1: 2**63 - 1, 2: None, 3: -(2**63)}
