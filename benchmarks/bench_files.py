@@ -1,7 +1,8 @@
 """File source benchmark: a CSV and a Parquet file of N rows into PostgreSQL, against raw COPY of the same file.
 
 Each case runs in its own process (``python benchmarks/bench_files.py measure CASE --n N``), which reports its
-wall time and peak RSS (``ru_maxrss``: everything the process held, imports included):
+wall time, peak RSS (``VmHWM``, ``benchmarks.rss``: everything the process held, imports included) and the
+baseline beside it (VmHWM once the imports were done):
 
 * ``raw_copy_csv``: ``COPY orders FROM STDIN (FORMAT csv, HEADER)`` of the CSV file into an empty table with the
   primary key, streamed from the file: the floor for loading that file.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from sqlalchemy import URL, create_engine, text  # noqa: E402
+
+from benchmarks import rss  # noqa: E402
 
 PG = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432)
 DB = "driftless_bench_files"
@@ -111,6 +113,7 @@ def measure(case: str, n: int) -> dict:
     from etl.pipeline import run_window  # imports are not timed
     from etl.window import Window
 
+    baseline = rss.baseline_mb()
     started = time.perf_counter()
     if case.startswith("raw_copy"):
         with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={DB}") as conn:
@@ -136,7 +139,7 @@ def measure(case: str, n: int) -> dict:
     seconds = time.perf_counter() - started
     assert loaded == n, f"{case}: loaded {loaded} of {n}"
     return {"case": case, "seconds": round(seconds, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mb": rss.peak_mb(), "baseline_rss_mb": baseline}
 
 
 def run(n: int, reps: int = 1) -> dict:
@@ -155,7 +158,8 @@ def run(n: int, reps: int = 1) -> dict:
             if best is None or got["seconds"] < best["seconds"]:
                 best = got
         assert best is not None
-        print(f"  {case:<20} {best['seconds']:>8.2f} s  peak RSS {best['peak_rss_mb']:>5} MB", flush=True)
+        print(f"  {case:<20} {best['seconds']:>8.2f} s  peak RSS {best['peak_rss_mb']:>6.0f} MB "
+              f"(baseline {best['baseline_rss_mb']:.0f} MB)", flush=True)
         out[f"files_{case}_s"] = best["seconds"]
         out[f"files_{case}_rss_mb"] = best["peak_rss_mb"]
     for fmt in ("csv", "parquet"):

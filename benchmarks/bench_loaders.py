@@ -1,6 +1,8 @@
 """Loader benchmarks: driftless vs each database's bulk path, dlt and pandas, first load and nightly.
 
-Every measured case runs in its own process (setup in another, untimed) so peak RSS is the case's own.
+Every measured case runs in its own process (setup in another, untimed) and reports its own peak RSS
+(VmHWM, ``benchmarks.rss``) with the baseline beside it (the interpreter plus imports). A case that fails
+makes ``run`` raise, naming it, once the other cases have printed their figures.
 """
 
 from __future__ import annotations
@@ -90,32 +92,50 @@ def run_case(case: str, n: int, dlt_python: Path | None) -> dict:
     return _run([py, str(CASES_PY), case, "measure", "--n", str(n)])
 
 
-def run(n: int, reps: int = 3, only: str | None = None) -> dict:
-    """Run every case ``reps`` times; returns the JSON keys (medians) and prints a table."""
+class CasesFailed(RuntimeError):
+    """One or more cases failed; the message names each with its error."""
+
+
+def run(n: int, reps: int = 3, only: str | None = None, dlt: bool = True) -> dict:
+    """Run every case ``reps`` times; returns the JSON keys (medians) and prints a table.
+
+    ``dlt=False`` leaves out the dlt cases (their keys are then null), saying so. A failing case does not
+    stop the others; once all have run, ``CasesFailed`` names every failed case.
+    """
     from benchmarks.data import prepare
 
     prepare(DATA, n)
-    dlt_python = bench_python()
+    dlt_python = bench_python() if dlt else None
+    if not dlt:
+        print("  dlt cases left out (--no-dlt)", flush=True)
     results: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    print(f"  {'case':<58} {'median':>11}  {'peak RSS':>8}  {'baseline':>8}", flush=True)
     for case, label, _group in CASES:
-        if only and only not in case:
+        if only and only not in case or not dlt and case.startswith("dlt_"):
             continue
         runs = []
         for _ in range(reps):
             try:
                 runs.append(run_case(case, n, dlt_python))
-            except Exception as exc:  # noqa: BLE001 - report and go on with the other cases
-                print(f"[bench] {case}: {exc}", file=sys.stderr, flush=True)
+            except Exception as exc:  # noqa: BLE001 - go on with the other cases, then fail naming this one
+                failed[case] = f"{type(exc).__name__}: {exc}"
+                print(f"  {label:<58} FAILED: {failed[case]}", file=sys.stderr, flush=True)
                 break
-        if not runs:
+        if case in failed:
             continue
         secs = [r["seconds"] for r in runs]
         results[case] = {"label": label, "median_s": statistics.median(secs), "runs_s": secs,
                          "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                         "baseline_rss_mb": max(r["baseline_rss_mb"] for r in runs),
                          "note": f"extrapolated from {runs[0]['rows']} rows" if runs[0].get("extrapolated") else ""}
         r = results[case]
-        print(f"  {label:<58} {r['median_s']:9.2f} s  {r['peak_rss_mb']:7.0f} MB  "
+        print(f"  {label:<58} {r['median_s']:9.2f} s  {r['peak_rss_mb']:5.0f} MB  {r['baseline_rss_mb']:5.0f} MB  "
               f"(runs: {', '.join(f'{s:.2f}' for s in secs)}) {r['note']}", flush=True)
+    print("  peak RSS: the case process's VmHWM (imports included); baseline: its VmHWM once imports were done",
+          flush=True)
+    if failed:
+        raise CasesFailed("; ".join(f"{case}: {error}" for case, error in failed.items()))
     return summarize(n, results)
 
 
@@ -123,8 +143,8 @@ def summarize(n: int, results: dict[str, dict]) -> dict:
     def s(case):
         return round(results[case]["median_s"], 3) if case in results else None
 
-    def mb(case):
-        return round(results[case]["peak_rss_mb"], 1) if case in results else None
+    def mb(case, key="peak_rss_mb"):
+        return round(results[case][key], 1) if case in results else None
 
     def ratio(a, b):
         return round(s(a) / s(b), 2) if s(a) and s(b) else None
@@ -152,6 +172,9 @@ def summarize(n: int, results: dict[str, dict]) -> dict:
         "sqlite_upsert_peak_rss_mb": mb("sqlite_upsert_nightly"),
         "window_pg_to_pg_s": s("window_pg_to_pg"),
         "window_pg_to_pg_peak_rss_mb": mb("window_pg_to_pg"),
+        "window_pg_to_pg_baseline_rss_mb": mb("window_pg_to_pg", "baseline_rss_mb"),
+        "pg_upsert_baseline_rss_mb": max(filter(None, [mb("pg_upsert_first", "baseline_rss_mb"),
+                                                       mb("pg_upsert_nightly", "baseline_rss_mb")]), default=None),
         "dlt_window_pg_to_pg_s": s("dlt_window_pg_to_pg"),
         "dlt_window_pg_to_pg_peak_rss_mb": mb("dlt_window_pg_to_pg"),
         # Goal ratios (issue 5): nightly/COPY <= 2, dlt/nightly >= 4, MariaDB <= 2, SQLite <= 1.5, dlt window >= 3.

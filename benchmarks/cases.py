@@ -1,8 +1,9 @@
 """One benchmark case per process: ``python benchmarks/cases.py CASE setup|measure --n N``.
 
 ``setup`` prepares the databases untimed (a fresh target; for "nightly" cases also the first load);
-``measure`` runs the timed step and prints one JSON line with ``seconds`` and ``peak_rss_mb`` (this
-process's ru_maxrss, so it counts everything the step held in memory, imports included).
+``measure`` runs the timed step and prints one JSON line with ``seconds``, ``peak_rss_mb`` (this process's
+VmHWM, ``benchmarks.rss``: everything the case held in memory, imports included) and ``baseline_rss_mb``
+(VmHWM once the imports were done, before the step: the interpreter plus imports).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import sys
@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from sqlalchemy import URL, create_engine, text  # noqa: E402
 
-from benchmarks import data  # noqa: E402
+from benchmarks import data, rss  # noqa: E402
 
 RESULTS = REPO / "bench-results"
 DATA = RESULTS / "data"
@@ -205,6 +205,7 @@ def measure(case: str, n: int) -> dict:
     import etl.load.sqlite  # noqa: F401 - imports are not what is measured
     import etl.pipeline  # noqa: F401
 
+    baseline = rss.baseline_mb()
     t0 = time.perf_counter()
     if case in ("pg_upsert_first", "pg_upsert_nightly"):
         out = driftless_load("pg", "nightly" if case.endswith("nightly") else "base", n)
@@ -275,7 +276,8 @@ def measure(case: str, n: int) -> dict:
     else:
         raise SystemExit(f"unknown case {case!r}")
     out.setdefault("seconds", time.perf_counter() - t0)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = rss.peak_mb()
+    out["baseline_rss_mb"] = baseline
     return out
 
 

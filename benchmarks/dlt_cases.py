@@ -1,7 +1,8 @@
 """dlt side of the benchmarks; runs under the bench-only venv (.venv-bench), never the main one.
 
 ``python benchmarks/dlt_cases.py merge FILES_JSON | window --n N`` prints one JSON line with
-``seconds`` and ``peak_rss_mb``. dlt gets its fastest documented inputs: Arrow tables for the merge
+``seconds``, ``peak_rss_mb`` and ``baseline_rss_mb`` (VmHWM, see ``benchmarks.rss``).
+dlt gets its fastest documented inputs: Arrow tables for the merge
 case, the ``pyarrow`` backend for ``sql_database``.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,14 @@ def main() -> None:
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
     import dlt
 
+    sys.path.insert(0, str(RESULTS.parent))
+    from benchmarks import rss
+
+    if args.case == "merge":
+        import pyarrow.parquet  # noqa: F401 - imports are baseline, as in the driftless cases
+    else:
+        from dlt.sources.sql_database import sql_database  # noqa: F401
+    baseline = rss.baseline_mb()
     t0 = time.perf_counter()
     pipeline = dlt.pipeline(pipeline_name=f"bench_{args.case}", pipelines_dir=str(RESULTS / "dlt"),
                             destination=dlt.destinations.postgres(credentials=TARGET), dataset_name="dlt_bench")
@@ -50,7 +59,8 @@ def main() -> None:
         info = pipeline.run(source)
     seconds = time.perf_counter() - t0
     info.raise_on_failed_jobs()
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": rss.peak_mb(),
+                      "baseline_rss_mb": baseline}))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 A benchmark module is ``benchmarks/bench_*.py`` with a function ``run(n) -> dict``; it prints its own
 rows of the table and returns the keys it adds to the JSON line. Modules run in name order;
 ``--only loaders,rest`` picks some. ``--reps`` sets repetitions for modules whose ``run`` takes ``reps``.
+
+A module (or a case in it) that fails does not stop the others, but the run then ends with the errors on
+stderr and exit status 1, and prints no JSON line: an error is never reported as if it were a figure.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per case; medians are reported")
     parser.add_argument("--only", help="comma-separated module names (e.g. loaders)")
     parser.add_argument("--case", help="loaders: run only cases whose name contains this")
+    parser.add_argument("--no-dlt", action="store_true", help="loaders: leave out the dlt cases (no bench venv)")
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
     summary: dict = {"n": args.n}
+    failed: dict[str, str] = {}
     started = time.perf_counter()
     print(f"driftless benchmarks, N={args.n:,}, {args.reps} repetitions (medians), python {platform.python_version()}"
           " — timings on a shared 2-core machine are noisy", flush=True)
@@ -51,11 +57,19 @@ def main(argv: list[str] | None = None) -> int:
             kwargs["reps"] = args.reps
         if "only" in params and args.case:
             kwargs["only"] = args.case
+        if "dlt" in params and args.no_dlt:
+            kwargs["dlt"] = False
         try:
             summary.update(module.run(args.n, **kwargs))
         except Exception as exc:  # noqa: BLE001 - one module failing must not hide the others' numbers
-            print(f"[{name}] failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            summary[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            traceback.print_exc()
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            print(f"[{name}] FAILED: {failed[name]}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"\nbenchmark FAILED ({len(failed)} module(s)); no JSON line:", file=sys.stderr)
+        for name, error in failed.items():
+            print(f"  {name}: {error}", file=sys.stderr)
+        return 1
     summary["bench_total_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(summary))
     return 0

@@ -59,6 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 
 from etl.connections import resolve_url
+from etl.dedup import SpilledIndex
 from etl.errors import DriftlessError, LoadError, ValidationFailed
 from etl.load import loader_for
 from etl.load.entry import LoadResult, RunRecord, load_rows
@@ -146,7 +147,8 @@ class ValidatingWriter:
         self.validator = Validator(spec)
         self.manifest = writer.manifest
         self.manifest.extracted = self.manifest.records
-        self._indices: list[pd.DataFrame] = []
+        # On disk, so that memory stays bounded by chunk_size whatever the window's size (etl.dedup).
+        self._index = SpilledIndex(Path(writer.directory) / "dedup-index", list(spec.source.primary_key))
         self._seq = 0
         saved = (writer.checkpoint or {}).get("validation")
         if saved is not None or self.manifest.files:
@@ -183,7 +185,7 @@ class ValidatingWriter:
     def _add_index(self, index: pd.DataFrame) -> None:
         index["_seq"] = np.arange(self._seq, self._seq + len(index))
         self._seq += len(index)
-        self._indices.append(index)
+        self._index.add(index)
 
     def save_progress(self, checkpoint: dict[str, Any]) -> None:
         """Record a resume point after the chunks staged so far (what ``StagingWriter`` resumes from)."""
@@ -220,17 +222,15 @@ class ValidatingWriter:
         return self.writer.close(max_cursor, metrics)
 
     def _deduplicate(self) -> None:
-        if not self._indices:
-            return
-        index = pd.concat(self._indices, ignore_index=True)
-        self._indices = []
         keys = list(self.spec.source.primary_key)
         order = self.validator.order
-        losers = dedup_losers(index, keys, order, self.spec.dedup.keep)
-        if not losers.any():
+        try:
+            gone = self._index.losers(lambda index: dedup_losers(index, keys, order, self.spec.dedup.keep))
+        finally:
+            self._index.close()
+        if gone.empty:
             return
         m = self.manifest
-        gone = index[losers]
         for (good, part), rows in gone.groupby(["_good", "_part"]):
             names = m.files if good else m.quarantine_files
             path = Path(self.writer.directory) / names[int(part)]

@@ -58,7 +58,7 @@ def test_window_bounds_are_half_open_and_chunked(pg_orders, connections, tmp_pat
     window = Window(T0 + timedelta(minutes=100), T0 + timedelta(minutes=2200))  # ids 100..2199
     frames = list(SqlSource(spec).read(window))
     assert [len(f) for f in frames] == [1000, 1000, 100]
-    ids = [i for f in frames for i in f["id"].tolist()]
+    ids = [int(i) for f in frames for i in f["id"].tolist()]  # raw values: text when read through COPY
     assert ids == list(range(100, 2200))
     manifest = extract_window(spec, window, "run-1", tmp_path)
     assert manifest.records == 2100 and len(manifest.files) == 3
@@ -85,7 +85,7 @@ def test_query_source_is_filtered_by_the_window(pg_orders, connections, sqlite_u
     data = orders_spec(table=None, query="SELECT * FROM orders WHERE status <> ''")
     spec = parse_spec(data)
     frames = list(SqlSource(spec).read(Window(T0, T0 + timedelta(minutes=100))))
-    ids = [i for f in frames for i in f["id"].tolist()]
+    ids = [int(i) for f in frames for i in f["id"].tolist()]
     assert ids == [i for i in range(1, 100) if i % 11 != 0 and i % 7 != 0]  # NULL <> '' is not true
 
 

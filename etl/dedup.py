@@ -1,0 +1,148 @@
+"""The window's dedup index, kept on disk so that memory stays bounded by ``chunk_size``, not by the window.
+
+Every row a window stages (loaded or quarantined) has an entry: its identity (the primary key values, or
+the record's quarantine identity when the key is invalid), its ordering values (``dedup.order_by``, default
+the cursor), its arrival number and where it was staged (see ``ChunkResult.index``). ``SpilledIndex.add``
+writes each chunk's entries to the staging directory:
+
+* all of them, as they are, to one file per chunk (read back only when the window has duplicates);
+* per entry, a 64-bit hash of its identity and its arrival number (16 bytes), appended to one of
+  ``BUCKETS`` files chosen by the hash, so that equal identities always share a bucket.
+
+``SpilledIndex.losers`` reads one bucket at a time (16 bytes per entry, ``1/BUCKETS`` of the window): an
+entry whose hash occurs once in its bucket has no duplicate. The others are gathered from the chunk files,
+a batch of buckets at a time, and reduced by ``quarantine.dedup_losers``, the rule an in-memory index of
+the whole window applies: each key's rows are compared only with each other, so whole groups give the same
+losers. Hashes are Python's (``a == b`` implies ``hash(a) == hash(b)``, across int/Decimal/float and
+Timestamp/datetime); a collision only adds rows to compare, never drops one.
+
+Memory: one chunk's entries while writing; one bucket plus one batch of candidate entries at the end; and
+16 bytes per deduplicated row (the losers). Disk: about the index's size, removed by ``close``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BUCKETS = 256
+#: Candidate entries gathered at once before they are reduced (more only when one identity has more rows).
+BATCH = 200_000
+_ENTRY = np.dtype([("h", "<i8"), ("seq", "<i8")])
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_IDENT_TAG = "\x00quarantine-identity"
+
+
+def _hashes(index: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Python's hash of each entry's identity: its key values, or its quarantine identity when it has one."""
+    by_ident = index["_ident"].notna().to_numpy()
+    if len(keys) == 1:
+        idents: list = index[keys[0]].tolist()
+    else:
+        idents = list(zip(*(index[k].tolist() for k in keys), strict=True))
+    for i, ident in zip(np.flatnonzero(by_ident), index["_ident"].to_numpy()[by_ident], strict=True):
+        idents[i] = (_IDENT_TAG, ident)
+    return np.fromiter(map(hash, idents), dtype=np.int64, count=len(idents))
+
+
+class SpilledIndex:
+    """The dedup index of one window, on disk under ``directory`` (created afresh, removed by ``close``)."""
+
+    def __init__(self, directory: Path, keys: list[str]) -> None:
+        self.directory = directory
+        self.keys = keys
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        self._chunks: list[tuple[int, int]] = []  # (first, last) arrival number of each chunk file
+
+    def _chunk_path(self, i: int) -> Path:
+        return self.directory / f"index-{i:06d}.pkl"
+
+    def _bucket_path(self, b: int) -> Path:
+        return self.directory / f"bucket-{b:03d}.bin"
+
+    def add(self, index: pd.DataFrame) -> None:
+        """Spill one chunk's entries (with ``_seq`` set; arrival numbers grow from chunk to chunk)."""
+        if index.empty:
+            return
+        with open(self._chunk_path(len(self._chunks)), "wb") as fh:
+            pickle.dump(index, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        seq = index["_seq"].to_numpy(dtype=np.int64)
+        self._chunks.append((int(seq[0]), int(seq[-1])))
+        entries = np.empty(len(index), dtype=_ENTRY)
+        entries["h"] = _hashes(index, self.keys)
+        entries["seq"] = seq
+        bucket = ((entries["h"].view(np.uint64) * _GOLDEN) >> np.uint64(56)).astype(np.int64)  # 256 buckets
+        order = np.argsort(bucket, kind="stable")
+        entries, bucket = entries[order], bucket[order]
+        bounds = np.searchsorted(bucket, np.arange(BUCKETS + 1))
+        for b in np.flatnonzero(np.diff(bounds)):
+            with open(self._bucket_path(int(b)), "ab") as fh:
+                entries[bounds[b]:bounds[b + 1]].tofile(fh)
+
+    def _candidates(self, b: int) -> np.ndarray:
+        """Arrival numbers of the bucket's entries whose hash occurs more than once."""
+        path = self._bucket_path(b)
+        if not path.is_file():
+            return np.empty(0, dtype=np.int64)
+        entries = np.fromfile(path, dtype=_ENTRY)
+        h = entries["h"]
+        order = np.argsort(h, kind="stable")
+        sorted_h = h[order]
+        repeated = np.zeros(len(h), dtype=bool)
+        same = sorted_h[1:] == sorted_h[:-1]
+        repeated[1:] |= same
+        repeated[:-1] |= same
+        return entries["seq"][order[repeated]]
+
+    def _gather(self, wanted: np.ndarray) -> pd.DataFrame:
+        """The entries with these arrival numbers, in arrival order, read from the chunk files."""
+        wanted = np.sort(wanted)
+        parts = []
+        for i, (first, last) in enumerate(self._chunks):
+            lo, hi = np.searchsorted(wanted, [first, last + 1])
+            if lo == hi:
+                continue
+            with open(self._chunk_path(i), "rb") as fh:
+                index = pickle.load(fh)  # noqa: S301 - written by this process into its private staging dir
+            parts.append(index[np.isin(index["_seq"].to_numpy(dtype=np.int64), wanted[lo:hi])])
+        return pd.concat(parts, ignore_index=True)
+
+    def losers(self, reduce: Callable[[pd.DataFrame], np.ndarray]) -> pd.DataFrame:
+        """Entries (``_good``, ``_part``, ``_pos``) that another entry supersedes, by ``reduce``'s rule.
+
+        ``reduce`` takes an index (entries in arrival order, positional) and returns a boolean mask of losers.
+        """
+        found: list[pd.DataFrame] = []
+        batch: list[np.ndarray] = []
+        size = 0
+
+        def flush() -> None:
+            nonlocal batch, size
+            if size:
+                index = self._gather(np.concatenate(batch))
+                gone = index.loc[reduce(index), ["_good", "_part", "_pos"]]
+                if len(gone):
+                    found.append(gone)
+            batch, size = [], 0
+
+        for b in range(BUCKETS):
+            candidates = self._candidates(b)
+            if len(candidates):
+                batch.append(candidates)
+                size += len(candidates)
+            if size >= BATCH:
+                flush()
+        flush()
+        if not found:
+            return pd.DataFrame({"_good": pd.Series(dtype=bool), "_part": pd.Series(dtype=np.int64),
+                                 "_pos": pd.Series(dtype=np.int64)})
+        return pd.concat(found, ignore_index=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
