@@ -110,6 +110,16 @@ class ChecksWindow(Protocol):
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
+def one_or_more(value: Any) -> Any:
+    """A spec field that takes one name or a list of them (``primary_key: id``), as a list."""
+    return [value] if isinstance(value, str) else value
+
+
+def check_identifiers(values: list[str]) -> list[str]:
+    """``check_identifier`` for each name of a list (``primary_key``)."""
+    return [check_identifier(v) for v in values]
+
+
 def check_identifier(value: str) -> str:
     """Accept a SQL identifier: a letter or underscore, then letters, digits, underscores (max 63)."""
     if not isinstance(value, str) or not IDENTIFIER.match(value):

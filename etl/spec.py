@@ -19,7 +19,7 @@ import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from connectors.base import check_identifier
+from connectors.base import check_identifier, check_identifiers, one_or_more
 from connectors.files.spec import FileSourceSpec
 from connectors.queues.spec import QueueSourceSpec
 from connectors.rest.spec import RestSourceSpec
@@ -176,15 +176,9 @@ class SqlSourceSpec(_Strict):
     _conn = field_validator("connection")(check_identifier)
     _cursor = field_validator("cursor")(check_identifier)
 
-    @field_validator("primary_key", mode="before")
-    @classmethod
-    def _pk_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _pk_list = field_validator("primary_key", mode="before")(one_or_more)
 
-    @field_validator("primary_key")
-    @classmethod
-    def _pk(cls, value: list[str]) -> list[str]:
-        return [check_identifier(v) for v in value]
+    _pk = field_validator("primary_key")(check_identifiers)
 
     @field_validator("table")
     @classmethod

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from connectors.base import check_identifier
+from connectors.base import check_identifier, check_identifiers, one_or_more
 from etl.window import NULL_CURSOR_HELP, NullCursor
 
 #: columns every file source adds to its records: the file (relative to ``location``), the line (CSV, JSON
@@ -26,10 +26,6 @@ SYNTHETIC_COLUMNS = (FILE_COLUMN, LINE_COLUMN, FILE_TIME_COLUMN)
 DATE_DIRECTIVES = {"Y": r"\d{4}", "m": r"\d{2}", "d": r"\d{2}", "H": r"\d{2}", "M": r"\d{2}", "S": r"\d{2}",
                    "j": r"\d{3}", "%": "%"}
 DATE_PLACEHOLDER = re.compile(r"\{date:([^{}]+)\}")
-
-
-def _identifier(value: str) -> str:
-    return check_identifier(value)
 
 
 class _Strict(BaseModel):
@@ -99,22 +95,16 @@ class FileSourceSpec(_Strict):
                            "window start (late drops of a path-dated file)")
     null_cursor: NullCursor = Field("fail", description="records whose cursor is empty: " + NULL_CURSOR_HELP)
 
-    @field_validator("primary_key", mode="before")
-    @classmethod
-    def _pk_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _pk_list = field_validator("primary_key", mode="before")(one_or_more)
 
-    @field_validator("primary_key")
-    @classmethod
-    def _pk(cls, value: list[str]) -> list[str]:
-        return [_identifier(v) for v in value]
+    _pk = field_validator("primary_key")(check_identifiers)
 
-    _ids = field_validator("cursor")(_identifier)
+    _ids = field_validator("cursor")(check_identifier)
 
     @field_validator("connection")
     @classmethod
     def _conn(cls, value: str) -> str:
-        return _identifier(value) if value else value
+        return check_identifier(value) if value else value
 
     @field_validator("lag")
     @classmethod

@@ -8,11 +8,11 @@ target transaction committed. Messages are JSON; ``records`` picks the record(s)
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.base import check_identifier
+from connectors.base import check_identifier, check_identifiers, one_or_more
 from connectors.rest.jsonpath import parse_path
 
 #: columns every queue source adds to its records: the message id (RabbitMQ: the ``message_id`` property, or
@@ -21,10 +21,6 @@ from connectors.rest.jsonpath import parse_path
 #: time is the cursor when the queue's order is the order of the data.
 MESSAGE_ID_COLUMN, MESSAGE_TIME_COLUMN = "_message_id", "_message_time"
 SYNTHETIC_COLUMNS = (MESSAGE_ID_COLUMN, MESSAGE_TIME_COLUMN)
-
-
-def _identifier(value: str) -> str:
-    return check_identifier(value)
 
 
 class QueueSourceSpec(BaseModel):
@@ -63,17 +59,11 @@ class QueueSourceSpec(BaseModel):
     keep_ids: timedelta = Field(timedelta(days=7), description="how long etl_messages remembers a processed "
                                 "message id (a redelivery after that would load it again)")
 
-    @field_validator("primary_key", mode="before")
-    @classmethod
-    def _pk_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _pk_list = field_validator("primary_key", mode="before")(one_or_more)
 
-    @field_validator("primary_key")
-    @classmethod
-    def _pk(cls, value: list[str]) -> list[str]:
-        return [_identifier(v) for v in value]
+    _pk = field_validator("primary_key")(check_identifiers)
 
-    _ids = field_validator("cursor", "connection")(_identifier)
+    _ids = field_validator("cursor", "connection")(check_identifier)
 
     @field_validator("records")
     @classmethod

@@ -12,11 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from connectors.base import check_identifier, render_params
+from connectors.base import check_identifier, check_identifiers, one_or_more, render_params
 from connectors.rest.jsonpath import parse_path
 from etl.window import NULL_CURSOR_HELP, NullCursor
-
-_identifier = check_identifier
 
 
 class _Strict(BaseModel):
@@ -232,10 +230,7 @@ class RestSourceSpec(_Strict):
     def _auth_shorthand(cls, value: Any) -> Any:
         return {"type": value} if isinstance(value, str) else value
 
-    @field_validator("primary_key", mode="before")
-    @classmethod
-    def _pk_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+    _pk_list = field_validator("primary_key", mode="before")(one_or_more)
 
     @field_validator("params")
     @classmethod
@@ -250,12 +245,9 @@ class RestSourceSpec(_Strict):
             raise ValueError("must not be negative")
         return value
 
-    _ids = field_validator("connection", "cursor")(_identifier)
+    _ids = field_validator("connection", "cursor")(check_identifier)
 
-    @field_validator("primary_key")
-    @classmethod
-    def _pk(cls, value: list[str]) -> list[str]:
-        return [_identifier(v) for v in value]
+    _pk = field_validator("primary_key")(check_identifiers)
 
     @field_validator("records")
     @classmethod
