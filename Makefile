@@ -30,7 +30,7 @@ demo: install
 # A local Airflow (api-server, scheduler, dag-processor, triggerer) for trying pipelines and backfills by hand.
 # EXECUTOR=celery: the CeleryExecutor with WORKERS Celery workers (default 2), Redis broker, PostgreSQL results.
 airflow: install
-	$(BIN)/python -m etl.airflow_local up --executor $(EXECUTOR) --workers $(WORKERS)
+	$(BIN)/python -m tools.airflow_local up --executor $(EXECUTOR) --workers $(WORKERS)
 
 # Headless Chromium (Debian package), Node.js and playwright-core (npm, into tests/browser/node_modules) for the
 # UI test. Idempotent: a no-op (well under a second) when all three are present; apt-get runs non-interactively,
@@ -53,7 +53,7 @@ lint: install
 	$(BIN)/ruff check .
 
 typecheck: install
-	$(BIN)/mypy etl connectors --ignore-missing-imports
+	$(BIN)/mypy driftless --ignore-missing-imports
 
 bench: install
 	$(BIN)/python benchmarks/run.py --n $(N)

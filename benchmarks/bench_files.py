@@ -91,7 +91,7 @@ def recreate_db(create: bool = True) -> None:
 
 
 def spec(path: Path, fmt: str):
-    from etl.spec import parse_spec
+    from driftless.spec import parse_spec
 
     return parse_spec({"name": f"bench_files_{fmt}", "chunk_size": 50_000, "source": {
         "type": "file", "location": str(path.parent), "glob": path.name, "format": fmt, "primary_key": ["id"],
@@ -110,8 +110,8 @@ def measure(case: str, n: int) -> dict:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from etl.pipeline import run_window  # imports are not timed
-    from etl.window import Window
+    from driftless.pipeline import run_window  # imports are not timed
+    from driftless.window import Window
 
     baseline = rss.baseline_mb()
     started = time.perf_counter()

@@ -158,9 +158,9 @@ def upsert(conn, record: dict) -> None:
 
 
 def driftless(broker, db: URL, n: int) -> int:
-    from etl.pipeline import run_window
-    from etl.spec import parse_spec
-    from etl.window import Window
+    from driftless.pipeline import run_window
+    from driftless.spec import parse_spec
+    from driftless.window import Window
 
     os.environ["AIRFLOW_CONN_BENCH_Q"] = AMQP if isinstance(broker, Rabbit) else REDIS
     os.environ["AIRFLOW_CONN_BENCH_WH"] = db.render_as_string(hide_password=False)

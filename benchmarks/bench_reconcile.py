@@ -4,11 +4,11 @@ PostgreSQL holds the source; the target is MariaDB (keys ``recon_*``) and SQLite
 ``recon_sqlite_*``). 150 differences are planted at random (seeded) keys: 50 changed rows (amount,
 name, timestamp or flag), 50 rows missing in the target, 50 extra rows in the target.
 
-Both tables carry a stored row digest (``etl digest add``, ``etl.reconcile.digest``), added before
+Both tables carry a stored row digest (``etl digest add``, ``driftless.reconcile.digest``), added before
 the changes are planted: PostgreSQL and MariaDB re-hash the changed rows themselves; in SQLite a
 trigger clears the digest of each changed row and the diff hashes those rows as it reads them.
 
-* ``recon_deep_s``: the deep diff finding them (``etl.reconcile.diff.DeepDiff``, connections included).
+* ``recon_deep_s``: the deep diff finding them (``driftless.reconcile.diff.DeepDiff``, connections included).
 * ``recon_deep_hashing_s``: the same diff told not to use the digests (it hashes every row).
 * ``recon_digest_add_s``: adding the digests (once per table; afterwards the databases keep them).
 * ``recon_count_scan_s``: ``SELECT count(*)`` on both sides (in parallel, as the diff queries them).
@@ -38,8 +38,8 @@ from sqlalchemy import URL, create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.reconcile.diff import DeepDiff  # noqa: E402
-from etl.reconcile.digest import digest_command_run  # noqa: E402
+from driftless.reconcile.diff import DeepDiff  # noqa: E402
+from driftless.reconcile.digest import digest_command_run  # noqa: E402
 
 PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
                       host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),

@@ -26,11 +26,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from connectors.rest.reliability import reset_breakers  # noqa: E402
-from connectors.rest.source import RestSource  # noqa: E402
-from etl.spec import parse_spec  # noqa: E402
-from etl.validate import Validator  # noqa: E402
-from etl.window import Window  # noqa: E402
+from driftless.extract.validate import Validator  # noqa: E402
+from driftless.sources.rest.reliability import reset_breakers  # noqa: E402
+from driftless.sources.rest.source import RestSource  # noqa: E402
+from driftless.spec import parse_spec  # noqa: E402
+from driftless.window import Window  # noqa: E402
 from tests.rest_server import ApiServer, Reply  # noqa: E402
 
 WINDOW = Window.parse("2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z")

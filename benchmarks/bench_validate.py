@@ -6,7 +6,7 @@ boolean, timestamptz, timestamp cursor; three column checks), then syncs one win
 
 * ``with``: the pipeline as it is (transform + pandera validation + quarantine staging);
 * ``without``: the same pipeline with the validating writer replaced by a plain one: every column
-  converted (``etl.transform.convert_for``, which the raw source values need) and ``frame_to_arrow``;
+  converted (``driftless.extract.transform.convert_for``, which the raw source values need) and ``frame_to_arrow``;
   no checks, no quarantine.
 
 Goal: validation adds no more than 30% to a 1M-row window.
@@ -35,12 +35,12 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 from sqlalchemy import URL, create_engine, text  # noqa: E402
 
-import etl.pipeline as pipeline  # noqa: E402
-from etl.schema import frame_to_arrow  # noqa: E402
-from etl.spec import parse_spec  # noqa: E402
-from etl.transform import convert_for  # noqa: E402
-from etl.validate import Validator  # noqa: E402
-from etl.window import Window  # noqa: E402
+import driftless.pipeline as pipeline  # noqa: E402
+from driftless.extract.transform import convert_for  # noqa: E402
+from driftless.extract.validate import Validator  # noqa: E402
+from driftless.schema import frame_to_arrow  # noqa: E402
+from driftless.spec import parse_spec  # noqa: E402
+from driftless.window import Window  # noqa: E402
 
 PG_ADMIN = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432, database="postgres")
 WINDOW = Window.parse("2024-01-01", "2025-01-01")
@@ -125,7 +125,7 @@ def run(n: int = 1_000_000, repeat: int = 2) -> dict[str, Any]:
 
     Each variant runs ``repeat`` times (alternating); the fastest run of each is reported.
     """
-    import etl.quarantine as quarantine
+    import driftless.quarantine as quarantine
 
     work = Path(tempfile.mkdtemp(prefix="bench-validate-"))
     pg_db = None

@@ -77,23 +77,23 @@ def recreate_sqlite() -> None:
 
 
 def spec():
-    from etl.spec import parse_spec
+    from driftless.spec import parse_spec
 
     return parse_spec(data.SPEC, "bench")
 
 
 def window():
-    from etl.window import Window
+    from driftless.window import Window
 
     return Window.parse(*data.WINDOW)
 
 
 def create_target(kind: str) -> None:
     """The target table as driftless creates it (same DDL for the raw baselines)."""
-    from etl.connections import resolve_url
-    from etl.load import loader_for
-    from etl.load.modes import write_mode_for
-    from etl.schema import target_table
+    from driftless.connections import resolve_url
+    from driftless.load import loader_for
+    from driftless.load.modes import write_mode_for
+    from driftless.schema import target_table
 
     target_env(kind)
     s = spec()
@@ -103,8 +103,8 @@ def create_target(kind: str) -> None:
 
 
 def driftless_load(kind: str, variant: str, n: int, pg_db: str = PG_TARGET) -> dict:
-    from etl.pipeline import load_window
-    from etl.staging import Manifest
+    from driftless.extract.staging import Manifest
+    from driftless.pipeline import load_window
 
     target_env(kind, pg_db)
     dirs = data.prepare(DATA, n)
@@ -117,7 +117,7 @@ def text_file(n: int, fmt: str) -> Path:
     path = DATA / f"n{n}" / f"base.{fmt}"
     if path.is_file():
         return path
-    from etl.load.base import as_text
+    from driftless.load.base import as_text
 
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as fh:
@@ -202,8 +202,8 @@ def prepare_source(n: int) -> None:
 
 def measure(case: str, n: int) -> dict:
     out: dict = {}
-    import etl.load.sqlite  # noqa: F401 - imports are not what is measured
-    import etl.pipeline  # noqa: F401
+    import driftless.load.sqlite  # noqa: F401 - imports are not what is measured
+    import driftless.pipeline  # noqa: F401
 
     baseline = rss.baseline_mb()
     t0 = time.perf_counter()
@@ -234,7 +234,7 @@ def measure(case: str, n: int) -> dict:
         conn.commit()
         conn.close()
     elif case == "sqlite_raw_insert":
-        from etl.load.sqlite import sqlite_columns
+        from driftless.load.sqlite import sqlite_columns
 
         files = data.manifest_files(data.prepare(DATA, n)["base"])
         t0 = time.perf_counter()
@@ -267,7 +267,7 @@ def measure(case: str, n: int) -> dict:
         # to_sql is far too slow to run at N; its time is scaled linearly from ``rows`` rows.
         out = {"rows": rows, "measured_s": seconds, "extrapolated": rows < n, "seconds": seconds * n / rows}
     elif case == "window_pg_to_pg":
-        from etl.pipeline import run_window
+        from driftless.pipeline import run_window
 
         conn_env(n)
         target_env("pg")

@@ -69,7 +69,7 @@ def orders_chunk(lo: int, hi: int, nightly: bool = False) -> pa.Table:
 
 def prepare(root: Path, n: int) -> dict[str, str]:
     """Staging directories (driftless manifests) for the first and the nightly load, made once per N."""
-    from etl.staging import StagingWriter
+    from driftless.extract.staging import StagingWriter
 
     out = {}
     for variant in ("base", "nightly"):

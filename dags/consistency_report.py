@@ -16,10 +16,10 @@ from pathlib import Path
 
 from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
-from etl.assets import target_asset
-from etl.report.link import ConsistencyReportLink
-from etl.report.tasks import ON_DRIFT_CHOICES, default_on_drift
-from etl.spec import load_spec, spec_files
+from driftless.airflow.assets import target_asset
+from driftless.report.link import ConsistencyReportLink
+from driftless.report.tasks import ON_DRIFT_CHOICES, default_on_drift
+from driftless.spec import load_spec, spec_files
 
 # Airflow's bundle DagBag puts the DAG folder on sys.path; a plain DagBag (tests, tools) does not.
 if str(Path(__file__).parent) not in sys.path:
@@ -78,7 +78,7 @@ by key), then the data-consistency report (HTML and JSON) of all pipelines.
 def consistency_report():
     @task
     def diff_and_report(**context) -> dict:
-        from etl import airflow_tasks
+        from driftless.airflow import tasks as airflow_tasks
 
         return airflow_tasks.consistency_report(str(SPECS_DIR), context)
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from etl.alerts import on_failure
-from etl.assets import target_asset
-from etl.params import trigger_params
-from etl.pools import pool_name
-from etl.spec import PipelineSpec, load_spec, spec_files
+from driftless.airflow.alerts import on_failure
+from driftless.airflow.assets import target_asset
+from driftless.airflow.params import trigger_params
+from driftless.airflow.pools import pool_name
+from driftless.spec import PipelineSpec, load_spec, spec_files
 
 SPECS_DIR = Path(os.environ.get("DRIFTLESS_SPECS_DIR") or Path(__file__).parent / "pipelines")
 
@@ -69,7 +69,7 @@ def build_dag(spec_path: Path):
         auto_register=False,
         default_args=DEFAULT_ARGS,
         tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
-        params=trigger_params(),  # start/end, full_refresh, dry_run: see etl/params.py
+        params=trigger_params(),  # start/end, full_refresh, dry_run: see driftless/airflow/params.py
         doc_md=pipeline_doc(spec, spec_path),
     )
     def pipeline():
@@ -79,19 +79,19 @@ def build_dag(spec_path: Path):
             return queue_sync(spec, spec_path)
         @task
         def extract(**context) -> dict:
-            from etl import airflow_tasks
+            from driftless.airflow import tasks as airflow_tasks
 
             return airflow_tasks.extract(str(spec_path), context)
 
         @task(outlets=[target_asset(spec)], pool=pool_name(spec))
         def load(manifest: dict, **context) -> dict:
-            from etl import airflow_tasks
+            from driftless.airflow import tasks as airflow_tasks
 
             return airflow_tasks.load(str(spec_path), manifest, context)
 
         @task
         def reconcile(result: dict) -> dict:
-            from etl import airflow_tasks
+            from driftless.airflow import tasks as airflow_tasks
 
             return airflow_tasks.reconcile(str(spec_path), result)
 
@@ -105,7 +105,7 @@ def queue_sync(spec: PipelineSpec, spec_path: Path) -> None:
 
     @task(outlets=[target_asset(spec)], pool=pool_name(spec))
     def sync(**context) -> dict:
-        from etl import airflow_tasks
+        from driftless.airflow import tasks as airflow_tasks
 
         return airflow_tasks.sync(str(spec_path), context)
 
@@ -117,19 +117,19 @@ def partitioned(spec: PipelineSpec, spec_path: Path) -> None:
 
     @task
     def plan(**context) -> list[dict]:
-        from etl import airflow_tasks
+        from driftless.airflow import tasks as airflow_tasks
 
         return airflow_tasks.plan_slices(str(spec_path), context)
 
     @task(pool=pool_name(spec), max_active_tis_per_dagrun=int(os.environ.get("DRIFTLESS_MAX_SLICES", "16")))
     def sync_slice(part: dict, **context) -> dict:
-        from etl import airflow_tasks
+        from driftless.airflow import tasks as airflow_tasks
 
         return airflow_tasks.sync_slice(str(spec_path), part, context)
 
     @task(outlets=[target_asset(spec)], pool=pool_name(spec))
     def finish(results: list[dict], **context) -> dict:
-        from etl import airflow_tasks
+        from driftless.airflow import tasks as airflow_tasks
 
         return airflow_tasks.finish(str(spec_path), results, context)
 

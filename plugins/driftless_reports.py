@@ -1,7 +1,7 @@
 """Airflow plugin: the api-server serves the consistency reports, behind the UI's login.
 
 ``GET /driftless/reports/<run key>/report.html`` (and ``report.json``) read the report store
-(``etl.report.store``: ``$DRIFTLESS_REPORT_STORE``, else the local report directory);
+(``driftless.report.store``: ``$DRIFTLESS_REPORT_STORE``, else the local report directory);
 ``/driftless/reports/latest`` redirects to the newest report; ``/driftless/reports/`` lists them.
 Requests need the same login as the UI (its session cookie, or a bearer token). The UI's navigation
 gets a "Latest consistency report" entry.
@@ -16,7 +16,7 @@ from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from etl.report import store
+from driftless.report import store
 
 app = FastAPI(title="driftless reports", dependencies=[Depends(get_user)])
 

@@ -23,11 +23,11 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import create_engine  # noqa: E402
 
-from etl.airflow_local import ensure_pools  # noqa: E402
-from etl.demo import prepare_file_drop, prepare_source  # noqa: E402
-from etl.reconcile import table_fingerprint  # noqa: E402
-from etl.spec import load_spec  # noqa: E402
-from etl.state import read_runs, read_state  # noqa: E402
+from driftless.reconcile import table_fingerprint  # noqa: E402
+from driftless.spec import load_spec  # noqa: E402
+from driftless.state import read_runs, read_state  # noqa: E402
+from tools.airflow_local import ensure_pools  # noqa: E402
+from tools.demo import prepare_file_drop, prepare_source  # noqa: E402
 
 DEMO = REPO / ".demo"
 PIPELINES = ["chinook_invoices", "chinook_invoice_lines", "chinook_customers_api", "chinook_tracks_csv"]
@@ -73,7 +73,7 @@ def main() -> None:
     print(f"  source     {source}\n  warehouse  {warehouse}\n  AIRFLOW_HOME {env['AIRFLOW_HOME']}")
     print(f"  file drop  {', '.join(str(p.relative_to(REPO)) for p in drops)}")
     sh("airflow", "db", "migrate", env=env)
-    pools = ensure_pools(env, REPO / "dags" / "pipelines")  # one pool per target connection (etl/pools.py)
+    pools = ensure_pools(env, REPO / "dags" / "pipelines")  # one pool per target connection (airflow/pools.py)
     print(f"  ok  pools {', '.join(pools)}")
     token = secrets.token_urlsafe(24)  # the REST pipeline's bearer token, known to the API and the connection
     api, api_url = start_api(token)

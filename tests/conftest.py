@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import URL, create_engine, text
 
-from etl.demo import prepare_source
+from tools.demo import prepare_source
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def connections(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture(autouse=True)
 def _no_airflow_connection_lookup():
     """Airflow task bodies switch on Airflow's connection lookup in-process; keep it from leaking."""
-    from etl import connections as conns
+    from driftless import connections as conns
 
     conns.use_lookup(None)
     yield

@@ -1,4 +1,4 @@
-"""pandera DataFrameModels referenced by the specs of tests/test_dataframe_checks.py."""
+"""pandera DataFrameModels referenced by the specs of tests/extract/test_dataframe_checks.py."""
 
 from __future__ import annotations
 

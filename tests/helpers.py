@@ -7,9 +7,9 @@ from typing import Any
 
 from sqlalchemy import URL, create_engine
 
-from etl.reconcile import table_fingerprint
-from etl.spec import PipelineSpec, parse_spec
-from etl.state import read_state
+from driftless.reconcile import table_fingerprint
+from driftless.spec import PipelineSpec, parse_spec
+from driftless.state import read_state
 
 INVOICES: dict[str, Any] = {
     "name": "invoices_test",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from etl.errors import DriftlessError  # noqa: E402
-from etl.pipeline import load_window  # noqa: E402
-from etl.spec import parse_spec  # noqa: E402
-from etl.staging import Manifest  # noqa: E402
-from etl.window import Window  # noqa: E402
+from driftless.errors import DriftlessError  # noqa: E402
+from driftless.extract.staging import Manifest  # noqa: E402
+from driftless.pipeline import load_window  # noqa: E402
+from driftless.spec import parse_spec  # noqa: E402
+from driftless.window import Window  # noqa: E402
 
 if __name__ == "__main__":
     spec_json, start, end, directory, run_id = sys.argv[1:6]

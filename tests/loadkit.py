@@ -11,12 +11,12 @@ from typing import Any
 import pyarrow as pa
 from sqlalchemy import URL, create_engine, select
 
-from etl.load.modes import write_mode_for
-from etl.schema import arrow_schema, target_table
-from etl.spec import PipelineSpec, parse_spec
-from etl.staging import Manifest, StagingWriter
-from etl.state import as_utc, read_runs, read_state
-from etl.window import Window
+from driftless.extract.staging import Manifest, StagingWriter
+from driftless.load.modes import write_mode_for
+from driftless.schema import arrow_schema, target_table
+from driftless.spec import PipelineSpec, parse_spec
+from driftless.state import as_utc, read_runs, read_state
+from driftless.window import Window
 
 ORDERS: dict[str, Any] = {
     "name": "orders_test",

@@ -3,7 +3,7 @@
 Read from the source with ``ast`` (nothing is imported): every ``import``/``from`` statement counts,
 also those inside functions, since a circle hidden in a function still ties two modules together.
 Importing ``a.b.c`` from outside package ``a.b`` also runs ``a/__init__`` and ``a/b/__init__``, so
-those are edges too (the circle ``etl.state -> etl.load -> etl.load.base -> etl.state`` is real at
+those are edges too (the circle ``state -> load -> load.base -> state`` is real at
 run time even though no two modules name each other).
 """
 
@@ -13,12 +13,12 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("etl", "connectors", "dags")
+PACKAGES = ("driftless", "tools", "dags")
 
 #: The modules allowed to call ``sqlalchemy.create_engine``: the one engine factory.
 CREATE_ENGINE_ALLOWED = {
-    "etl.engines",  # every engine of a source or target: per-dialect session setup, pooling
-    "etl.airflow_local",  # developer tooling: creates the local Airflow's metadata database
+    "driftless.engines",  # every engine of a source or target: per-dialect session setup, pooling
+    "tools.airflow_local",  # developer tooling: creates the local Airflow's metadata database
 }
 
 
@@ -116,7 +116,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_create_engine_only_in_the_engine_factory():
-    """Only ``etl.engines`` (and developer tooling) takes ``sqlalchemy.create_engine``; others ask it for engines."""
+    """Only ``driftless.engines`` (and tooling) takes ``sqlalchemy.create_engine``; others ask it for engines."""
     users = set()
     for module, path in project_modules().items():
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -126,6 +126,6 @@ def test_create_engine_only_in_the_engine_factory():
                          and isinstance(node.value, ast.Name) and node.value.id == "sqlalchemy")
             if imported or attribute:
                 users.add(module)
-    assert users <= CREATE_ENGINE_ALLOWED, f"sqlalchemy.create_engine used outside etl.engines: " \
+    assert users <= CREATE_ENGINE_ALLOWED, f"sqlalchemy.create_engine used outside driftless.engines: " \
                                            f"{sorted(users - CREATE_ENGINE_ALLOWED)}"
-    assert "etl.engines" in users  # the factory itself is found, so the check can fail
+    assert "driftless.engines" in users  # the factory itself is found, so the check can fail

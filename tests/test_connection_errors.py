@@ -20,7 +20,7 @@ WINDOW = ["--start", "2021-01-01", "--end", "2026-01-01"]
 
 
 def etl_run(spec_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "etl.cli", "run", str(spec_path), *WINDOW], env=env,
+    return subprocess.Popen([sys.executable, "-m", "driftless.cli", "run", str(spec_path), *WINDOW], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -136,8 +136,8 @@ def test_a_host_that_never_answers_fails_within_the_connect_timeout(scheme, role
 def test_connect_timeout_default_setting_and_override(monkeypatch):
     from sqlalchemy import make_url
 
-    from etl.connections import connect_args
-    from etl.errors import DriftlessError
+    from driftless.connections import connect_args
+    from driftless.errors import DriftlessError
 
     monkeypatch.delenv("DRIFTLESS_CONNECT_TIMEOUT_S", raising=False)
     assert connect_args(make_url("postgresql+psycopg://u@h/db")) == {"connect_timeout": 10}  # the default
@@ -157,7 +157,7 @@ def test_driver_error_summary_is_one_readable_line():
     import pymysql
     from sqlalchemy.exc import OperationalError
 
-    from etl.errors import CONNECTION_LOST, driver_error_summary
+    from driftless.errors import CONNECTION_LOST, driver_error_summary
 
     # PyMySQL's (code, message) tuples: the message first, the code kept.
     missing = pymysql.err.ProgrammingError(1146, "Table 'db.x' doesn't exist")

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from etl.connections import redact, resolve_url, use_lookup
-from etl.errors import ConnectionNotFound
+from driftless.connections import redact, resolve_url, use_lookup
+from driftless.errors import ConnectionNotFound
 
 
 def test_uri_forms(monkeypatch):

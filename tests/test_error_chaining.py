@@ -7,9 +7,9 @@ import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from etl.cli import main
-from etl.errors import SpecError, error_detail
-from etl.spec import load_spec
+from driftless.cli import main
+from driftless.errors import SpecError, error_detail
+from driftless.spec import load_spec
 
 
 def test_a_spec_error_keeps_the_yaml_error_and_the_cli_prints_one_line(tmp_path, capsys):

@@ -19,16 +19,16 @@ import pytest
 import yaml
 from sqlalchemy import create_engine
 
-from connectors.rest.reliability import reset_breakers
-from etl.errors import SourceError
-from etl.pipeline import run_window
-from etl.reconcile.store import read_checks
-from etl.state import read_runs, read_state
-from etl.window import Window
+from driftless.errors import SourceError
+from driftless.pipeline import run_window
+from driftless.reconcile.store import read_checks
+from driftless.sources.rest.reliability import reset_breakers
+from driftless.state import read_runs, read_state
+from driftless.window import Window
 from tests.conftest import REPO
 from tests.helpers import INVOICES, invoices_spec
 from tests.rest_server import ApiServer, Reply
-from tests.test_rest import rest_spec
+from tests.sources.test_rest import rest_spec
 
 WINDOW = Window.parse("2021-01-01", "2026-01-01")
 
@@ -90,8 +90,8 @@ def test_source_table_dropped_between_load_and_checks(chinook_copy, tmp_path):
 
 def test_checks_passing_on_a_retry_set_the_run_back_to_success(chinook_copy, sqlite_url, connections, tmp_path):
     """The reconcile step of an Airflow run can be retried: its run record follows the latest outcome."""
-    from etl.pipeline import extract_window, load_window, reconcile_window
-    from etl.reconcile.checks import ChecksFailed
+    from driftless.pipeline import extract_window, load_window, reconcile_window
+    from driftless.reconcile.checks import ChecksFailed
 
     connections(src=chinook_copy, wh=sqlite_url)
     spec = invoices_spec()

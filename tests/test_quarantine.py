@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
-from etl.cli import main
-from etl.errors import LoadError, ValidationFailed
-from etl.pipeline import extract_window, load_window, new_run_id, run_window
-from etl.quarantine import list_quarantine, replay
-from etl.spec import parse_spec
-from etl.state import as_utc, read_runs
-from etl.window import Window
+from driftless.cli import main
+from driftless.errors import LoadError, ValidationFailed
+from driftless.pipeline import extract_window, load_window, new_run_id, run_window
+from driftless.quarantine import list_quarantine, replay
+from driftless.spec import parse_spec
+from driftless.state import as_utc, read_runs
+from driftless.window import Window
 from tests.helpers import INVOICES, fingerprint, invoices_spec
 
 WINDOW = Window.parse("2024-01-01", "2024-02-01")
@@ -411,8 +411,8 @@ def test_derived_columns_through_the_sql_source(sqlite_url, connections, chinook
 
 
 def test_resumed_extraction_keeps_counts_and_deduplicates(tmp_path):
-    from etl.quarantine import ValidatingWriter
-    from etl.staging import StagingWriter
+    from driftless.extract.staging import StagingWriter
+    from driftless.quarantine import ValidatingWriter
 
     spec = messy_spec("resume")
     first = good_rows(3)

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from sqlalchemy import URL, create_engine, text
 
-from connectors.rest.source import RestSource, field_getter
-from etl.errors import SpecError
-from etl.spec import parse_spec
+from driftless.errors import SpecError
+from driftless.sources.rest.source import RestSource, field_getter
+from driftless.spec import parse_spec
 from tests.conftest import airflow_uri
 
 TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -61,7 +61,7 @@ def test_source_names_are_accepted_and_target_names_stay_identifiers():
 
 
 def etl(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "etl.cli", *args], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "driftless.cli", *args], env=env, capture_output=True, text=True,
                           timeout=600)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
@@ -185,7 +185,7 @@ def test_rest_key_and_cursor_by_path():
 
     records = [record(1, 10), record(2, 11), record(3, 9), record(1, 8),  # key 1 again, older: a duplicate
                record(4, 10, day=2)]  # outside the window
-    from etl.window import Window
+    from driftless.window import Window
 
     kept, filtered, duplicates = source._keep(records, 1, Window("2025-01-01", "2025-01-02"))
     assert (filtered, duplicates) == (1, 1)
@@ -193,8 +193,8 @@ def test_rest_key_and_cursor_by_path():
 
 
 def test_sql_source_selects_quoted_names(tmp_path):
-    from connectors.sql import SqlSource
-    from etl.window import Window
+    from driftless.sources.sql import SqlSource
+    from driftless.window import Window
 
     db = Path(tmp_path / "s.db")
     engine = create_engine(URL.create("sqlite", database=str(db)))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from etl.errors import SpecError
-from etl.spec import load_spec, load_specs
+from driftless.errors import SpecError
+from driftless.spec import load_spec, load_specs
 from tests.helpers import INVOICES
 
 REPO = Path(__file__).resolve().parent.parent

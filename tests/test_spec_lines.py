@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from etl.errors import SpecError
-from etl.spec import load_spec, parse_spec
+from driftless.errors import SpecError
+from driftless.spec import load_spec, parse_spec
 
 ORDERS = """\
 # orders, synced nightly
@@ -52,7 +52,7 @@ def test_name_mismatch_and_specs_check_show_lines(tmp_path):
                                          .replace("[id]", "[order_id]"))
     with pytest.raises(SpecError, match=r"other.yaml:2: name: 'orders' must match the file name 'other'"):
         load_spec(tmp_path / "other.yaml")
-    proc = subprocess.run([sys.executable, "-m", "etl.cli", "specs", "check", str(tmp_path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "driftless.cli", "specs", "check", str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1 and "other.yaml:2: name:" in proc.stderr
 

@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import Column, DateTime, MetaData, Table
 from sqlalchemy.dialects import sqlite
 
-from etl.load.modes import write_mode_for
-from etl.window import Window
+from driftless.load.modes import write_mode_for
+from driftless.window import Window
 from tests.loadkit import orders_spec
 
 W = Window.parse("2025-03-01T06:00:00Z", "2025-03-02T00:00:00Z")

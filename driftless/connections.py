@@ -1,0 +1,208 @@
+"""Connections by id: Airflow Connections inside Airflow, ``AIRFLOW_CONN_<ID>`` from the environment.
+
+The CLI and the DAGs resolve a spec's connection ids the same way Airflow does: an environment
+variable ``AIRFLOW_CONN_<ID>`` holding a URI (``postgresql://user:pass@host:5432/db``,
+``mysql://root@127.0.0.1:3306/test``, ``sqlite:////abs/path.db``) or Airflow's JSON form. Inside an
+Airflow task, ids that have no such variable are looked up in Airflow's Connections.
+
+Every SQL engine driftless builds (``driftless.engines.engine_for``, with ``connect_args`` below) gives up
+connecting after a connect timeout: ``$DRIFTLESS_CONNECT_TIMEOUT_S`` seconds (default
+``driftless.errors.DEFAULT_CONNECT_TIMEOUT_S``, read by ``driftless.errors.connect_timeout_s``), unless the
+connection sets its own ``connect_timeout`` (URI query ``?connect_timeout=30`` or the Airflow
+Connection's extra ``{"connect_timeout": 30}``). Without it a host that drops packets hangs a run
+for the operating system's TCP timeout (minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from sqlalchemy import URL, make_url
+
+from driftless.errors import TIMEOUT_BACKENDS, ConnectionNotFound, connect_timeout_s
+
+# Airflow conn_type / URI scheme -> SQLAlchemy driver name.
+DRIVERS = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+    "mysql+pymysql": "mysql+pymysql",
+    "sqlite": "sqlite",
+}
+
+_fallback: Callable[[str], dict[str, Any]] | None = None
+
+#: seconds to wait for a database server to answer a new connection, unless configured
+
+
+def use_lookup(lookup: Callable[[str], dict[str, Any]] | None) -> None:
+    """Set how ids without an ``AIRFLOW_CONN_<ID>`` variable are found (the DAGs pass Airflow's)."""
+    global _fallback
+    _fallback = lookup
+
+
+def env_var_name(conn_id: str) -> str:
+    return f"AIRFLOW_CONN_{conn_id.upper()}"
+
+
+def _url_from_fields(conn_id: str, fields: dict[str, Any]) -> URL:
+    conn_type = str(fields.get("conn_type") or "").lower()
+    driver = DRIVERS.get(conn_type)
+    if driver is None:
+        raise ConnectionNotFound(
+            f"connection {conn_id!r}: type {conn_type or '(none)'!r} is not a SQL database driftless "
+            f"can use (expected one of: postgres, mysql, sqlite)"
+        )
+    if driver == "sqlite":
+        path = fields.get("host") or fields.get("schema") or ""
+        return URL.create("sqlite", database=path or None)
+    extra = fields.get("extra") or {}
+    if isinstance(extra, str):
+        extra = json.loads(extra) if extra.strip() else {}
+    return URL.create(
+        driver,
+        username=fields.get("login") or None,
+        password=fields.get("password") or None,
+        host=fields.get("host") or None,
+        port=int(fields["port"]) if fields.get("port") else None,
+        database=fields.get("schema") or None,
+        query={k: str(v) for k, v in extra.items() if isinstance(v, str | int)},
+    )
+
+
+def _url_from_uri(conn_id: str, uri: str) -> URL:
+    scheme = urlsplit(uri).scheme.lower()
+    driver = DRIVERS.get(scheme)
+    if driver is None:
+        raise ConnectionNotFound(
+            f"connection {conn_id!r} ({env_var_name(conn_id)}): URI scheme {scheme or '(none)'!r} is not "
+            "supported (expected postgresql://, mysql:// or sqlite:///)"
+        )
+    if driver == "sqlite":
+        path = unquote(uri.split(":", 1)[1].removeprefix("///")) if "://" in uri else ""
+        return URL.create("sqlite", database=path or None)
+    url = make_url(uri)
+    return url.set(drivername=driver)
+
+
+def resolve_url(conn_id: str) -> URL:
+    """The SQLAlchemy URL of a connection id; raises ``ConnectionNotFound`` naming where it looked."""
+    raw = os.environ.get(env_var_name(conn_id))
+    if raw:
+        raw = raw.strip()
+        if raw.startswith("{"):
+            try:
+                return _url_from_fields(conn_id, json.loads(raw))
+            except json.JSONDecodeError as exc:
+                raise ConnectionNotFound(
+                    f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON ({exc.msg})"
+                ) from exc
+        return _url_from_uri(conn_id, raw)
+    if _fallback is not None:
+        try:
+            fields = _fallback(conn_id)
+        except Exception as exc:  # Airflow raises its own not-found types
+            raise ConnectionNotFound(
+                f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
+                f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
+            ) from exc
+        return _url_from_fields(conn_id, fields)
+    raise ConnectionNotFound(
+        f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
+        f"postgresql://user@127.0.0.1:5432/db (or define an Airflow Connection {conn_id!r})"
+    )
+
+
+def airflow_lookup(conn_id: str) -> dict[str, Any]:
+    """Fetch a connection's fields from Airflow (only inside an Airflow task)."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    return {
+        "conn_type": conn.conn_type,
+        "host": conn.host,
+        "login": conn.login,
+        "password": conn.password,
+        "port": conn.port,
+        "schema": conn.schema,
+        "extra": conn.extra,
+    }
+
+
+def redact(url: URL | str) -> str:
+    """The URL as text with its password hidden, for logs and errors."""
+    if isinstance(url, str):
+        try:
+            url = make_url(url)
+        except Exception:
+            return "<unparseable url>"
+    return url.render_as_string(hide_password=True)
+
+
+def connection_fields(conn_id: str) -> dict[str, Any]:
+    """A connection's raw fields (conn_type, host, port, login, password, schema, extra as a dict), for REST use.
+
+    Same lookup as ``resolve_url``: ``AIRFLOW_CONN_<ID>`` as a URI (``https://login:password@host:port/path?k=v``,
+    query parameters become ``extra``) or Airflow's JSON form, else the Airflow Connection. Never log the result.
+    """
+    raw = (os.environ.get(env_var_name(conn_id)) or "").strip()
+    if raw.startswith("{"):
+        try:
+            fields = dict(json.loads(raw))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ConnectionNotFound(
+                f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON "
+                f"({getattr(exc, 'msg', type(exc).__name__)})"
+            ) from exc
+    elif raw:
+        parts = urlsplit(raw)
+        if not parts.scheme or not parts.hostname:
+            raise ConnectionNotFound(f"connection {conn_id!r} ({env_var_name(conn_id)}): expected a URI such as "
+                                     "https://login:password@api.example.com/v1")
+        extra: dict[str, Any] = dict(parse_qsl(parts.query))
+        if "__extra__" in extra:
+            extra = json.loads(extra["__extra__"])
+        fields = {
+            "conn_type": parts.scheme.lower(),
+            "host": parts.hostname,
+            "port": parts.port,
+            "login": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password else None,
+            "schema": unquote(parts.path.lstrip("/")),
+            "extra": extra,
+        }
+    elif _fallback is not None:
+        try:
+            fields = dict(_fallback(conn_id))
+        except Exception as exc:  # Airflow raises its own not-found types
+            raise ConnectionNotFound(
+                f"connection {conn_id!r} is not defined: no Airflow Connection with that id and no "
+                f"{env_var_name(conn_id)} environment variable ({type(exc).__name__})"
+            ) from exc
+    else:
+        raise ConnectionNotFound(
+            f"connection {conn_id!r} is not defined: set {env_var_name(conn_id)} to a URI such as "
+            f"https://login:password@api.example.com/v1 (or define an Airflow Connection {conn_id!r})"
+        )
+    extra = fields.get("extra") or {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra) if extra.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from exc
+    fields["extra"] = extra
+    return fields
+
+
+def connect_args(url: URL) -> dict[str, Any]:
+    """The driver arguments every driftless engine adds: the connect timeout, unless the URL sets its own."""
+    if url.get_backend_name() not in TIMEOUT_BACKENDS or "connect_timeout" in url.query:
+        return {}
+    return {"connect_timeout": connect_timeout_s()}
+
