@@ -26,6 +26,10 @@ from driftless.errors import DriftlessError, SpecError
 from driftless.spec import default_specs_dir, find_spec, load_specs, spec_files
 from driftless.window import Window
 
+#: The specs directory rule, as every command's help states it (``driftless.spec.default_specs_dir``).
+SPECS_DIR_HELP = ("directory of specs (default: $DRIFTLESS_SPECS_DIR, else pipelines/ in $AIRFLOW__CORE__DAGS_FOLDER, "
+                  "else ./dags/pipelines)")
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from driftless.pipeline import run_window
@@ -111,8 +115,7 @@ def _cmd_discover(args: argparse.Namespace) -> int:
         raise DriftlessError(f"--schedule: {args.schedule!r} is not a cron expression or preset (expected e.g. "
                              "'0 2 * * *' or '@daily')")
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
-    env = os.environ.get("DRIFTLESS_SPECS_DIR")
-    out_dir = Path(args.out) if args.out else Path(env) if env else Path.cwd() / "dags" / "pipelines"
+    out_dir = Path(args.out) if args.out else default_specs_dir()
     if args.rest or args.endpoint:
         if not (args.rest and args.endpoint) or tables or args.schema:
             raise DriftlessError("a REST source takes --rest and --endpoint (no --tables or --schema)")
@@ -174,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--window", metavar="DURATION", help="catch-up step, an ISO-8601 duration (P1D, PT6H) "
                      "(default: one schedule interval)")
     run.add_argument("--until", help="catch up to this time instead of now (ISO-8601); only complete windows run")
-    run.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    run.add_argument("--specs-dir", help=SPECS_DIR_HELP)
     run.add_argument("--run-id", help="id recorded in etl_runs (default: generated)")
     run.add_argument("--allow-future", action="store_true", help="accept a window ending after now (refused "
                      "otherwise); the watermark then moves only up to the time the source was read")
@@ -188,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(for node_exporter's textfile collector); same names as the Airflow metrics (README: Monitoring)")
     st.add_argument("--grace", metavar="DURATION", help="stale = watermark older than 2 schedule intervals + this "
                     "ISO-8601 duration (default PT1H)")
-    st.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    st.add_argument("--specs-dir", help=SPECS_DIR_HELP)
     st.set_defaults(func=_cmd_status)
 
     diff = sub.add_parser("diff", help="compare a table in two databases row by row (no spec needed)")
@@ -206,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--deep", action="store_true", help="find the rows that differ (deep diff)")
     rec.add_argument("--repair", action="store_true", help="re-sync the rows that differ, then verify (implies --deep)")
     rec.add_argument("--samples", type=int, default=5, help="sample rows per kind of difference (default 5)")
-    rec.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    rec.add_argument("--specs-dir", help=SPECS_DIR_HELP)
     rec.set_defaults(func=_cmd_reconcile)
 
     dig = sub.add_parser("digest", help="stored row digests: deep diffs of the table sum one column instead of "
@@ -224,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="write the data-consistency report (HTML + JSON) of all pipelines")
     rep.add_argument("--out", required=True, help="output directory (report.html and report.json)")
-    rep.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+    rep.add_argument("--specs-dir", help=SPECS_DIR_HELP)
     rep.add_argument("--deep", action="store_true", help="run a deep diff of every pipeline first; exit status 2 "
                      "when one FAILs, 1 when one could not run (ERROR), the report is written either way")
     rep.set_defaults(func=_cmd_report)
@@ -232,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     specs = sub.add_parser("specs", help="work with pipeline specs")
     specs_sub = specs.add_subparsers(dest="specs_command", required=True)
     check = specs_sub.add_parser("check", help="validate every spec of a directory")
-    check.add_argument("dir", nargs="?", help="directory (default: dags/pipelines)")
+    check.add_argument("dir", nargs="?", help=SPECS_DIR_HELP)
     check.set_defaults(func=_cmd_specs_check)
 
     disc = sub.add_parser("discover", help="write one pipeline spec per table of a source database (types, key, "
@@ -241,8 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     disc.add_argument("--target", required=True, help="target connection id written into the specs")
     disc.add_argument("--tables", help="only these tables, comma-separated (default: every table)")
     disc.add_argument("--schema", help="the source schema to read (default: the connection's; PostgreSQL: public)")
-    disc.add_argument("--out", help="directory to write the specs to (default: $DRIFTLESS_SPECS_DIR or "
-                      "./dags/pipelines)")
+    disc.add_argument("--out", help="directory to write the specs to; " + SPECS_DIR_HELP)
     disc.add_argument("--schedule", default="@daily", help="schedule written into the specs (default @daily)")
     disc.add_argument("--prefix", help="prefix of the pipeline and target table names (e.g. shop_)")
     disc.add_argument("--target-schema", help="schema of the target tables")
@@ -262,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "those that pass, exactly once")
     for q in (q_list, q_replay):
         q.add_argument("pipeline", help="pipeline name or spec file path")
-        q.add_argument("--specs-dir", help="directory of specs (default: $DRIFTLESS_SPECS_DIR or dags/pipelines)")
+        q.add_argument("--specs-dir", help=SPECS_DIR_HELP)
     q_list.add_argument("--limit", type=int, help="at most this many records")
     q_list.add_argument("--reason", help="only records with this reason: a check (not_nullable), a column "
                         "(total; '(row)' for DataFrame-wide checks) or 'column: check'")

@@ -617,15 +617,22 @@ def load_specs(directory: str | Path) -> list[PipelineSpec]:
     return specs
 
 
-def default_specs_dir() -> Path:
-    """``$DRIFTLESS_SPECS_DIR``, else ``dags/pipelines`` of the working directory or of this checkout."""
-    env = os.environ.get("DRIFTLESS_SPECS_DIR")
+def default_specs_dir(dags_folder: str | Path | None = None) -> Path:
+    """Where the pipeline specs are, one rule for the DAGs, the report DAG and every command.
+
+    1. ``$DRIFTLESS_SPECS_DIR`` when set: the one setting of an installed deployment (give it to
+       Airflow's processes and to the shell that runs ``driftless`` alike);
+    2. else ``pipelines/`` in the DAGs folder: ``dags_folder`` when given (the DAG file's folder, under
+       Airflow), else ``$AIRFLOW__CORE__DAGS_FOLDER``, else ``dags`` of the working directory (a checkout).
+
+    A relative path is taken from the working directory and returned absolute, so a task on a worker
+    gets the same files as the parse that named them.
+    """
+    env = (os.environ.get("DRIFTLESS_SPECS_DIR") or "").strip()
     if env:
-        return Path(env)
-    local = Path.cwd() / "dags" / "pipelines"
-    if local.is_dir():
-        return local
-    return Path(__file__).resolve().parent.parent / "dags" / "pipelines"
+        return Path(env).expanduser().absolute()
+    folder = dags_folder or (os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or "").strip() or Path("dags")
+    return (Path(folder).expanduser() / "pipelines").absolute()
 
 
 def find_spec(name_or_path: str, specs_dir: str | Path | None = None) -> PipelineSpec:

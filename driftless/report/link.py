@@ -3,7 +3,7 @@
 The task pushes the report's URL as the XCom ``report_url`` (also when drift fails the task); Airflow
 stores what ``get_link`` returns when the task ends, and the UI shows it as a button on the task
 instance. The api-server needs no driftless code for the button; the report itself is served by
-``plugins/driftless_reports.py`` from the report store (``driftless.report.store``).
+``driftless.report.plugin`` (an Airflow plugin) from the report store (``driftless.report.store``).
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 
+from driftless.airflow.dags import build_dag
 from driftless.logs import KeyValueFormatter, event
 from tests.airflow.test_airflow_ops import asset_events
-from tests.airflow.test_airflow_setup import load_dags
 from tests.helpers import INVOICES
 
 WINDOW = {"start": "2021-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"}
@@ -35,7 +35,8 @@ def test_each_task_ends_with_a_summary_line_with_its_numbers(airflow_db, tmp_pat
     specs = tmp_path / "pipelines"
     specs.mkdir()
     (specs / "invoices_test.yaml").write_text(yaml.safe_dump(INVOICES))
-    dag = load_dags(specs, monkeypatch, "driftless_pipelines").build_dag(specs / "invoices_test.yaml")
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs))
+    dag = build_dag(specs / "invoices_test.yaml")
     # The message text of every record of the etl loggers: what Airflow's task log handler shows.
     messages: list[str] = []
     handler = logging.Handler(logging.INFO)

@@ -14,6 +14,7 @@ import yaml
 from sqlalchemy import create_engine
 
 from driftless.airflow import alerts, lineage
+from driftless.airflow.dags import build_dag
 from driftless.airflow.params import InvalidParams, run_options
 from driftless.airflow.partitions import finish_window, split_window
 from driftless.airflow.pools import pool_name, pools_for
@@ -129,7 +130,7 @@ def test_dry_run_through_the_dag_writes_nothing(airflow_db, tmp_path, monkeypatc
     specs_dir.mkdir()
     (specs_dir / "invoices_test.yaml").write_text(yaml.safe_dump(INVOICES))
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
-    dag = load_dag_module().build_dag(specs_dir / "invoices_test.yaml")
+    dag = build_dag(specs_dir / "invoices_test.yaml")
     run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC), run_conf={
         "start": "2024-01-01T00:00:00+00:00", "end": "2025-01-01T00:00:00+00:00", "dry_run": True})
     assert run.state == "success"
@@ -205,7 +206,7 @@ def test_failing_run_posts_alert_to_webhook(airflow_db, httpserver, tmp_path, mo
     specs_dir.mkdir()
     (specs_dir / "invoices_test.yaml").write_text(yaml.safe_dump(INVOICES))
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
-    dag = load_dag_module().build_dag(specs_dir / "invoices_test.yaml")
+    dag = build_dag(specs_dir / "invoices_test.yaml")
     run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC),
                    run_conf={"start": "2024-01-01T00:00:00+00:00", "end": "2025-01-01T00:00:00+00:00"})
     assert run.state == "failed"
@@ -254,7 +255,7 @@ def test_partitioned_dag_maps_one_task_per_day_and_moves_watermark_once(
     specs_dir.mkdir()
     (specs_dir / "invoices_test.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
-    dag = load_dag_module().build_dag(specs_dir / "invoices_test.yaml")
+    dag = build_dag(specs_dir / "invoices_test.yaml")
     assert [t.task_id for t in dag.topological_sort()] == ["plan", "sync_slice", "finish"]
     assert dag.get_task("sync_slice").pool == "driftless_wh" and dag.get_task("finish").pool == "driftless_wh"
     window = ("2025-11-03T00:00:00+00:00", "2025-11-07T00:00:00+00:00")  # 4 days, 4 invoices

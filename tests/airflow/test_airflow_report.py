@@ -31,7 +31,7 @@ def load_report_dag(specs_dir: Path, monkeypatch):
     spec = importlib.util.spec_from_file_location(f"consistency_report_{specs_dir.name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.report_dag
+    return module.consistency_report
 
 
 @pytest.fixture
@@ -198,9 +198,8 @@ def test_the_api_server_plugin_serves_reports_to_logged_in_users_only(tmp_path, 
     from fastapi.testclient import TestClient
 
     monkeypatch.setenv("DRIFTLESS_REPORT_DIR", str(tmp_path / "reports"))
-    spec = importlib.util.spec_from_file_location("driftless_reports_plugin", REPO / "plugins" / "driftless_reports.py")
-    plugin = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(plugin)
+    from driftless.report import plugin
+
     anonymous = TestClient(plugin.app)
     assert anonymous.get("/reports/latest", follow_redirects=False).status_code == 401
     plugin.app.dependency_overrides[get_user] = lambda: object()
@@ -217,3 +216,20 @@ def test_the_api_server_plugin_serves_reports_to_logged_in_users_only(tmp_path, 
     assert client.get("/reports/new/secret.txt").status_code == 404
     assert 'href="new/report.html"' in client.get("/reports/").text
     assert plugin.DriftlessReports.fastapi_apps[0]["url_prefix"] == "/driftless"
+
+
+def test_the_plugins_folder_file_steps_aside_when_the_entry_point_registers_the_plugin(monkeypatch):
+    """plugins/driftless_reports.py defines the plugin only for an install without the entry point (no twice)."""
+    from driftless.report import plugin
+
+    def plugins_file():
+        path = REPO / "plugins" / "driftless_reports.py"
+        spec = importlib.util.spec_from_file_location("driftless_reports_file", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    monkeypatch.setattr(plugin, "registered_by_entry_point", lambda: False)
+    assert plugins_file().DriftlessReports is plugin.DriftlessReports
+    monkeypatch.setattr(plugin, "registered_by_entry_point", lambda: True)
+    assert not hasattr(plugins_file(), "DriftlessReports")

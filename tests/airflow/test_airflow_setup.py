@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from driftless.airflow import tasks as airflow_tasks
+from driftless.airflow.dags import build_dag
 from tests.helpers import INVOICES
 from tools.airflow_local import demo_environment, stop_process
 
@@ -57,7 +58,8 @@ def test_a_missing_connection_fails_on_the_first_try_in_a_run(airflow_db, tmp_pa
         {**INVOICES, "source": {**INVOICES["source"], "connection": "nowhere"}}))
     monkeypatch.delenv("AIRFLOW_CONN_NOWHERE", raising=False)
     monkeypatch.setenv("DRIFTLESS_TASK_RETRIES", "3")
-    dag = load_dags(specs, monkeypatch, "driftless_pipelines").build_dag(specs / "invoices_test.yaml")
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs))
+    dag = build_dag(specs / "invoices_test.yaml")
     assert dag.get_task("extract").retries == 3
     run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC), run_conf=WINDOW)
     assert run.state == "failed"
@@ -87,7 +89,7 @@ def test_every_shipped_dag_runs_under_the_make_airflow_setup(airflow_db, tmp_pat
             states = {ti.task_id: ti.state for ti in run.get_task_instances()}
             assert run.state == "success", (name, states)
             assert run.get_task_instance("load").xcom_pull(task_ids="load")["loaded"] > 0, name
-        report = load_dags(SHIPPED, monkeypatch, "consistency_report").report_dag
+        report = load_dags(SHIPPED, monkeypatch, "consistency_report").consistency_report
         run = report.test(logical_date=datetime(2026, 1, 1, 6, tzinfo=UTC))
         assert run.state == "success"
         statuses = run.get_task_instance("diff_and_report").xcom_pull(task_ids="diff_and_report")["statuses"]
@@ -113,7 +115,7 @@ def test_dag_docs_say_source_target_schedule_params_and_where_the_report_is(monk
     for needle in ("**Source**: sql `Invoice`", "connection `chinook`", "table `invoices`",
                    "driftless://warehouse/default/invoices", "Schedule", "`dry_run`", "backfill ignores these options"):
         assert needle in doc, needle
-    report = load_dags(SHIPPED, monkeypatch, "consistency_report").report_dag.doc_md
+    report = load_dags(SHIPPED, monkeypatch, "consistency_report").consistency_report.doc_md
     for needle in ("on_drift", "`fail`", "`warn`", "Consistency report", "DRIFTLESS_REPORT_STORE", "0 6 * * *",
                    "driftless://warehouse/default/customers"):
         assert needle in report, needle

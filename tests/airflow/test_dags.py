@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from driftless.airflow.dags import build_dag
 from driftless.pipeline import staging_dir
 from driftless.window import Window
 from tests.helpers import INVOICES, fingerprint, invoices_spec
@@ -63,8 +64,7 @@ def test_dag_test_end_to_end(airflow_db, tmp_path, monkeypatch, connections, chi
     spec_path.write_text(yaml.safe_dump(INVOICES))
     # dag.test() re-parses the DAG folder, whose factory reads the specs of DRIFTLESS_SPECS_DIR.
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
-    module = load_dag_module()
-    dag = module.build_dag(spec_path)
+    dag = build_dag(spec_path)
 
     # A manual window given through the trigger-form params: the whole of 2024.
     run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC),
@@ -81,7 +81,7 @@ def test_dag_test_end_to_end(airflow_db, tmp_path, monkeypatch, connections, chi
     # Without an override the run's data interval is the window. A manual run at 2025-12-23 gets the
     # interval that ended last, [2025-12-22, 2025-12-23), which holds one invoice.
     # (A fresh DAG object: dag.test() keeps the previous run's conf in the in-process params.)
-    run = load_dag_module().build_dag(spec_path).test(logical_date=datetime(2025, 12, 23, tzinfo=UTC))
+    run = build_dag(spec_path).test(logical_date=datetime(2025, 12, 23, tzinfo=UTC))
     assert run.state == "success"
     assert (run.data_interval_start, run.data_interval_end) == (
         datetime(2025, 12, 22, tzinfo=UTC), datetime(2025, 12, 23, tzinfo=UTC))

@@ -301,15 +301,6 @@ def test_statsd_mapping_turns_statsd_names_into_the_dashboards_names():
 
 # --- the Airflow path: dag.test() with Airflow's OpenTelemetry backend, or DRIFTLESS_STATSD_* ----------
 
-def load_dag_module(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "dags" / "driftless_pipelines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def otlp_gauges(requests) -> dict[tuple[str, str], float]:
     """(metric name, pipeline attribute) -> the latest gauge value in the OTLP/HTTP export requests."""
     from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
@@ -352,7 +343,9 @@ def test_airflow_tasks_report_through_airflows_opentelemetry_backend(
     (specs_dir / "invoices_test.yaml").write_text(yaml.safe_dump(INVOICES))
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
     try:
-        dag = load_dag_module("driftless_pipelines_metrics_otel").build_dag(specs_dir / "invoices_test.yaml")
+        from driftless.airflow.dags import build_dag
+
+        dag = build_dag(specs_dir / "invoices_test.yaml")
         run = dag.test(logical_date=datetime(2025, 12, 1, tzinfo=UTC), run_conf={
             "start": "2025-01-01T00:00:00+00:00", "end": "2025-07-01T00:00:00+00:00"})
         assert run.state == "success"
@@ -391,7 +384,9 @@ def test_partitioned_window_reports_once_from_finish(airflow_db, statsd, tmp_pat
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
     monkeypatch.setenv("AIRFLOW__METRICS__STATSD_ON", "False")  # no Airflow backend: DRIFTLESS_STATSD_* applies
     monkeypatch.setenv("AIRFLOW__METRICS__OTEL_ON", "False")
-    dag = load_dag_module("driftless_pipelines_metrics_parts").build_dag(specs_dir / "invoices_test.yaml")
+    from driftless.airflow.dags import build_dag
+
+    dag = build_dag(specs_dir / "invoices_test.yaml")
     window = ("2025-11-03T00:00:00+00:00", "2025-11-07T00:00:00+00:00")  # 4 days, 4 invoices
     try:
         run = dag.test(logical_date=datetime(2025, 12, 1, tzinfo=UTC), run_conf={"start": window[0], "end": window[1]})

@@ -444,9 +444,10 @@ def test_empty_cursor_in_a_file_column(tmp_path, connections, sqlite_url):
 
 
 def test_demo_file_pipeline_builds_a_dag():
-    from tests.airflow.test_dags import REPO, load_dag_module
+    from driftless.airflow.dags import build_dag
+    from tests.airflow.test_dags import REPO
 
-    dag = load_dag_module().build_dag(REPO / "dags" / "pipelines" / "chinook_tracks_csv.yaml")
+    dag = build_dag(REPO / "dags" / "pipelines" / "chinook_tracks_csv.yaml")
     assert [t.task_id for t in dag.topological_sort()] == ["extract", "load", "reconcile"]
     assert "source:file" in dag.tags
     assert [a.uri for a in dag.get_task("load").outlets] == ["driftless://warehouse/default/tracks"]
@@ -457,7 +458,8 @@ def test_demo_file_pipeline_builds_a_dag():
 def test_demo_file_pipeline_runs_in_airflow_by_day(airflow_db, tmp_path, monkeypatch, connections, sqlite_url):
     import yaml
 
-    from tests.airflow.test_dags import REPO, load_dag_module
+    from driftless.airflow.dags import build_dag
+    from tests.airflow.test_dags import REPO
     from tools.demo import prepare_file_drop
 
     connections(warehouse=sqlite_url)
@@ -470,11 +472,11 @@ def test_demo_file_pipeline_runs_in_airflow_by_day(airflow_db, tmp_path, monkeyp
     spec_path.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
     # The run at 2025-06-02 00:00 syncs [06-01, 06-02) (and the day before, lag P1D): the 06-01 file.
-    run = load_dag_module().build_dag(spec_path).test(logical_date=datetime(2025, 6, 2, tzinfo=UTC))
+    run = build_dag(spec_path).test(logical_date=datetime(2025, 6, 2, tzinfo=UTC))
     assert run.state == "success"
     assert rows(sqlite_url, "SELECT count(*), min(_file), max(_file) FROM tracks") == [
         (1752, "tracks/2025-06-01/tracks.csv.gz", "tracks/2025-06-01/tracks.csv.gz")]
-    run = load_dag_module().build_dag(spec_path).test(logical_date=datetime(2025, 6, 3, tzinfo=UTC))
+    run = build_dag(spec_path).test(logical_date=datetime(2025, 6, 3, tzinfo=UTC))
     assert run.state == "success"
     assert rows(sqlite_url, "SELECT count(*), round(sum(unit_price), 2) FROM tracks") == [(3503, 3680.97)]
     assert rows(sqlite_url, "SELECT path, records FROM etl_files ORDER BY path") == [

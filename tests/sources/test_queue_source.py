@@ -403,7 +403,7 @@ def test_dag_of_a_queue_pipeline_is_one_sync_task_that_loads_and_acknowledges(ai
                                                                                connections, sqlite_url):
     from datetime import UTC, datetime
 
-    from tests.airflow.test_dags import load_dag_module
+    from driftless.airflow.dags import build_dag
 
     try:
         b = Redis()
@@ -421,7 +421,7 @@ def test_dag_of_a_queue_pipeline_is_one_sync_task_that_loads_and_acknowledges(ai
         spec_path = specs_dir / "orders_queue.yaml"
         spec_path.write_text(yaml.safe_dump(data))
         monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
-        dag = load_dag_module().build_dag(spec_path)
+        dag = build_dag(spec_path)
         assert [t.task_id for t in dag.tasks] == ["sync"]
         run = dag.test(logical_date=datetime(2025, 6, 1, tzinfo=UTC))
         assert run.state == "success"
