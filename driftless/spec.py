@@ -1,4 +1,4 @@
-"""Pipeline specs: the YAML files in ``dags/pipelines/``, typed and validated on load.
+"""Pipeline specs: the YAML files of the specs directory (``default_specs_dir``), typed and validated on load.
 
 A spec says where records come from (``source``), where they go (``target``) and what they look
 like (``columns``). Connections are referenced by id only; credentials never appear in a spec.

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from driftless.errors import SpecError
-from driftless.spec import load_spec, load_specs
+from driftless.spec import default_specs_dir, load_spec, load_specs
 from tests.helpers import INVOICES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,3 +113,15 @@ def test_load_specs_reports_all_broken_files(tmp_path):
 def test_shipped_specs_are_valid():
     specs = load_specs(REPO / "dags" / "pipelines")
     assert {s.name for s in specs} >= {"chinook_invoices", "chinook_invoice_lines"}
+
+
+def test_the_specs_directory_is_one_setting_else_pipelines_of_the_dags_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DRIFTLESS_SPECS_DIR", raising=False)
+    monkeypatch.delenv("AIRFLOW__CORE__DAGS_FOLDER", raising=False)
+    assert default_specs_dir() == tmp_path / "dags" / "pipelines"  # a checkout: ./dags/pipelines
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(tmp_path / "airflow_dags"))
+    assert default_specs_dir() == tmp_path / "airflow_dags" / "pipelines"
+    assert default_specs_dir(tmp_path / "here") == tmp_path / "here" / "pipelines"  # the DAG file's folder wins
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", "specs")  # the setting wins over all; relative -> absolute
+    assert default_specs_dir(tmp_path / "here") == tmp_path / "specs"

@@ -34,6 +34,7 @@ from typing import Any
 import requests
 
 from driftless.airflow.pools import pools_for, slots
+from driftless.spec import default_specs_dir
 
 REPO = Path(__file__).resolve().parent.parent
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -392,8 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
                         help="local (LocalExecutor, default) or celery (CeleryExecutor with --workers workers)")
     parser.add_argument("--workers", type=int, default=2, help="Celery workers to start (default 2)")
-    parser.add_argument("--specs-dir",
-                        default=os.environ.get("DRIFTLESS_SPECS_DIR") or str(REPO / "dags" / "pipelines"))
+    # The DAGs' rule: $DRIFTLESS_SPECS_DIR, else pipelines/ in the DAGs folder (the one the components get below).
+    parser.add_argument("--specs-dir", default=str(default_specs_dir(
+        (os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or "").strip() or REPO / "dags")))
     args = parser.parse_args(argv)
     home = Path(os.environ.get("AIRFLOW_HOME") or REPO / ".airflow")
     password = os.environ.get("DRIFTLESS_AIRFLOW_PASSWORD", "admin")

@@ -8,7 +8,7 @@ naming the Airflow Connection that holds its credentials, ...). Without it, the 
 
 Each report run writes ``<store>/<run key>/report.html`` and ``report.json``; the newest
 ``$DRIFTLESS_REPORT_KEEP`` (default 30) are kept, older ones are deleted. The api-server serves
-them at ``/driftless/reports/<run key>/report.html`` (``plugins/driftless_reports.py``), which is
+them at ``/driftless/reports/<run key>/report.html`` (the plugin ``driftless.report.plugin``), which is
 where the report task's "Consistency report" link points.
 """
 

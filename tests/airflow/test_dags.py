@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from driftless.airflow.dags import build_dag
+from driftless.errors import SpecError
 from driftless.pipeline import staging_dir
 from driftless.window import Window
 from tests.helpers import INVOICES, fingerprint, invoices_spec
@@ -109,3 +110,22 @@ def test_staging_of_a_loaded_window_is_removed_and_stale_runs_are_pruned(tmp_pat
     discard(done)
     assert not done.exists() and not done.parent.exists()  # the window's directory went with its last run
     assert fresh.exists()
+
+
+def test_pipeline_dags_register_in_the_dag_files_globals_from_pipelines_beside_it(tmp_path, monkeypatch):
+    from driftless.airflow.dags import pipeline_dags, report_dag
+
+    monkeypatch.delenv("DRIFTLESS_SPECS_DIR", raising=False)
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "invoices_test.yaml").write_text(yaml.safe_dump(INVOICES))
+    namespace = {"__file__": str(tmp_path / "my_dags.py")}  # what globals() holds in a DAG file
+    built = pipeline_dags(namespace)
+    report = report_dag(namespace)
+    assert set(built) == {"invoices_test"} and namespace["invoices_test"] is built["invoices_test"]
+    assert namespace["consistency_report"] is report
+    assert [a.uri for a in report.timetable.asset_condition.objects] == ["driftless://wh/default/invoices"]
+    monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(tmp_path / "empty"))
+    with pytest.raises(SpecError, match="empty: not a directory of pipeline specs"):  # an import error naming it
+        pipeline_dags({"__file__": str(tmp_path / "my_dags.py")})
+    (tmp_path / "empty").mkdir()
+    assert pipeline_dags({"__file__": str(tmp_path / "my_dags.py")}) == {}  # the setting wins
