@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +25,6 @@ REST_SPEC = yaml.safe_load((REPO / "dags" / "pipelines" / "chinook_customers_api
 def load_report_dag(specs_dir: Path, monkeypatch):
     """dags/consistency_report.py, imported fresh for ``specs_dir`` (it reads the specs at parse time)."""
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
-    sys.modules.pop("driftless_pipelines", None)
     path = REPO / "dags" / "consistency_report.py"
     spec = importlib.util.spec_from_file_location(f"consistency_report_{specs_dir.name}", path)
     module = importlib.util.module_from_spec(spec)

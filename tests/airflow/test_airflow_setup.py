@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +24,6 @@ WINDOW = {"start": "2021-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:0
 
 def load_dags(specs_dir: Path, monkeypatch, file: str):
     monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(specs_dir))
-    sys.modules.pop("driftless_pipelines", None)
     spec = importlib.util.spec_from_file_location(f"{file}_{specs_dir.name}", REPO / "dags" / f"{file}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
