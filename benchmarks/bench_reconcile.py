@@ -38,8 +38,8 @@ from sqlalchemy import URL, create_engine, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from driftless.reconcile.cli import digest_command_run  # noqa: E402
 from driftless.reconcile.diff import DeepDiff  # noqa: E402
-from driftless.reconcile.digest import digest_command_run  # noqa: E402
 
 PG_ADMIN = URL.create("postgresql+psycopg", username=os.environ.get("DRIFTLESS_PG_USER", "postgres"),
                       host=os.environ.get("DRIFTLESS_PG_HOST", "127.0.0.1"),

@@ -91,9 +91,9 @@ def window():
 def create_target(kind: str) -> None:
     """The target table as driftless creates it (same DDL for the raw baselines)."""
     from driftless.connections import resolve_url
-    from driftless.load import loader_for
     from driftless.load.modes import write_mode_for
     from driftless.schema import target_table
+    from driftless.targets.loaders import loader_for
 
     target_env(kind)
     s = spec()
@@ -202,8 +202,8 @@ def prepare_source(n: int) -> None:
 
 def measure(case: str, n: int) -> dict:
     out: dict = {}
-    import driftless.load.sqlite  # noqa: F401 - imports are not what is measured
     import driftless.pipeline  # noqa: F401
+    import driftless.targets.sqlite.load  # noqa: F401 - imports are not what is measured
 
     baseline = rss.baseline_mb()
     t0 = time.perf_counter()
@@ -234,7 +234,7 @@ def measure(case: str, n: int) -> dict:
         conn.commit()
         conn.close()
     elif case == "sqlite_raw_insert":
-        from driftless.load.sqlite import sqlite_columns
+        from driftless.targets.sqlite.load import sqlite_columns
 
         files = data.manifest_files(data.prepare(DATA, n)["base"])
         t0 = time.perf_counter()

@@ -32,11 +32,11 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.connections import resolve_url
-from driftless.engines import engine_for
 from driftless.errors import DriftlessError, SpecError
 from driftless.spec import PipelineSpec
 from driftless.state import read_state
 from driftless.status import Run
+from driftless.targets import engine_for
 from driftless.window import Window, parse_instant
 
 _DURATION: TypeAdapter[timedelta] = TypeAdapter(timedelta)

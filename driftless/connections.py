@@ -5,7 +5,7 @@ variable ``AIRFLOW_CONN_<ID>`` holding a URI (``postgresql://user:pass@host:5432
 ``mysql://root@127.0.0.1:3306/test``, ``sqlite:////abs/path.db``) or Airflow's JSON form. Inside an
 Airflow task, ids that have no such variable are looked up in Airflow's Connections.
 
-Every SQL engine driftless builds (``driftless.engines.engine_for``, with ``connect_args`` below) gives up
+Every engine of a database server driftless builds (``driftless.targets.engine_for``) gives up
 connecting after a connect timeout: ``$DRIFTLESS_CONNECT_TIMEOUT_S`` seconds (default
 ``driftless.errors.DEFAULT_CONNECT_TIMEOUT_S``, read by ``driftless.errors.connect_timeout_s``), unless the
 connection sets its own ``connect_timeout`` (URI query ``?connect_timeout=30`` or the Airflow
@@ -23,18 +23,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from sqlalchemy import URL, make_url
 
-from driftless.errors import TIMEOUT_BACKENDS, ConnectionNotFound, connect_timeout_s
-
-# Airflow conn_type / URI scheme -> SQLAlchemy driver name.
-DRIVERS = {
-    "postgres": "postgresql+psycopg",
-    "postgresql": "postgresql+psycopg",
-    "postgresql+psycopg": "postgresql+psycopg",
-    "mysql": "mysql+pymysql",
-    "mariadb": "mysql+pymysql",
-    "mysql+pymysql": "mysql+pymysql",
-    "sqlite": "sqlite",
-}
+from driftless.errors import ConnectionNotFound
+from driftless.targets import database_for_scheme
 
 _fallback: Callable[[str], dict[str, Any]] | None = None
 
@@ -53,15 +43,16 @@ def env_var_name(conn_id: str) -> str:
 
 def _url_from_fields(conn_id: str, fields: dict[str, Any]) -> URL:
     conn_type = str(fields.get("conn_type") or "").lower()
-    driver = DRIVERS.get(conn_type)
-    if driver is None:
+    database = database_for_scheme(conn_type)
+    if database is None:
         raise ConnectionNotFound(
             f"connection {conn_id!r}: type {conn_type or '(none)'!r} is not a SQL database driftless "
             f"can use (expected one of: postgres, mysql, sqlite)"
         )
-    if driver == "sqlite":
+    driver = database.capabilities.driver
+    if database.capabilities.file_database:
         path = fields.get("host") or fields.get("schema") or ""
-        return URL.create("sqlite", database=path or None)
+        return URL.create(driver, database=path or None)
     extra = fields.get("extra") or {}
     if isinstance(extra, str):
         extra = json.loads(extra) if extra.strip() else {}
@@ -78,15 +69,16 @@ def _url_from_fields(conn_id: str, fields: dict[str, Any]) -> URL:
 
 def _url_from_uri(conn_id: str, uri: str) -> URL:
     scheme = urlsplit(uri).scheme.lower()
-    driver = DRIVERS.get(scheme)
-    if driver is None:
+    database = database_for_scheme(scheme)
+    if database is None:
         raise ConnectionNotFound(
             f"connection {conn_id!r} ({env_var_name(conn_id)}): URI scheme {scheme or '(none)'!r} is not "
             "supported (expected postgresql://, mysql:// or sqlite:///)"
         )
-    if driver == "sqlite":
+    driver = database.capabilities.driver
+    if database.capabilities.file_database:
         path = unquote(uri.split(":", 1)[1].removeprefix("///")) if "://" in uri else ""
-        return URL.create("sqlite", database=path or None)
+        return URL.create(driver, database=path or None)
     url = make_url(uri)
     return url.set(drivername=driver)
 
@@ -198,11 +190,4 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
             raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from exc
     fields["extra"] = extra
     return fields
-
-
-def connect_args(url: URL) -> dict[str, Any]:
-    """The driver arguments every driftless engine adds: the connect timeout, unless the URL sets its own."""
-    if url.get_backend_name() not in TIMEOUT_BACKENDS or "connect_timeout" in url.query:
-        return {}
-    return {"connect_timeout": connect_timeout_s()}
 

@@ -37,24 +37,20 @@ class ReconciliationFailed(DriftlessError):
     """Source and target disagree beyond the configured thresholds."""
 
 
-#: The connect timeout every driftless engine gets (``engines.engine_for``, via ``connections.connect_args``)
-#: unless ``$DRIFTLESS_CONNECT_TIMEOUT_S`` or the connection's own ``connect_timeout`` says otherwise. It lives here,
-#: not in ``connections``, because the messages below name it (and ``connections`` imports this module).
+#: The connect timeout every engine of a database server gets (``driftless.targets.connect_args``) unless
+#: ``$DRIFTLESS_CONNECT_TIMEOUT_S`` or the connection's own ``connect_timeout`` says otherwise. It lives here,
+#: not in ``driftless.targets``, because the messages below name it (and every module imports this one).
 DEFAULT_CONNECT_TIMEOUT_S = 10
 CONNECT_TIMEOUT_ENV = "DRIFTLESS_CONNECT_TIMEOUT_S"
-# Backends whose driver takes ``connect_timeout`` (psycopg: libpq's, at least 2 s; PyMySQL: the socket's).
-TIMEOUT_BACKENDS = ("postgresql", "mysql", "mariadb")
 
 
 def connect_timeout_s(url: URL | None = None) -> int | None:
-    """The connect timeout in seconds that applies to ``url`` (None for SQLite: a file, nothing to wait for).
+    """The connect timeout in seconds that applies to a database server at ``url``.
 
     The connection's own ``connect_timeout`` when it sets one, else ``$DRIFTLESS_CONNECT_TIMEOUT_S``,
-    else ``DEFAULT_CONNECT_TIMEOUT_S``.
+    else ``DEFAULT_CONNECT_TIMEOUT_S``. (A SQLite file has none: ``driftless.targets.connect_args``.)
     """
     if url is not None:
-        if url.get_backend_name() not in TIMEOUT_BACKENDS:
-            return None
         own = url.query.get("connect_timeout")
         if own is not None:
             try:

@@ -33,12 +33,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.catchup import first_start, last_boundary, parse_step, schedule_interval
 from driftless.connections import resolve_url
-from driftless.engines import engine_for
 from driftless.errors import DriftlessError
 from driftless.metrics import prometheus_text, run_values
 from driftless.spec import PipelineSpec
 from driftless.state import RUNS_TABLE, as_utc, read_state, state_tables
 from driftless.status import BAD, Run
+from driftless.targets import engine_for
 
 DEFAULT_GRACE = timedelta(hours=1)
 STALE_INTERVALS = 2

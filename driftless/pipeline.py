@@ -27,7 +27,6 @@ from driftless.connections import redact, resolve_url
 from driftless.errors import DriftlessError, LoadError, error_detail
 from driftless.extract.staging import Manifest, StagingWriter, owned_run_dir, prune_stale, staging_root
 from driftless.failpoints import failpoint
-from driftless.load import loader_for
 from driftless.load.entry import LoadResult, RunRecord, load_rows
 from driftless.logs import event
 from driftless.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
@@ -41,6 +40,7 @@ from driftless.sources.sql import SqlSource
 from driftless.spec import PipelineSpec
 from driftless.state import ensure_state_tables, record_run
 from driftless.status import Run
+from driftless.targets.loaders import loader_for
 from driftless.window import Window
 
 log = logging.getLogger(__name__)

@@ -64,12 +64,12 @@ from driftless.extract.dedup import SpilledIndex
 from driftless.extract.staging import Manifest, StagingWriter, write_parquet
 from driftless.extract.transform import convert_column, convert_for
 from driftless.extract.validate import ChunkResult, Validator
-from driftless.load import loader_for
 from driftless.load.entry import LoadResult, RunRecord, load_rows
 from driftless.schema import UTC_TIMESTAMP
 from driftless.spec import PipelineSpec, find_spec
 from driftless.state import as_utc
 from driftless.status import Run
+from driftless.targets.loaders import loader_for
 from driftless.window import Window
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""The shape of the code: no import circle among project modules, engines created in few places.
+"""The shape of the code: no import circle among project modules, engines created in few places, dialect names
+compared only in the per-database modules (``driftless.targets``).
 
 Read from the source with ``ast`` (nothing is imported): every ``import``/``from`` statement counts,
 also those inside functions, since a circle hidden in a function still ties two modules together.
@@ -17,7 +18,7 @@ PACKAGES = ("driftless", "tools", "dags")
 
 #: The modules allowed to call ``sqlalchemy.create_engine``: the one engine factory.
 CREATE_ENGINE_ALLOWED = {
-    "driftless.engines",  # every engine of a source or target: per-dialect session setup, pooling
+    "driftless.engines",  # every engine of a source or target (session set-up: driftless.targets)
     "tools.airflow_local",  # developer tooling: creates the local Airflow's metadata database
 }
 
@@ -129,3 +130,64 @@ def test_create_engine_only_in_the_engine_factory():
     assert users <= CREATE_ENGINE_ALLOWED, f"sqlalchemy.create_engine used outside driftless.engines: " \
                                            f"{sorted(users - CREATE_ENGINE_ALLOWED)}"
     assert "driftless.engines" in users  # the factory itself is found, so the check can fail
+
+
+#: Names a module compares when it branches on a database (SQLAlchemy backend names, Airflow's ``postgres``).
+DIALECT_NAMES = {"postgresql", "postgres", "mysql", "mariadb", "sqlite"}
+
+
+def _literals(node: ast.expr) -> list[str]:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return [text for element in node.elts for text in _literals(element)]
+    return []
+
+
+def dialect_branches(tree: ast.Module) -> list[str]:
+    """Comparisons with a dialect name in ``tree`` (``==``, ``!=``, ``in``; ``startswith``/``endswith``), as source.
+
+    A module constant holding such names counts where it is compared (``backend in TIMEOUT_BACKENDS``).
+    """
+    def named(node: ast.expr) -> bool:
+        return any(text.lower() in DIALECT_NAMES for text in _literals(node))
+
+    constants = {target.id for node in tree.body if isinstance(node, ast.Assign) and named(node.value)
+                 for target in node.targets if isinstance(target, ast.Name)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(named(side) or (isinstance(side, ast.Name) and side.id in constants) for side in sides):
+                found.append(ast.unparse(node))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("startswith", "endswith")
+              and any(text.lower().startswith(tuple(DIALECT_NAMES)) for arg in node.args for text in _literals(arg))):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_only_the_database_modules_branch_on_a_dialect_name():
+    """``driftless.targets`` is the one home of per-database behaviour; elsewhere code asks it (capabilities,
+    engines, loaders, hash dialects) instead of comparing dialect or backend names."""
+    offenders = {}
+    for module, path in project_modules().items():
+        if not module.startswith("driftless.") or module.startswith("driftless.targets"):
+            continue  # tools/ and dags/ may; tests are not scanned
+        found = dialect_branches(ast.parse(path.read_text(), str(path)))
+        if found:
+            offenders[module] = found
+    assert not offenders, f"dialect names compared outside driftless.targets: {offenders}"
+
+
+def test_the_dialect_branch_finder_finds_branches():
+    code = ("BACKENDS = ('mysql', 'mariadb')\n"
+            "a = url.get_backend_name() == 'postgresql'\n"
+            "b = dialect.name in ('mysql', 'mariadb')\n"
+            "c = name.startswith('sqlite')\n"
+            "d = backend not in BACKENDS\n"
+            "e = kind == 'json'\n"
+            "f = Integer().with_variant(BigInteger(), 'postgresql')\n")
+    assert dialect_branches(ast.parse(code)) == ["url.get_backend_name() == 'postgresql'",
+                                                 "dialect.name in ('mysql', 'mariadb')",
+                                                 "name.startswith('sqlite')", "backend not in BACKENDS"]

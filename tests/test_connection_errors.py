@@ -136,8 +136,8 @@ def test_a_host_that_never_answers_fails_within_the_connect_timeout(scheme, role
 def test_connect_timeout_default_setting_and_override(monkeypatch):
     from sqlalchemy import make_url
 
-    from driftless.connections import connect_args
     from driftless.errors import DriftlessError
+    from driftless.targets import connect_args
 
     monkeypatch.delenv("DRIFTLESS_CONNECT_TIMEOUT_S", raising=False)
     assert connect_args(make_url("postgresql+psycopg://u@h/db")) == {"connect_timeout": 10}  # the default

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import URL
 
 from driftless.spec import PipelineSpec
+from driftless.targets import capabilities
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,12 @@ def enabled() -> bool:
 
 def dataset_uri(url: URL, table: str, schema: str | None = None) -> str:
     """An OpenLineage-style dataset URI for a table behind a SQLAlchemy URL (no credentials)."""
-    backend = url.get_backend_name()
-    if backend == "sqlite":
-        return f"file://{url.database}#{table}"
-    scheme = {"postgresql": "postgres"}.get(backend, backend)
-    default_port = {"postgres": 5432, "mysql": 3306}.get(scheme)
-    host = f"{url.host or 'localhost'}:{url.port or default_port}"
-    parts = [p for p in (url.database, schema or ("public" if scheme == "postgres" else None), table) if p]
-    return f"{scheme}://{host}/{'.'.join(parts)}"
+    database = capabilities(url)
+    if database.file_database:
+        return f"{database.lineage_scheme}://{url.database}#{table}"
+    host = f"{url.host or 'localhost'}:{url.port or database.default_port}"
+    parts = [p for p in (url.database, schema or database.default_schema, table) if p]
+    return f"{database.lineage_scheme}://{host}/{'.'.join(parts)}"
 
 
 def datasets(spec: PipelineSpec) -> tuple[list[str], list[str]]:

@@ -33,23 +33,27 @@ import re
 import sys
 import unicodedata
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
-from sqlalchemy import Engine, Text, cast, column, func, inspect, select, table, text
+from sqlalchemy import Engine, Text, cast, column, func, inspect, select, table
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
 from driftless.connections import redact, resolve_url
-from driftless.engines import engine_for
 from driftless.errors import DriftlessError, SpecError
-from driftless.load.sqlite import SQLITE_EXACT_DIGITS
 from driftless.sources.base import IDENTIFIER
 from driftless.spec import parse_spec
+from driftless.targets import capabilities, database_for, engine_for
+from driftless.targets import mysql as mysql_db
+from driftless.targets import postgres as postgres_db
+from driftless.targets import sqlite as sqlite_db
+from driftless.targets.base import Capabilities
 
 NAMING_RULE = ("target names are snake_case ASCII: camelCase split at capitals, accents dropped (é -> e, ß -> ss), "
                "every other run of characters -> '_', lower case, 'c_' before a leading digit, at most 63 characters")
@@ -253,33 +257,18 @@ def map_sqlite(c: SourceColumn) -> Mapped:
                                           "loaded as text", decide=True)
 
 
-MAPPERS = {"postgresql": map_postgresql, "mysql": map_mysql, "mariadb": map_mysql, "sqlite": map_sqlite}
+MAPPERS: dict[Capabilities, Callable[..., Mapped]] = {
+    postgres_db.CAPABILITIES: map_postgresql, mysql_db.CAPABILITIES: map_mysql, sqlite_db.CAPABILITIES: map_sqlite,
+}
 
 
 # --- reflection ---------------------------------------------------------------------------------------------------
 
 def _declared_types(engine: Engine, schema: str | None, name: str) -> tuple[dict[str, str], set[str]]:
     """Each column's declared type from the catalog, and (MariaDB) the columns checked by json_valid."""
-    dialect = engine.dialect.name
+    declared_types = database_for(engine.url).declared_types
     with engine.connect() as conn:
-        if dialect == "postgresql":
-            rows = conn.execute(text(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = :s AND c.relname = :t AND a.attnum > 0 AND NOT a.attisdropped"),
-                {"s": schema, "t": name}).all()
-            return {r[0]: r[1] for r in rows}, set()
-        if dialect in ("mysql", "mariadb"):
-            rows = conn.execute(text("SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
-                                     "WHERE TABLE_SCHEMA = :s AND TABLE_NAME = :t"), {"s": schema, "t": name}).all()
-            checks = conn.execute(text("SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
-                                       "WHERE CONSTRAINT_SCHEMA = :s AND TABLE_NAME = :t"),
-                                  {"s": schema, "t": name}).scalars().all()
-            json_cols = {m[1] for clause in checks for m in [re.fullmatch(r"json_valid\(`(.+)`\)", clause or "")] if m}
-            return {r[0]: r[1] for r in rows}, json_cols
-        quoted = engine.dialect.identifier_preparer.quote(name)
-        rows = conn.exec_driver_sql(f"PRAGMA table_info({quoted})").all()
-        return {r[1]: r[2] for r in rows}, set()
+        return declared_types(conn, schema, name)
 
 
 def reflect_table(engine: Engine, schema: str | None, name: str) -> tuple[list[SourceColumn], list[str], list[str]]:
@@ -373,10 +362,9 @@ def plan_table(engine: Engine, schema: str | None, spec_schema: str | None, name
     ``schema`` is where the table is reflected (None: SQLite), ``spec_schema`` what the spec names (None: the
     connection's default schema).
     """
-    dialect = engine.dialect.name
-    mapper = MAPPERS.get(dialect)
+    mapper = MAPPERS.get(database_for(engine.url).capabilities)
     if mapper is None:
-        raise DriftlessError(f"etl discover knows PostgreSQL, MariaDB/MySQL and SQLite, not {dialect!r}")
+        raise DriftlessError(f"etl discover knows PostgreSQL, MariaDB/MySQL and SQLite, not {engine.dialect.name!r}")
     columns, pk, unique_key = reflect_table(engine, schema, name)
     plan = TablePlan(name, spec_schema, pipeline)
     targets = _unique_names([snake_name(c.name) for c in columns])
@@ -436,7 +424,7 @@ def _cursor_facts(engine: Engine, schema: str | None, plan: TablePlan, cursor: P
     with engine.connect() as conn:
         oldest, rows, valued = conn.execute(select(func.min(col), func.count(), func.count(col)).select_from(tbl)).one()
         sample = None
-        if engine.dialect.name == "sqlite" and cursor.mapped.type != "date":
+        if capabilities(engine.url).timestamps_as_text and cursor.mapped.type != "date":
             sample = conn.execute(select(col).select_from(tbl).where(col.is_not(None)).limit(1)).scalar()
     if isinstance(oldest, str):
         try:
@@ -567,9 +555,9 @@ def discover(source_conn: str, target_conn: str, out_dir: Path, tables: list[str
                                  "id: specs name connections, never URLs)")
     engine = engine_for(resolve_url(source_conn))
     try:
-        target_dialect = resolve_url(target_conn).get_backend_name()
+        target_db: Capabilities | None = capabilities(resolve_url(target_conn))
     except DriftlessError:
-        target_dialect = None  # not defined yet: fine for writing specs
+        target_db = None  # not defined yet: fine for writing specs
     result = DiscoverResult()
     try:
         insp = inspect(engine)
@@ -581,7 +569,7 @@ def discover(source_conn: str, target_conn: str, out_dir: Path, tables: list[str
             if not names:
                 raise DriftlessError(f"no tables in {redact(engine.url)}" + (f" schema {schema!r}" if schema else ""))
         qualify = schema if schema and schema != default_schema else None
-        reflect_schema = None if engine.dialect.name == "sqlite" else (schema or default_schema)
+        reflect_schema = (schema or default_schema) if capabilities(engine.url).schemas else None
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             if not insp.has_table(name, schema=reflect_schema):
@@ -589,8 +577,8 @@ def discover(source_conn: str, target_conn: str, out_dir: Path, tables: list[str
                                      + (f" schema {schema!r}" if schema else ""))
             pipeline = snake_name(f"{prefix}{qualify + '_' if qualify else ''}{name}")
             plan = plan_table(engine, reflect_schema, qualify, name, pipeline,
-                              key_as_varchar=target_dialect in ("mysql", "mariadb"),
-                              exact_digits=SQLITE_EXACT_DIGITS if target_dialect == "sqlite" else None)
+                              key_as_varchar=target_db is not None and target_db.text_keys_only_varchar,
+                              exact_digits=target_db.exact_digits if target_db is not None else None)
             text_ = render_spec(plan, source_conn, target_conn, schedule, target_schema)
             _write(plan, text_, out_dir, force, result, out, check_code)
     except SQLAlchemyError as exc:

@@ -1,4 +1,7 @@
-"""What every loader offers: DDL, a locked load transaction, staging of chunks, the merge and deletes."""
+"""What every loader offers: DDL, a locked load transaction, staging of chunks, the merge and deletes.
+
+The loaders themselves live with their database: ``driftless.targets.<database>.load``.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +33,9 @@ from sqlalchemy import (
     update,
 )
 
-from driftless.engines import engine_for
 from driftless.load.evolution import evolve
 from driftless.load.modes import DELETED_AT, WriteMode
-from driftless.reconcile.dialects import DigestUnsupported, HashDialect, hash_dialect_for
+from driftless.reconcile.dialects import DigestUnsupported, HashDialect
 from driftless.reconcile.digest import DigestColumn, ensure_digest, fill_digest
 
 #: What ``Loader.transaction`` runs first in the load's transaction (a dry run creates or evolves the target there).
@@ -57,6 +59,8 @@ class Loader(ABC):
     #: Whether DDL (CREATE/ALTER TABLE) takes part in transactions; a dry run then creates or evolves the
     #: target inside its rolled-back transaction, else it works on a temporary stand-in (``dry_run_setup``).
     transactional_ddl: ClassVar[bool] = True
+    #: the deep diff's SQL of the loader's database (for the stored row digest)
+    hash_dialect: ClassVar[type[HashDialect]]
 
     def __init__(self, url: URL) -> None:
         self.url = url
@@ -70,8 +74,9 @@ class Loader(ABC):
         #: where a bulk path writes its load files (the run's private staging directory); None: the temp dir
         self.scratch_dir: str | None = None
 
+    @abstractmethod
     def create_engine(self, url: URL) -> Engine:
-        return engine_for(url)
+        """The loader's engine, with its database's session set-up (``driftless.targets.<database>.engine``)."""
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -102,7 +107,7 @@ class Loader(ABC):
 
     @cached_property
     def _hash_dialect(self) -> HashDialect:
-        return hash_dialect_for(self.url)(self.engine)
+        return self.hash_dialect(self.engine)
 
     def ensure_digest(self, conn: Connection, table: Table) -> None:
         """Give ``table`` the spec's row digest (added, or refreshed after the columns changed)."""

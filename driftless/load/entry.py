@@ -41,13 +41,13 @@ from sqlalchemy import (
 
 from driftless.connections import resolve_url
 from driftless.failpoints import failpoint
-from driftless.load import loader_for
 from driftless.load.base import Loader, sibling_table
 from driftless.load.modes import WriteMode, write_mode_for
 from driftless.reconcile.digest import spec_digest_columns
 from driftless.schema import target_table
 from driftless.spec import PipelineSpec
 from driftless.state import advance_state, ensure_state_tables, record_run
+from driftless.targets.loaders import loader_for
 from driftless.window import Window
 
 #: Keys per statement of a dry run's comparison: within every dialect's bind-parameter limit (SQLite: 32766),

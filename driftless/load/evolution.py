@@ -24,12 +24,14 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.schema import CreateColumn
 
 from driftless.errors import LoadError
+from driftless.targets import capabilities
+from driftless.targets.base import Capabilities
 
 Kind = tuple[Any, ...]
 
 
-def type_kind(type_: sqltypes.TypeEngine[Any], dialect: str) -> Kind:
-    """A type's kind as the dialect stores it: ``("int", 32)``, ``("decimal", 10, 2)``, ``("string", 40)``..."""
+def type_kind(type_: sqltypes.TypeEngine[Any], database: Capabilities) -> Kind:
+    """A type's kind as the database stores it: ``("int", 32)``, ``("decimal", 10, 2)``, ``("string", 40)``..."""
     name = type(type_).__name__.upper()
     if isinstance(type_, sqltypes.Boolean) or (name == "TINYINT" and getattr(type_, "display_width", None) == 1):
         return ("boolean",)
@@ -45,18 +47,18 @@ def type_kind(type_: sqltypes.TypeEngine[Any], dialect: str) -> Kind:
         if isinstance(type_, sqltypes.Double) or name in ("DOUBLE_PRECISION", "DOUBLE"):
             return ("float", 64)
         # PostgreSQL reads a bare FLOAT as double precision; REAL is single precision everywhere.
-        return ("float", 64 if dialect == "postgresql" and name != "REAL" else 32)
+        return ("float", 64 if database.bare_float_is_double and name != "REAL" else 32)
     if isinstance(type_, sqltypes.Numeric):
         return ("decimal", type_.precision, type_.scale)
     if isinstance(type_, sqltypes.JSON):
         return ("json",)
     if isinstance(type_, sqltypes.String):
         length = None if isinstance(type_, sqltypes.Text) or name.endswith("TEXT") else type_.length
-        if dialect in ("mysql", "mariadb") and name == "LONGTEXT":
+        if database.json_as_longtext and name == "LONGTEXT":
             return ("json-or-text",)
         return ("string", length)
     if isinstance(type_, sqltypes.DateTime):
-        return ("timestamp", bool(type_.timezone) if dialect == "postgresql" else False)
+        return ("timestamp", bool(type_.timezone) if database.zoned_timestamps else False)
     if isinstance(type_, sqltypes.Date):
         return ("date",)
     return ("other", name)
@@ -86,7 +88,7 @@ def _direction(spec: Kind, target: Kind) -> str | None:
 
 def plan_changes(conn: Connection, target: Table) -> tuple[list[Any], list[str]]:
     """Compare the existing target with ``target``: (columns to add, problems that refuse the load)."""
-    dialect = conn.dialect.name
+    database = capabilities(conn.engine.url)
     insp = inspect(conn)
     existing = {c["name"]: c for c in insp.get_columns(target.name, schema=target.schema)}
     problems: list[str] = []
@@ -113,7 +115,7 @@ def plan_changes(conn: Connection, target: Table) -> tuple[list[Any], list[str]]
                     "then run again"
                 )
             continue
-        want, have = type_kind(column.type, dialect), type_kind(current["type"], dialect)
+        want, have = type_kind(column.type, database), type_kind(current["type"], database)
         if not _same(want, have):
             direction = _direction(want, have)
             shown = current["type"].compile(dialect=conn.dialect)

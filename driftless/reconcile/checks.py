@@ -37,13 +37,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.connections import resolve_url
 from driftless.errors import DriftlessError, ReconciliationFailed, error_detail
-from driftless.load import loader_for
 from driftless.reconcile.store import record_checks
 from driftless.schema import sql_type, target_table
 from driftless.sources.base import ChecksWindow, CountsNullCursors, CountsWindow
 from driftless.spec import PipelineSpec
 from driftless.state import set_run_status
 from driftless.status import BAD, Check, Run
+from driftless.targets.loaders import loader_for
 
 log = logging.getLogger(__name__)
 

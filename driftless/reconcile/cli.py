@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from typing import Any
 
 from sqlalchemy import URL
 
 from driftless.connections import _url_from_uri, resolve_url
 from driftless.errors import ReconciliationFailed
+from driftless.reconcile.digest import DIGEST_COLUMN, DigestColumn, _reflect, drop_digest, ensure_digest, table_columns
 from driftless.status import Check
+from driftless.targets import database_for_scheme, hash_dialect_for
 
 DIFFERENT = 2
 
 
 def url_from_arg(value: str) -> URL:
     """A database URL given on the command line, or a connection id (resolved like a spec's)."""
-    if "://" in value or value.startswith("sqlite:"):
+    if "://" in value or (":" in value and database_for_scheme(value.partition(":")[0]) is not None):
         return _url_from_uri("command line", value)
     return resolve_url(value)
 
@@ -45,9 +49,38 @@ def diff_command(args: argparse.Namespace) -> int:
     return 0 if result.status == Check.PASS else DIFFERENT
 
 
-def digest_command(args: argparse.Namespace) -> int:
-    from driftless.reconcile.digest import digest_command_run
+def digest_command_run(url: URL, table: str, schema: str | None, columns: list[str] | None,
+                       drop: bool = False) -> dict[str, Any]:
+    """What ``etl digest add|drop`` does: returns the JSON summary it prints."""
+    t0 = time.monotonic()
+    dialect_cls = hash_dialect_for(url)
+    engine = dialect_cls.create_engine(url)
+    try:
+        dialect = dialect_cls(engine)
+        with engine.begin() as conn:
+            if drop:
+                state = "dropped" if drop_digest(conn, dialect, table, schema) else "absent"
+                chosen: list[DigestColumn] = []
+            else:
+                reflected = _reflect(conn, table, schema)
+                every = table_columns(reflected, dialect.floats_are_doubles)
+                if columns:
+                    by_name = {c.name: c for c in every}
+                    unknown = [c for c in columns if c not in by_name]
+                    if unknown:
+                        raise ReconciliationFailed(
+                            f"table {table!r} has no column(s) {unknown} (it has: {', '.join(by_name)})")
+                    chosen = [by_name[c] for c in columns]
+                else:
+                    chosen = every
+                state = ensure_digest(conn, dialect, table, schema, chosen)
+    finally:
+        engine.dispose()
+    return {"table": table, "digest": state, "column": DIGEST_COLUMN, "columns": [c.name for c in chosen],
+            "duration_s": round(time.monotonic() - t0, 3)}
 
+
+def digest_command(args: argparse.Namespace) -> int:
     schema, _, table = args.table.rpartition(".")
     summary = digest_command_run(url_from_arg(args.database), table, schema or None,
                                  _split(getattr(args, "columns", None)) or None,

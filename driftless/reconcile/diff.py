@@ -34,10 +34,11 @@ from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 from driftless.canonical import json_equal
 from driftless.connections import redact
 from driftless.errors import ReconciliationFailed, error_detail
-from driftless.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
+from driftless.reconcile.dialects import HashDialect, kind_of, kind_of_spec_type
 from driftless.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
 from driftless.spec import TYPE_PATTERN, check_source_name
 from driftless.status import Check
+from driftless.targets import hash_dialect_for
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +481,8 @@ class DeepDiff:
         kinds, scales = [], []
         for m in maps:
             ps, pt = self.src.physical(m.source), self.tgt.physical(m.target)
-            kind = m.kind or _merge_kinds(kind_of(ps, self.src.d.name), kind_of(pt, self.tgt.d.name))
+            kind = m.kind or _merge_kinds(kind_of(ps, self.src.d.floats_are_doubles),
+                                          kind_of(pt, self.tgt.d.floats_are_doubles))
             scale = m.scale
             if scale is None:
                 found = [s for s in (_scale(ps), _scale(pt)) if s is not None]
@@ -542,7 +544,7 @@ class DeepDiff:
         False when JSON is compared with MariaDB, which keeps string escapes as written: the rows
         whose hashes differ are then compared again in Python (``run`` does), and only they decide.
         """
-        return not ("json" in self.kinds and any(s.d.name == "mysql" for s in (self.src, self.tgt)))
+        return not ("json" in self.kinds and any(s.d.json_escapes_kept for s in (self.src, self.tgt)))
 
     def quick(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """``(count, hash sum)`` of the whole table on each side: equal pairs mean equal tables."""

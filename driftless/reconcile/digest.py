@@ -31,12 +31,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import URL, Connection, MetaData, Table
+from sqlalchemy import Connection, MetaData, Table
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from driftless.errors import ReconciliationFailed, error_detail
@@ -44,7 +43,6 @@ from driftless.reconcile.dialects import (
     FLOAT_SCALE,
     DigestUnsupported,
     HashDialect,
-    hash_dialect_for,
     kind_of,
     kind_of_spec_type,
 )
@@ -88,13 +86,16 @@ def fingerprint_in(comment: str | None) -> str | None:
     return m.group(1) if m else None
 
 
-def table_columns(table: Table, dialect: str | None = None) -> list[DigestColumn]:
-    """Every column of a reflected table except the digest, with the kinds its types imply in ``dialect``."""
+def table_columns(table: Table, floats_are_doubles: bool = False) -> list[DigestColumn]:
+    """Every column of a reflected table except the digest, with the kinds its types imply.
+
+    ``floats_are_doubles``: the table's database keeps every float in 8 bytes (``HashDialect.floats_are_doubles``).
+    """
     out = []
     for c in table.columns:
         if c.name == DIGEST_COLUMN:
             continue
-        kind = kind_of(c.type, dialect)
+        kind = kind_of(c.type, floats_are_doubles)
         out.append(DigestColumn(c.name, kind, getattr(c.type, "scale", None) if kind == "decimal" else None))
     return out
 
@@ -143,7 +144,7 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
     for ident in [name, *([schema] if schema else [])]:
         check_identifier(ident)
     table = _reflect(conn, name, schema)
-    cols = list(columns) if columns is not None else table_columns(table, dialect.name)
+    cols = list(columns) if columns is not None else table_columns(table, dialect.floats_are_doubles)
     missing = [c.name for c in cols if c.name not in table.c]
     if missing:
         raise ReconciliationFailed(f"table {name!r} has no column(s) {missing} for its row digest")
@@ -189,37 +190,6 @@ def fill_digest(conn: Connection, dialect: HashDialect, name: str, schema: str |
         conn.exec_driver_sql(sql)
 
 
-def digest_command_run(url: URL, table: str, schema: str | None, columns: list[str] | None,
-                       drop: bool = False) -> dict[str, Any]:
-    """What ``etl digest add|drop`` does: returns the JSON summary it prints."""
-    t0 = time.monotonic()
-    dialect_cls = hash_dialect_for(url)
-    engine = dialect_cls.create_engine(url)
-    try:
-        dialect = dialect_cls(engine)
-        with engine.begin() as conn:
-            if drop:
-                state = "dropped" if drop_digest(conn, dialect, table, schema) else "absent"
-                chosen: list[DigestColumn] = []
-            else:
-                reflected = _reflect(conn, table, schema)
-                every = table_columns(reflected, dialect.name)
-                if columns:
-                    by_name = {c.name: c for c in every}
-                    unknown = [c for c in columns if c not in by_name]
-                    if unknown:
-                        raise ReconciliationFailed(
-                            f"table {table!r} has no column(s) {unknown} (it has: {', '.join(by_name)})")
-                    chosen = [by_name[c] for c in columns]
-                else:
-                    chosen = every
-                state = ensure_digest(conn, dialect, table, schema, chosen)
-    finally:
-        engine.dispose()
-    return {"table": table, "digest": state, "column": DIGEST_COLUMN, "columns": [c.name for c in chosen],
-            "duration_s": round(time.monotonic() - t0, 3)}
-
-
-__all__ = ["DIGEST_COLUMN", "DigestColumn", "DigestUnsupported", "comment_for", "digest_command_run",
+__all__ = ["DIGEST_COLUMN", "DigestColumn", "DigestUnsupported", "comment_for",
            "drop_digest", "ensure_digest", "fill_digest", "fingerprint", "fingerprint_in", "spec_digest_columns",
            "table_columns"]

@@ -27,7 +27,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from driftless.connections import redact, resolve_url
 from driftless.errors import DriftlessError, ReconciliationFailed, error_detail
 from driftless.extract.validate import Validator
-from driftless.load import loader_for
 from driftless.load.entry import LoadResult, load_rows
 from driftless.logs import event
 from driftless.reconcile.diff import DeepDiff, DiffResult
@@ -36,6 +35,7 @@ from driftless.schema import read_type, target_table
 from driftless.sources.sql import SqlSource
 from driftless.spec import PipelineSpec
 from driftless.status import Check
+from driftless.targets.loaders import loader_for
 
 log = logging.getLogger(__name__)
 

@@ -71,9 +71,9 @@ def coverage(spec: PipelineSpec) -> dict[str, Any]:
 
 def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, Any]:
     """Everything the report shows about one pipeline, as JSON-ready data."""
-    from driftless.load import loader_for
     from driftless.reconcile.store import read_checks
     from driftless.state import as_utc, read_runs, read_state
+    from driftless.targets.loaders import loader_for
 
     now = now or datetime.now(UTC)
     entry: dict[str, Any] = {

@@ -14,11 +14,11 @@ from sqlalchemy import Engine, column, func, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.connections import redact, resolve_url
-from driftless.engines import engine_for
 from driftless.errors import SourceError, error_detail
 from driftless.extract.transform import DEFAULT_PARSING, Parsing
 from driftless.schema import read_type, sql_type
 from driftless.spec import PipelineSpec, SqlSourceSpec
+from driftless.targets import capabilities, engine_for
 from driftless.window import Window
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,8 @@ class SqlSource:
         ``transforms`` cast, derive or function (they would see text where the driver hands over objects).
         """
         t = self.spec.transforms
-        if conn.dialect.name != "postgresql" or conn.dialect.driver != "psycopg" or t.cast or t.derive or t.function:
+        if (not capabilities(conn.engine.url).streams_copy or conn.dialect.driver != "psycopg"
+                or t.cast or t.derive or t.function):
             return False
         if any(Parsing.of(c) != DEFAULT_PARSING for c in self.spec.source_columns):
             return False

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from driftless.load import loader_for
 from driftless.schema import target_table
 from driftless.state import read_runs
+from driftless.targets.loaders import loader_for
 from tests.helpers import invoices_spec
 
 

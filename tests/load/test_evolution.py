@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from driftless.errors import LoadError
-from driftless.load import loader_for
 from driftless.pipeline import extract_window, load_window, new_run_id
 from driftless.schema import target_table
 from driftless.spec import parse_spec
 from driftless.state import read_runs
+from driftless.targets.loaders import loader_for
 from driftless.window import Window
 from tests.helpers import fingerprint
 

@@ -17,12 +17,12 @@ from sqlalchemy import URL, create_engine, insert, text
 
 from driftless.canonical import canonical_double, canonical_float32, canonical_json, canonical_number, normalized_json
 from driftless.pipeline import run_window
-from driftless.reconcile.dialects import hash_dialect_for
 from driftless.reconcile.diff import DeepDiff, deep_diff
 from driftless.reconcile.digest import ensure_digest, spec_digest_columns
 from driftless.reconcile.run import reconcile_pipeline
 from driftless.schema import target_table
 from driftless.spec import parse_spec
+from driftless.targets import hash_dialect_for
 from driftless.window import Window
 from tests.diff_fixtures import url_for
 

@@ -9,8 +9,9 @@ from sqlalchemy import create_engine, inspect, text
 
 from driftless.cli import main
 from driftless.pipeline import run_window
+from driftless.reconcile.cli import digest_command_run
 from driftless.reconcile.diff import DeepDiff, deep_diff
-from driftless.reconcile.digest import DIGEST_COLUMN, DigestUnsupported, digest_command_run
+from driftless.reconcile.digest import DIGEST_COLUMN, DigestUnsupported
 from driftless.reconcile.run import reconcile_pipeline
 from driftless.window import Window
 from tests.diff_fixtures import N_ROWS, create_filled, expected, found, plant, url_for

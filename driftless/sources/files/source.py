@@ -124,7 +124,7 @@ class FileSource:
 
     def _engine(self) -> Any:
         from driftless.connections import resolve_url
-        from driftless.load import loader_for
+        from driftless.targets.loaders import loader_for
 
         return loader_for(resolve_url(self.spec.target.connection)).engine
 

@@ -99,7 +99,7 @@ class QueueSource:
 
     def _engine(self) -> Any:
         from driftless.connections import resolve_url
-        from driftless.load import loader_for
+        from driftless.targets.loaders import loader_for
 
         return loader_for(resolve_url(self.spec.target.connection)).engine
 

@@ -31,11 +31,12 @@ import pymysql
 from sqlalchemy import URL, Column, Connection, Engine, MetaData, PrimaryKeyConstraint, Table, delete, inspect, text
 from sqlalchemy.exc import OperationalError
 
-from driftless.engines import engine_for
 from driftless.errors import LoadError, error_detail
 from driftless.load.base import Loader, Setup, as_text, sibling_table
 from driftless.load.evolution import evolve, plan_changes
 from driftless.load.modes import WriteMode
+from driftless.targets.mysql import engine as engine_for
+from driftless.targets.mysql.rowhash import MySqlHash
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class MySqlLoader(Loader):
 
     #: CREATE/ALTER TABLE commit implicitly (CREATE TEMPORARY TABLE does not).
     transactional_ddl = False
+    hash_dialect = MySqlHash
 
     def create_engine(self, url: URL) -> Engine:
         connect_args = {}

@@ -21,12 +21,14 @@ import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import errors as pg_errors
-from sqlalchemy import Column, Connection, MetaData, Table, text
+from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from driftless.errors import LoadError, error_detail
 from driftless.load.base import Loader, Setup, naive_timestamps, sibling_table
 from driftless.load.modes import WriteMode
+from driftless.targets.postgres import engine as engine_for
+from driftless.targets.postgres.rowhash import PostgresHash
 
 COPY_BLOCK = 1 << 20
 #: Staged rows above which the staging table is indexed on the key and ANALYZEd before the merge.
@@ -40,6 +42,11 @@ DEDUP = "savepoint"
 
 class PostgresLoader(Loader):
     """Loads into PostgreSQL; concurrent loads of one table serialize on a transaction advisory lock."""
+
+    hash_dialect = PostgresHash
+
+    def create_engine(self, url: URL) -> Engine:
+        return engine_for(url)
 
     def _stage_name(self, target: Table) -> str:
         return f"_driftless_stage_{target.name}"[:63]

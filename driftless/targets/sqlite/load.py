@@ -24,15 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from sqlalchemy import URL, Column, Connection, Engine, Float, MetaData, Numeric, Table
 
-from driftless.engines import engine_for
 from driftless.errors import LoadError
 from driftless.load.base import Loader, Setup, naive_utc, sibling_table
 from driftless.load.modes import Upsert, WriteMode
+from driftless.targets.sqlite import SQLITE_EXACT_DIGITS
+from driftless.targets.sqlite import engine as engine_for
+from driftless.targets.sqlite.rowhash import SqliteHash
 
 BUSY_TIMEOUT_MS = 60_000
-
-
-SQLITE_EXACT_DIGITS = 15
 
 
 def _refuse_inexact(target: Table) -> None:
@@ -53,6 +52,8 @@ def _refuse_inexact(target: Table) -> None:
 
 class SqliteLoader(Loader):
     """Loads into a SQLite file in WAL mode. Concurrent loads wait on the database's write lock."""
+
+    hash_dialect = SqliteHash
 
     def create_engine(self, url: URL) -> Engine:
         # pysqlite's own transaction handling defers BEGIN and skips DDL; take control so that
