@@ -10,10 +10,10 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import CronDataIntervalTimetable, dag, task
+from airflow.sdk import dag, task
 
 from etl.alerts import on_failure
-from etl.assets import target_asset
+from etl.assets import pipeline_schedule, target_asset
 from etl.params import trigger_params
 from etl.pools import pool_name
 from etl.spec import PipelineSpec, load_spec, spec_files
@@ -42,14 +42,25 @@ def pipeline_doc(spec: PipelineSpec, spec_path: Path) -> str:
         f"`{spec.source.cursor}`, key `{', '.join(spec.source.primary_key)}`.",
         f"* **Target**: table `{spec.target.table}` through connection `{spec.target.connection}`; every successful "
         f"load updates the Asset `{asset.uri}`, which runs `consistency_report`.",
-        f"* **Schedule** `{spec.schedule}` (UTC): each run syncs its data interval `[start, end)`; runs go one at a "
-        "time, in order.",
+        schedule_doc(spec),
         "* **Trigger options**: `start`/`end` sync exactly that window (both or neither); `full_refresh` re-reads "
         "from the spec's start_date; `dry_run` counts what would change (in `extract`'s log) and writes nothing. "
         "A backfill ignores these options: it syncs each date's interval.",
         "* **Logs**: each task ends with a summary line (rows, written, watermark, seconds).",
         f"* **Spec**: `dags/pipelines/{spec_path.name}`.",
     ])
+
+
+def schedule_doc(spec: PipelineSpec) -> str:
+    """The DAG page's line about when the pipeline runs and what each run syncs."""
+    timed = (f"`{spec.schedule}` (UTC): each scheduled run syncs its data interval `[start, end)`"
+             if spec.runs_on_schedule else "")
+    if spec.trigger is None:
+        return f"* **Schedule** {timed}; runs go one at a time, in order."
+    events = (f"a message on Redis channel(s) `{', '.join(spec.trigger.channels)}` (connection "
+              f"`{spec.trigger.connection}`, watched by the triggerer) starts a run that syncs from the watermark to "
+              "the time the run was queued")
+    return f"* **Schedule**: {events}" + (f"; also on {timed}" if timed else "") + "; runs go one at a time."
 
 
 def build_dag(spec_path: Path):
@@ -61,14 +72,15 @@ def build_dag(spec_path: Path):
     @dag(
         dag_id=spec.name,
         description=spec.description or None,
-        schedule=CronDataIntervalTimetable(spec.schedule, timezone="UTC"),
+        schedule=pipeline_schedule(spec),  # a cron interval timetable, or the trigger's watched Asset
         start_date=start,
         catchup=False,
         max_active_runs=1,
         # Collected through globals() below; not auto-registered, so other DAG files can import helpers from here.
         auto_register=False,
         default_args=DEFAULT_ARGS,
-        tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
+        tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}",
+              *([f"trigger:{spec.trigger.on}"] if spec.trigger else [])],
         params=trigger_params(),  # start/end, full_refresh, dry_run: see etl/params.py
         doc_md=pipeline_doc(spec, spec_path),
     )

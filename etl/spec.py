@@ -323,6 +323,54 @@ class ReconcileSpec(_Strict):
         return self
 
 
+#: what a ``trigger.on`` can watch, and why some brokers are not offered (the README section "Event-driven runs")
+TRIGGER_KINDS = {"redis": "a Redis pub/sub channel, through the redis and common-messaging providers"}
+UNSUPPORTED_TRIGGERS = {
+    "rabbitmq": "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger",
+    "amqp": "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger",
+    "file": "Airflow's file event triggers (FileDeleteTrigger) delete the file they saw",
+}
+
+
+class TriggerSpec(_Strict):
+    """Run the pipeline when a message arrives, instead of (or besides) on its schedule.
+
+    The DAG is scheduled on an Airflow Asset watched by an ``AssetWatcher`` on a
+    ``MessageQueueTrigger`` (provider apache-airflow-providers-common-messaging): the triggerer
+    subscribes to the channel(s), and each message starts a run (messages arriving while a run is
+    queued or running start one more run after it, not one each). The message's content is not
+    read: it only says "there is new data". A run started this way syncs the window from the
+    pipeline's watermark (the end of the latest window it loaded; the spec's start_date the first
+    time) to the moment Airflow queued the run. With an explicit ``schedule`` the pipeline also runs
+    on that schedule (a safety net for a notification that was missed); without one it runs only on
+    messages.
+    """
+
+    on: str = Field(description="what to watch: 'redis' (a Redis pub/sub channel)")
+    connection: Identifier = Field("redis_default", description="the Airflow Connection of the Redis server, "
+                                   "e.g. AIRFLOW_CONN_REDIS_DEFAULT=redis://host:6379 (a database other than 0: "
+                                   "?db=N); it must be defined for the triggerer too")
+    channels: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="the pub/sub channel(s) to subscribe to; one name or a list (PUBLISH to one "
+        "of them after writing the data)")
+    poll_interval: float = Field(5.0, gt=0, le=3600, description="seconds between two looks of the watcher at "
+                                 "its subscription: the most a message waits before its run is queued (messages "
+                                 "are buffered meanwhile, not lost)")
+
+    _conn = field_validator("connection")(check_identifier)
+    _channels = field_validator("channels", mode="before")(one_or_more)
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: str) -> str:
+        kind = str(value).strip().lower()
+        if kind in TRIGGER_KINDS:
+            return kind
+        why = UNSUPPORTED_TRIGGERS.get(kind)
+        expected = ", ".join(f"{k!r} ({v})" for k, v in TRIGGER_KINDS.items())
+        raise ValueError(f"{value!r} cannot be watched{f' ({why})' if why else ''}; expected one of: {expected}")
+
+
 class PipelineSpec(_Strict):
     """One pipeline: a source stream synced window by window into one target table."""
 
@@ -343,6 +391,9 @@ class PipelineSpec(_Strict):
                                     "accepts any share; a window whose records are all rejected always fails)")
     dedup: DedupSpec = Field(default_factory=DedupSpec)
     reconcile: ReconcileSpec = Field(default_factory=ReconcileSpec)
+    trigger: TriggerSpec | None = Field(
+        None, description="run when a message arrives on a Redis pub/sub channel (see TriggerSpec); the schedule "
+        "stays only when it is given explicitly")
     partition_by: Literal["hour", "day", "week"] | None = Field(
         None, description="fan each window out into slices of this length, loaded in parallel by mapped "
         "Airflow tasks; the watermark moves once all slices are in (see etl/partitions.py)")
@@ -433,6 +484,15 @@ class PipelineSpec(_Strict):
 
     def column(self, name: str) -> ColumnSpec:
         return next(c for c in self.columns if c.name == name)
+
+    @property
+    def runs_on_schedule(self) -> bool:
+        """Whether Airflow runs the pipeline on ``schedule``.
+
+        Always without a trigger; with one, only when the spec gives ``schedule`` explicitly (the default
+        ``@daily`` does not count).
+        """
+        return self.trigger is None or "schedule" in self.model_fields_set
 
 
 def _members(annotation: Any) -> list[type[BaseModel]]:
