@@ -1,0 +1,166 @@
+"""Event-driven runs (a spec's ``trigger:``): the spec field, the DAG's schedule, the window of such a run.
+
+The run itself, with a real Airflow, a real triggerer and a real Redis: ``tests/test_airflow_events.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from etl.errors import SpecError
+from etl.pipeline import run_window
+from etl.spec import load_spec, parse_spec
+from etl.window import Window
+from tests.helpers import INVOICES
+
+TRIGGER = {"on": "redis", "connection": "events", "channels": ["orders.arrived"], "poll_interval": 1}
+
+
+def spec_data(name: str = "ev_orders", schedule: str | None = None, **trigger) -> dict:
+    data = copy.deepcopy(INVOICES)
+    data["name"] = name
+    data.pop("schedule")
+    if schedule is not None:
+        data["schedule"] = schedule
+    data["trigger"] = {**TRIGGER, **trigger}
+    return data
+
+
+@pytest.fixture
+def dag_module(tmp_path, monkeypatch):
+    """The DAG file, parsed over a specs folder of the test's own: ``make(*specs)`` returns the module."""
+    from tests.test_dags import load_dag_module
+
+    def make(*specs: dict):
+        for data in specs:
+            (tmp_path / f"{data['name']}.yaml").write_text(yaml.safe_dump(data))
+        monkeypatch.setenv("DRIFTLESS_SPECS_DIR", str(tmp_path))
+        return load_dag_module()
+
+    return make
+
+
+def _watched(dag) -> list:
+    """The (asset name, watcher trigger's serialized classpath and kwargs) of what ``dag`` is scheduled on."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    timetable = DagSerialization.to_dict(dag)["dag"]["timetable"]
+    assets = timetable["__var"]["asset_condition"]["objects"]
+    return [(a["name"], [(w["name"], w["trigger"]["classpath"], w["trigger"]["kwargs"]) for w in a["watchers"]])
+            for a in assets]
+
+
+@pytest.mark.airflow
+def test_a_trigger_schedules_the_dag_on_an_asset_watched_by_a_message_queue_trigger(dag_module):
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+
+    module = dag_module(spec_data())
+    dag = module.ev_orders
+    assert type(dag.timetable) is AssetTriggeredTimetable  # events only: no cron schedule was given
+    (asset,) = dag.timetable.asset_condition.objects
+    assert asset.name == "driftless_events.ev_orders"
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, MessageQueueTrigger) and watcher.trigger.scheme == "redis+pubsub"
+    # What the dag-processor stores and the triggerer runs: the Redis provider's pub/sub trigger.
+    assert _watched(dag) == [("driftless_events.ev_orders", [(
+        "ev_orders_watcher", "airflow.providers.redis.triggers.redis_await_message.AwaitMessageTrigger",
+        {"channels": ["orders.arrived"], "redis_conn_id": "events", "poll_interval": 1.0})])]
+    assert "trigger:redis" in dag.tags
+    assert "orders.arrived" in dag.doc_md
+    # The rest of the DAG is the usual one.
+    assert [t.task_id for t in dag.topological_sort()] == ["extract", "load", "reconcile"]
+
+
+@pytest.mark.airflow
+def test_a_trigger_with_an_explicit_schedule_runs_on_both(dag_module):
+    from airflow.sdk import CronDataIntervalTimetable
+    from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule
+
+    module = dag_module(spec_data("ev_both", schedule="0 2 * * *", channels="ch.a"),
+                        {**copy.deepcopy(INVOICES), "name": "plain"})
+    dag = module.ev_both
+    assert type(dag.timetable) is AssetOrTimeSchedule
+    assert isinstance(dag.timetable.timetable, CronDataIntervalTimetable)
+    assert _watched(dag)[0][1][0][2]["channels"] == ["ch.a"]  # one channel as a plain string
+    assert type(module.plain.timetable) is CronDataIntervalTimetable  # no trigger: schedule-based, as before
+    assert not any(t.startswith("trigger:") for t in module.plain.tags)
+
+
+@pytest.mark.parametrize(("trigger", "field", "message"), [
+    ({"on": "rabbitmq"}, "trigger.on", "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger"),
+    ({"on": "file"}, "trigger.on", "delete the file"),
+    ({"on": "kafka"}, "trigger.on", "expected one of: 'redis'"),
+    ({"channels": []}, "trigger.channels", "at least 1 item"),
+    ({"channels": [""]}, "trigger.channels[0]", "at least 1 character"),
+    ({"poll_interval": 0}, "trigger.poll_interval", "greater than 0"),
+    ({"connection": "my events"}, "trigger.connection", "not a valid identifier"),
+    ({"channel": "x"}, "trigger.channel", "did you mean 'channels'?"),
+])
+def test_invalid_trigger_config_is_refused_naming_file_line_and_field(tmp_path, trigger, field, message):
+    path = tmp_path / "ev_orders.yaml"
+    path.write_text(yaml.safe_dump(spec_data(**trigger), sort_keys=False))
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    text = str(exc.value)
+    assert re.match(rf"{re.escape(str(path))}:\d+: {re.escape(field)}: ", text) and message in text, text
+
+
+def test_a_trigger_needs_its_channels_and_keeps_the_schedule_only_when_given():
+    data = spec_data()
+    del data["trigger"]["channels"]
+    with pytest.raises(SpecError, match=r"trigger\.channels: Field required"):
+        parse_spec(data, "x.yaml")
+    assert parse_spec(spec_data(), "x.yaml").runs_on_schedule is False
+    assert parse_spec(spec_data(schedule="@hourly"), "x.yaml").runs_on_schedule is True
+    assert parse_spec(copy.deepcopy(INVOICES), "x.yaml").runs_on_schedule is True  # no trigger
+
+
+def _context(run_after: datetime, **params) -> dict:
+    """An Airflow task context of an asset-triggered run: no data interval, a run_after."""
+    return {"params": params, "dag": None, "data_interval_start": None, "data_interval_end": None,
+            "dag_run": SimpleNamespace(run_after=run_after, run_type="asset_triggered")}
+
+
+def test_an_event_driven_run_syncs_from_the_watermark_to_its_run_after(tmp_path, connections, chinook_copy,
+                                                                        sqlite_url):
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from etl.airflow_tasks import options_from_context
+
+    connections(src=chinook_copy, wh=sqlite_url)
+    data = spec_data()
+    data["start_date"] = "2025-06-01"
+    spec = parse_spec(data, "x.yaml")
+    now = datetime(2025, 12, 20, 8, 30, tzinfo=UTC)
+    # Never loaded: from the spec's start_date.
+    options = options_from_context(spec, _context(now))
+    assert options.window == Window(datetime(2025, 6, 1, tzinfo=UTC), now)
+    # After a load: from its watermark (the end of the latest window loaded).
+    run_window(spec, Window.parse("2025-06-01", "2025-11-15"))
+    options = options_from_context(spec, _context(now))
+    assert options.window == Window(datetime(2025, 11, 15, tzinfo=UTC), now)
+    # Trigger-form start/end still override; dry_run passes through.
+    options = options_from_context(spec, _context(now, start="2025-10-01T00:00:00+00:00",
+                                                  end="2025-10-02T00:00:00+00:00", dry_run=True))
+    assert options.window == Window.parse("2025-10-01", "2025-10-02") and options.dry_run and options.overridden
+    # A run queued before the watermark (a later window was loaded by hand) has nothing new: skipped.
+    with pytest.raises(AirflowSkipException, match="nothing new"):
+        options_from_context(spec, _context(datetime(2025, 11, 1, tzinfo=UTC)))
+
+
+def test_a_scheduled_run_of_a_triggered_pipeline_keeps_its_data_interval(connections, chinook_copy, sqlite_url):
+    from etl.airflow_tasks import options_from_context
+
+    connections(src=chinook_copy, wh=sqlite_url)
+    spec = parse_spec(spec_data(schedule="@daily"), "x.yaml")
+    context = {**_context(datetime(2025, 12, 20, tzinfo=UTC)),
+               "data_interval_start": datetime(2025, 12, 18, tzinfo=UTC),
+               "data_interval_end": datetime(2025, 12, 19, tzinfo=UTC)}
+    assert options_from_context(spec, context).window == Window.parse("2025-12-18", "2025-12-19")
