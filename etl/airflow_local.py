@@ -86,6 +86,10 @@ def airflow_env(home: Path, port: int, user: str = "admin", password: str = "adm
         "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": env.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL") or "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # The triggerer (event-driven runs' watchers) serves its logs on a port of its own: two stacks on one
+        # machine (tests, clones) would otherwise both ask for the default 8794.
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": env.get("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")
+        or str(free_port()),
         "DRIFTLESS_STAGING_DIR": env.get("DRIFTLESS_STAGING_DIR") or str(home / "staging"),
     })
     if metadata_db:
