@@ -363,6 +363,8 @@ def demo_environment(env: dict[str, str]) -> subprocess.Popen | None:
             prepare_source(source)
         env["AIRFLOW_CONN_CHINOOK"] = f"sqlite:///{source}"
     env.setdefault("AIRFLOW_CONN_WAREHOUSE", f"sqlite:///{demo / 'warehouse.db'}")
+    # The default connection of a spec's trigger (event-driven runs): the local Redis.
+    env.setdefault("AIRFLOW_CONN_REDIS_DEFAULT", "redis://127.0.0.1:6379")
     if "AIRFLOW_CONN_CHINOOK_API" in env:
         return None
     token = secrets.token_urlsafe(24)

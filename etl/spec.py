@@ -494,6 +494,14 @@ class PipelineSpec(_Strict):
         """
         return self.trigger is None or "schedule" in self.model_fields_set
 
+    @property
+    def schedule_text(self) -> str:
+        """When the pipeline runs, in a few words: ``@daily``, ``on redis orders.arrived``, or both."""
+        if self.trigger is None:
+            return self.schedule
+        events = f"on {self.trigger.on} {', '.join(self.trigger.channels)}"
+        return f"{self.schedule} or {events}" if self.runs_on_schedule else events
+
 
 def _members(annotation: Any) -> list[type[BaseModel]]:
     args = getattr(annotation, "__args__", ())

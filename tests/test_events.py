@@ -164,3 +164,21 @@ def test_a_scheduled_run_of_a_triggered_pipeline_keeps_its_data_interval(connect
                "data_interval_start": datetime(2025, 12, 18, tzinfo=UTC),
                "data_interval_end": datetime(2025, 12, 19, tzinfo=UTC)}
     assert options_from_context(spec, context).window == Window.parse("2025-12-18", "2025-12-19")
+
+
+def test_status_and_report_describe_an_event_driven_pipeline(connections, chinook_copy, sqlite_url):
+    """An events-only pipeline has no cadence: never stale, however old its watermark; the catalog says when it runs."""
+    from etl.health import pipeline_health
+
+    connections(src=chinook_copy, wh=sqlite_url)
+    data = spec_data()
+    data["start_date"] = "2025-06-01"
+    spec = parse_spec(data, "x.yaml")
+    assert spec.schedule_text == "on redis orders.arrived"
+    assert parse_spec(spec_data(schedule="@hourly"), "x.yaml").schedule_text == "@hourly or on redis orders.arrived"
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert pipeline_health(spec, now=now).health == "pending"
+    run_window(spec, Window.parse("2025-06-01", "2025-06-02"))
+    assert pipeline_health(spec, now=now).health == "ok"  # a year old, yet not stale
+    scheduled = parse_spec({**data, "schedule": "@daily"}, "x.yaml")
+    assert pipeline_health(scheduled, now=now).health == "stale"  # the same with a schedule is
