@@ -57,9 +57,10 @@ def schedule_doc(spec: PipelineSpec) -> str:
              if spec.runs_on_schedule else "")
     if spec.trigger is None:
         return f"* **Schedule** {timed}; runs go one at a time, in order."
-    events = (f"a message on Redis channel(s) `{', '.join(spec.trigger.channels)}` (connection "
-              f"`{spec.trigger.connection}`, watched by the triggerer) starts a run that syncs from the watermark to "
-              "the time the run was queued")
+    what = (f"a message on Redis channel(s) `{', '.join(spec.trigger.channels or [])}` (connection "
+            f"`{spec.trigger.connection}`)" if spec.trigger.on == "redis" else "a new file in the source's location")
+    events = (f"{what}, watched by the triggerer, starts a run that syncs from the watermark to the time the run "
+              "was queued")
     return f"* **Schedule**: {events}" + (f"; also on {timed}" if timed else "") + "; runs go one at a time."
 
 

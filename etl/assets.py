@@ -5,7 +5,8 @@
 ``extra`` says what the update was: the window, the rows loaded and written, the watermark, the run.
 
 A pipeline with a ``trigger`` (event-driven runs) is scheduled on a second Asset, ``driftless_events.<pipeline>``,
-watched by an ``AssetWatcher`` on a ``MessageQueueTrigger``: see ``pipeline_schedule``.
+watched by an ``AssetWatcher`` on a ``MessageQueueTrigger`` (or, for ``on: file``, on
+``etl.triggers.FileArrivalTrigger``): see ``pipeline_schedule``.
 """
 
 from __future__ import annotations
@@ -37,11 +38,19 @@ def announce(spec: PipelineSpec, context: dict[str, Any], extra: dict[str, Any])
 EVENTS_EXTRA = "driftless[events]"
 
 
-def message_trigger(spec: PipelineSpec) -> Any:
-    """The ``MessageQueueTrigger`` of the spec's ``trigger`` (Redis pub/sub: scheme ``redis+pubsub``)."""
+def watcher_trigger(spec: PipelineSpec) -> Any:
+    """The trigger the spec's ``trigger`` is watched by.
+
+    ``on: redis``: a ``MessageQueueTrigger`` (scheme ``redis+pubsub``); ``on: file``:
+    ``etl.triggers.FileArrivalTrigger`` on the file source's own listing.
+    """
     trigger = spec.trigger
     if trigger is None:
         raise ValueError(f"pipeline {spec.name!r} has no trigger")
+    if trigger.on == "file":
+        from etl.triggers import FileArrivalTrigger
+
+        return FileArrivalTrigger(spec.source.model_dump(mode="json"), poll_interval=trigger.poll_interval)
     try:
         from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
         from airflow.providers.redis.queues.redis import RedisPubSubMessageQueueProvider
@@ -63,14 +72,14 @@ def trigger_asset(spec: PipelineSpec) -> Any:
 
     name = f"driftless_events.{spec.name}"
     return Asset(name=name, uri=f"driftless-events://{spec.name}",
-                 watchers=[AssetWatcher(name=f"{spec.name}_watcher", trigger=message_trigger(spec))])
+                 watchers=[AssetWatcher(name=f"{spec.name}_watcher", trigger=watcher_trigger(spec))])
 
 
 def pipeline_schedule(spec: PipelineSpec) -> Any:
     """What the pipeline's DAG is scheduled on.
 
     * no ``trigger``: ``CronDataIntervalTimetable(schedule)`` (each run's data interval is its window);
-    * a ``trigger``: the trigger's Asset; runs start when a message arrives;
+    * a ``trigger``: the trigger's Asset; runs start when a message (or a file) arrives;
     * a ``trigger`` and an explicit ``schedule``: ``AssetOrTimeSchedule``: on messages and on the schedule.
     """
     from airflow.sdk import AssetOrTimeSchedule, CronDataIntervalTimetable

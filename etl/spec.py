@@ -324,38 +324,46 @@ class ReconcileSpec(_Strict):
 
 
 #: what a ``trigger.on`` can watch, and why some brokers are not offered (the README section "Event-driven runs")
-TRIGGER_KINDS = {"redis": "a Redis pub/sub channel, through the redis and common-messaging providers"}
+TRIGGER_KINDS = {
+    "redis": "a Redis pub/sub channel, through the redis and common-messaging providers",
+    "file": "new files of the pipeline's own file source (driftless's FileArrivalTrigger; it deletes nothing)",
+}
 UNSUPPORTED_TRIGGERS = {
     "rabbitmq": "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger",
     "amqp": "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger",
-    "file": "Airflow's file event triggers (FileDeleteTrigger) delete the file they saw",
 }
 
 
 class TriggerSpec(_Strict):
-    """Run the pipeline when a message arrives, instead of (or besides) on its schedule.
+    """Run the pipeline when data arrives, instead of (or besides) on its schedule.
 
-    The DAG is scheduled on an Airflow Asset watched by an ``AssetWatcher`` on a
-    ``MessageQueueTrigger`` (provider apache-airflow-providers-common-messaging): the triggerer
-    subscribes to the channel(s), and each message starts a run (messages arriving while a run is
-    queued or running start one more run after it, not one each). The message's content is not
-    read: it only says "there is new data". A run started this way syncs the window from the
-    pipeline's watermark (the end of the latest window it loaded; the spec's start_date the first
-    time) to the moment Airflow queued the run. With an explicit ``schedule`` the pipeline also runs
-    on that schedule (a safety net for a notification that was missed); without one it runs only on
-    messages.
+    The DAG is scheduled on an Airflow Asset watched by an ``AssetWatcher``; the triggerer runs the
+    watcher, and each event starts a run (events arriving while a run is queued or running start one
+    more run after it, not one each).
+
+    * ``on: redis``: a ``MessageQueueTrigger`` (provider apache-airflow-providers-common-messaging) on
+      Redis pub/sub ``channels``; a message's content is not read, it only says "there is new data".
+    * ``on: file`` (file sources only): the source's own ``location`` and ``glob``/``path_pattern`` are
+      listed every ``poll_interval`` seconds; a file modified after the newest one seen before starts
+      a run. Nothing is deleted or moved.
+
+    A run started this way syncs the window from the pipeline's watermark (the end of the latest window
+    it loaded; the spec's start_date the first time) to the moment Airflow queued the run. With an
+    explicit ``schedule`` the pipeline also runs on that schedule (a safety net for a missed event);
+    without one it runs only on events.
     """
 
-    on: str = Field(description="what to watch: 'redis' (a Redis pub/sub channel)")
-    connection: Identifier = Field("redis_default", description="the Airflow Connection of the Redis server, "
-                                   "e.g. AIRFLOW_CONN_REDIS_DEFAULT=redis://host:6379 (a database other than 0: "
-                                   "?db=N); it must be defined for the triggerer too")
-    channels: list[Annotated[str, Field(min_length=1)]] = Field(
-        min_length=1, description="the pub/sub channel(s) to subscribe to; one name or a list (PUBLISH to one "
-        "of them after writing the data)")
-    poll_interval: float = Field(5.0, gt=0, le=3600, description="seconds between two looks of the watcher at "
-                                 "its subscription: the most a message waits before its run is queued (messages "
-                                 "are buffered meanwhile, not lost)")
+    on: str = Field(description="what to watch: 'redis' (a Redis pub/sub channel) or 'file' (the file source's "
+                    "new files)")
+    connection: Identifier = Field("redis_default", description="on: redis: the Airflow Connection of the Redis "
+                                   "server, e.g. AIRFLOW_CONN_REDIS_DEFAULT=redis://host:6379 (a database other "
+                                   "than 0: ?db=N); it must be defined for the triggerer too")
+    channels: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="on: redis: the pub/sub channel(s) to subscribe to; one name or a list "
+        "(PUBLISH to one of them after writing the data)")
+    poll_interval: float = Field(5.0, gt=0, le=3600, description="seconds between two looks of the watcher (at "
+                                 "its subscription, or at the file listing): the most an event waits before its "
+                                 "run is queued (messages are buffered meanwhile, not lost)")
 
     _conn = field_validator("connection")(check_identifier)
     _channels = field_validator("channels", mode="before")(one_or_more)
@@ -369,6 +377,22 @@ class TriggerSpec(_Strict):
         why = UNSUPPORTED_TRIGGERS.get(kind)
         expected = ", ".join(f"{k!r} ({v})" for k, v in TRIGGER_KINDS.items())
         raise ValueError(f"{value!r} cannot be watched{f' ({why})' if why else ''}; expected one of: {expected}")
+
+    @model_validator(mode="after")
+    def _fields_of_the_kind(self) -> TriggerSpec:
+        if self.on == "redis" and not self.channels:
+            raise ValueError("channels: on: redis needs the channel(s) to subscribe to")
+        if self.on == "file":
+            extra = sorted(f for f in ("channels", "connection") if f in self.model_fields_set)
+            if extra:
+                raise ValueError(f"{extra[0]}: on: file watches the source's own location; remove "
+                                 f"{', '.join(extra)}")
+        return self
+
+    @property
+    def watches(self) -> str:
+        """What the watcher watches, in a few words (DAG docs, the report's catalog)."""
+        return f"redis {', '.join(self.channels or [])}" if self.on == "redis" else "new files"
 
 
 class PipelineSpec(_Strict):
@@ -450,6 +474,9 @@ class PipelineSpec(_Strict):
         for name in self.dedup.order_by:
             if name not in by_name:
                 raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
+        if self.trigger is not None and self.trigger.on == "file" and self.source.type != "file":
+            raise ValueError(f"trigger.on: 'file' watches a file source's location; this source is "
+                             f"{self.source.type!r} (use on: redis and publish a notification instead)")
         if self.source.type == "queue" and self.partition_by:
             raise ValueError("partition_by: a queue source is drained by one process (it acknowledges what it "
                              "consumed after the load); remove the option")
@@ -499,7 +526,7 @@ class PipelineSpec(_Strict):
         """When the pipeline runs, in a few words: ``@daily``, ``on redis orders.arrived``, or both."""
         if self.trigger is None:
             return self.schedule
-        events = f"on {self.trigger.on} {', '.join(self.trigger.channels)}"
+        events = f"on {self.trigger.watches}"
         return f"{self.schedule} or {events}" if self.runs_on_schedule else events
 
 
@@ -623,6 +650,9 @@ def format_validation_error(source: str, exc: ValidationError,
         if prefixed and prefixed[1].split(".")[0] in PipelineSpec.model_fields:
             path = f"{path}.{prefixed[1]}" if err["loc"] else prefixed[1]
             msg = prefixed[2]
+        elif prefixed and err["loc"] and any(prefixed[1].split(".")[0].split("[")[0] in m.model_fields
+                                             for m in _resolve(err["loc"])[1]):
+            path, msg = f"{path}.{prefixed[1]}", prefixed[2]  # a nested model's check names its own field
         line = line_of(path) if line_of is not None else None
         lines.append(f"{source}{f':{line}' if line else ''}: {path}: {msg}{shown}")
     return "\n".join(lines)

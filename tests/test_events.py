@@ -6,6 +6,7 @@ The run itself, with a real Airflow, a real triggerer and a real Redis: ``tests/
 from __future__ import annotations
 
 import copy
+import os
 import re
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -50,10 +51,16 @@ def _watched(dag) -> list:
     """The (asset name, watcher trigger's serialized classpath and kwargs) of what ``dag`` is scheduled on."""
     from airflow.serialization.serialized_objects import DagSerialization
 
+    def plain(value):  # nested values are stored with their type: {"__var": ..., "__type": "dict"}
+        if isinstance(value, dict):
+            inner = value["__var"] if "__type" in value else value
+            return {k: plain(v) for k, v in inner.items()} if isinstance(inner, dict) else inner
+        return value
+
     timetable = DagSerialization.to_dict(dag)["dag"]["timetable"]
     assets = timetable["__var"]["asset_condition"]["objects"]
-    return [(a["name"], [(w["name"], w["trigger"]["classpath"], w["trigger"]["kwargs"]) for w in a["watchers"]])
-            for a in assets]
+    return [(a["name"], [(w["name"], w["trigger"]["classpath"], plain(w["trigger"]["kwargs"]))
+                         for w in a["watchers"]]) for a in assets]
 
 
 @pytest.mark.airflow
@@ -95,7 +102,7 @@ def test_a_trigger_with_an_explicit_schedule_runs_on_both(dag_module):
 
 @pytest.mark.parametrize(("trigger", "field", "message"), [
     ({"on": "rabbitmq"}, "trigger.on", "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger"),
-    ({"on": "file"}, "trigger.on", "delete the file"),
+    ({"on": "file"}, "trigger.on", "watches a file source's location; this source is 'sql'"),
     ({"on": "kafka"}, "trigger.on", "expected one of: 'redis'"),
     ({"channels": []}, "trigger.channels", "at least 1 item"),
     ({"channels": [""]}, "trigger.channels[0]", "at least 1 character"),
@@ -105,7 +112,10 @@ def test_a_trigger_with_an_explicit_schedule_runs_on_both(dag_module):
 ])
 def test_invalid_trigger_config_is_refused_naming_file_line_and_field(tmp_path, trigger, field, message):
     path = tmp_path / "ev_orders.yaml"
-    path.write_text(yaml.safe_dump(spec_data(**trigger), sort_keys=False))
+    data = spec_data(**trigger)
+    if trigger.get("on") == "file":
+        data["trigger"] = dict(trigger)  # a file trigger takes none of the Redis options
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     with pytest.raises(SpecError) as exc:
         load_spec(path)
     text = str(exc.value)
@@ -115,7 +125,7 @@ def test_invalid_trigger_config_is_refused_naming_file_line_and_field(tmp_path, 
 def test_a_trigger_needs_its_channels_and_keeps_the_schedule_only_when_given():
     data = spec_data()
     del data["trigger"]["channels"]
-    with pytest.raises(SpecError, match=r"trigger\.channels: Field required"):
+    with pytest.raises(SpecError, match=r"trigger\.channels: on: redis needs the channel\(s\)"):
         parse_spec(data, "x.yaml")
     assert parse_spec(spec_data(), "x.yaml").runs_on_schedule is False
     assert parse_spec(spec_data(schedule="@hourly"), "x.yaml").runs_on_schedule is True
@@ -182,3 +192,105 @@ def test_status_and_report_describe_an_event_driven_pipeline(connections, chinoo
     assert pipeline_health(spec, now=now).health == "ok"  # a year old, yet not stale
     scheduled = parse_spec({**data, "schedule": "@daily"}, "x.yaml")
     assert pipeline_health(scheduled, now=now).health == "stale"  # the same with a schedule is
+
+
+
+# --- on: file ----------------------------------------------------------------------------------------------
+
+FILES: dict = {
+    "name": "ev_files",
+    "source": {"type": "file", "location": "", "glob": "*.csv", "format": "csv", "primary_key": ["id"],
+               "cursor": "_file_time"},
+    "target": {"connection": "wh", "table": "orders"},
+    "columns": [{"name": "id", "type": "integer", "nullable": False}, {"name": "amount", "type": "numeric(10,2)"},
+                {"name": "_file_time", "type": "timestamptz"}],
+    "trigger": {"on": "file", "poll_interval": 0.05},
+}
+
+
+def files_spec(location, **trigger) -> dict:
+    data = copy.deepcopy(FILES)
+    data["source"]["location"] = str(location)
+    data["trigger"].update(trigger)
+    return data
+
+
+class StateStore:
+    """What the triggerer hands a watcher as ``asset_state_store`` (get/set by key, kept across restarts)."""
+
+    def __init__(self) -> None:
+        self.values: dict = {}
+
+    async def aget(self, key, default=None):
+        return self.values.get(key, default)
+
+    async def aset(self, key, value):
+        self.values[key] = value
+
+
+def _first_event(trigger, timeout: float):
+    """The trigger's first event, or None when it has not fired within ``timeout`` seconds."""
+    import asyncio
+
+    async def first():
+        async for event in trigger.run():
+            return event
+
+    async def bounded():
+        try:
+            return await asyncio.wait_for(first(), timeout)
+        except TimeoutError:
+            return None
+
+    return asyncio.run(bounded())
+
+
+@pytest.mark.airflow
+def test_a_file_trigger_watches_the_file_sources_own_listing(dag_module, tmp_path):
+    module = dag_module(files_spec(tmp_path / "drops"))
+    ((name, watchers),) = _watched(module.ev_files)
+    ((watcher, classpath, kwargs),) = watchers
+    assert classpath == "etl.triggers.FileArrivalTrigger"
+    assert kwargs["source"]["location"] == str(tmp_path / "drops") and kwargs["source"]["glob"] == "*.csv"
+    assert kwargs["poll_interval"] == 0.05
+
+
+@pytest.mark.parametrize(("trigger", "message"), [
+    ({"channels": ["x"]}, "trigger.channels: on: file watches the source's own location; remove channels"),
+    ({"connection": "events"}, "trigger.connection: on: file watches the source's own location"),
+])
+def test_a_file_trigger_refuses_redis_options(tmp_path, trigger, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        parse_spec(files_spec(tmp_path, **trigger), "x.yaml")
+
+
+def test_the_file_trigger_fires_for_new_files_once_and_deletes_nothing(tmp_path):
+    from etl.triggers import FileArrivalTrigger
+
+    spec = parse_spec(files_spec(tmp_path), "x.yaml")
+    source = spec.source.model_dump(mode="json")
+    store = StateStore()
+
+    def watcher() -> FileArrivalTrigger:
+        trigger = FileArrivalTrigger(source, poll_interval=0.05)
+        trigger.asset_state_store = store  # as the triggerer sets it for a watcher of an Asset
+        return trigger
+
+    assert _first_event(watcher(), 0.5) is None  # nothing there: it waits
+    (tmp_path / "a.csv").write_text("id,amount\n1,1.50\n")
+    (tmp_path / "notes.txt").write_text("not selected by the glob")
+    os.utime(tmp_path / "a.csv", (1_700_000_000, 1_700_000_000))
+    event = _first_event(watcher(), 5)
+    assert event is not None and event.payload["files"] == ["a.csv"] and event.payload["new_files"] == 1
+    assert (tmp_path / "a.csv").exists()  # never deleted or moved
+    # Restarted after its event (as the triggerer does), it does not fire again for the same file ...
+    assert _first_event(watcher(), 0.5) is None
+    # ... but does for a newer one.
+    (tmp_path / "b.csv").write_text("id,amount\n2,2.50\n")
+    os.utime(tmp_path / "b.csv", (1_700_000_100, 1_700_000_100))
+    event = _first_event(watcher(), 5)
+    assert event is not None and event.payload["files"] == ["b.csv"]
+    assert store.values["newest_file_mtime"].startswith("2023-11-14T22:15:00")
+    # The trigger round-trips through its serialized form (what the triggerer rebuilds it from).
+    classpath, kwargs = watcher().serialize()
+    assert classpath == "etl.triggers.FileArrivalTrigger" and FileArrivalTrigger(**kwargs).source == source
