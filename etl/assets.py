@@ -58,7 +58,7 @@ def watcher_trigger(spec: PipelineSpec) -> Any:
         raise SpecError(f"pipeline {spec.name!r}: trigger.on {trigger.on!r} needs the Airflow providers "
                         "apache-airflow-providers-common-messaging and apache-airflow-providers-redis "
                         f"(pip install '{EVENTS_EXTRA}') in every Airflow component: {exc}") from exc
-    return MessageQueueTrigger(scheme=RedisPubSubMessageQueueProvider.scheme, channels=list(trigger.channels),
+    return MessageQueueTrigger(scheme=RedisPubSubMessageQueueProvider.scheme, channels=list(trigger.channels or []),
                                redis_conn_id=trigger.connection, poll_interval=trigger.poll_interval)
 
 

@@ -64,13 +64,12 @@ class FileArrivalTrigger(BaseEventTrigger):
         while True:
             fs, root = await asyncio.to_thread(filesystem, spec)
             files, _undated = await asyncio.to_thread(list_files, spec, fs, root)
-            new = sorted((f for f in files if f.mtime is not None and (seen is None or f.mtime > seen)),
-                         key=lambda f: f.mtime)
+            new = sorted((f.mtime, f.path) for f in files if f.mtime is not None and (seen is None or f.mtime > seen))
             if new:
-                newest = new[-1].mtime
+                newest = new[-1][0]
                 await self._store(newest)
                 log.info("%d new file(s) in %s, the newest modified %s", len(new), spec.location, newest.isoformat())
                 yield TriggerEvent({"location": spec.location, "new_files": len(new),
-                                    "files": [f.path for f in new[:MAX_LISTED]], "newest": newest.isoformat()})
+                                    "files": [path for _, path in new[:MAX_LISTED]], "newest": newest.isoformat()})
                 return
             await asyncio.sleep(self.poll_interval)
