@@ -100,6 +100,15 @@ def events_stack(tmp_path_factory, metadata_db, redis_names):  # noqa: F811 - th
                 pytest.fail(f"the dag-processor did not register the DAGs within 180 s; logs in {stack.logs}")
             stack.check_alive()
             time.sleep(2)
+        # The consistency report (unpaused at creation) would run after every load here: CPU this test needs.
+        while True:
+            try:
+                stack.api("PATCH", "/dags/consistency_report", stack.token(), json={"is_paused": True})
+                break
+            except RuntimeError:  # not registered yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
         yield {"stack": stack, "warehouse": warehouse, "drops": drops, "files_warehouse": files_warehouse}
     finally:
         stack.stop(timeout=5)  # nothing to finish cleanly (the triggerer would wait 10 s for its watchers)
