@@ -73,8 +73,9 @@ def options_from_context(spec: PipelineSpec, context: dict[str, Any]) -> RunOpti
     declared = set(getattr(dag, "params", None) or {})
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
     params = context.get("params") or {}
-    if spec.trigger is not None and (start is None or end is None) and not (params.get("start")
-                                                                             or params.get("end")):
+    # Airflow gives asset-triggered runs no data interval, and manual runs of an events-only DAG an empty one.
+    no_interval = start is None or end is None or start == end
+    if spec.trigger is not None and no_interval and not (params.get("start") or params.get("end")):
         start, end = event_window(spec, context)
     try:
         return run_options(spec, params, start, end, declared)
@@ -85,7 +86,7 @@ def options_from_context(spec: PipelineSpec, context: dict[str, Any]) -> RunOpti
 
 
 def event_window(spec: PipelineSpec, context: dict[str, Any]) -> tuple[datetime, datetime]:
-    """The window of an event-driven run (one Airflow gives no data interval: asset-triggered, or manual).
+    """The window of an event-driven run (one Airflow gives no data interval, or an empty one: manual runs).
 
     From the pipeline's watermark (the end of the latest window it loaded; the spec's ``start_date``
     before its first) to the run's ``run_after`` (when Airflow queued it, after the messages that

@@ -160,6 +160,9 @@ def test_an_event_driven_run_syncs_from_the_watermark_to_its_run_after(tmp_path,
     options = options_from_context(spec, _context(now, start="2025-10-01T00:00:00+00:00",
                                                   end="2025-10-02T00:00:00+00:00", dry_run=True))
     assert options.window == Window.parse("2025-10-01", "2025-10-02") and options.dry_run and options.overridden
+    # A manual run of an events-only DAG: Airflow gives it an empty interval at its run_after; same window.
+    manual = {**_context(now), "data_interval_start": now, "data_interval_end": now}
+    assert options_from_context(spec, manual).window == Window(datetime(2025, 11, 15, tzinfo=UTC), now)
     # A run queued before the watermark (a later window was loaded by hand) has nothing new: skipped.
     with pytest.raises(AirflowSkipException, match="nothing new"):
         options_from_context(spec, _context(datetime(2025, 11, 1, tzinfo=UTC)))
