@@ -378,16 +378,15 @@ class TriggerSpec(_Strict):
         expected = ", ".join(f"{k!r} ({v})" for k, v in TRIGGER_KINDS.items())
         raise ValueError(f"{value!r} cannot be watched{f' ({why})' if why else ''}; expected one of: {expected}")
 
-    @model_validator(mode="after")
-    def _fields_of_the_kind(self) -> TriggerSpec:
+    def check_fields(self) -> None:
+        """The fields that ``on`` needs or refuses (called by ``PipelineSpec``, whose errors name the path)."""
         if self.on == "redis" and not self.channels:
-            raise ValueError("channels: on: redis needs the channel(s) to subscribe to")
+            raise ValueError("trigger.channels: on: redis needs the channel(s) to subscribe to")
         if self.on == "file":
             extra = sorted(f for f in ("channels", "connection") if f in self.model_fields_set)
             if extra:
-                raise ValueError(f"{extra[0]}: on: file watches the source's own location; remove "
+                raise ValueError(f"trigger.{extra[0]}: on: file watches the source's own location; remove "
                                  f"{', '.join(extra)}")
-        return self
 
     @property
     def watches(self) -> str:
@@ -474,6 +473,8 @@ class PipelineSpec(_Strict):
         for name in self.dedup.order_by:
             if name not in by_name:
                 raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
+        if self.trigger is not None:  # checked here, so that the errors name trigger.<field>
+            self.trigger.check_fields()
         if self.trigger is not None and self.trigger.on == "file" and self.source.type != "file":
             raise ValueError(f"trigger.on: 'file' watches a file source's location; this source is "
                              f"{self.source.type!r} (use on: redis and publish a notification instead)")
@@ -650,9 +651,6 @@ def format_validation_error(source: str, exc: ValidationError,
         if prefixed and prefixed[1].split(".")[0] in PipelineSpec.model_fields:
             path = f"{path}.{prefixed[1]}" if err["loc"] else prefixed[1]
             msg = prefixed[2]
-        elif prefixed and err["loc"] and any(prefixed[1].split(".")[0].split("[")[0] in m.model_fields
-                                             for m in _resolve(err["loc"])[1]):
-            path, msg = f"{path}.{prefixed[1]}", prefixed[2]  # a nested model's check names its own field
         line = line_of(path) if line_of is not None else None
         lines.append(f"{source}{f':{line}' if line else ''}: {path}: {msg}{shown}")
     return "\n".join(lines)
