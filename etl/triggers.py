@@ -54,22 +54,30 @@ class FileArrivalTrigger(BaseEventTrigger):
             await store.aset(STATE_KEY, newest.isoformat())
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from connectors.files.listing import filesystem, list_files
-        from connectors.files.spec import FileSourceSpec
-
-        spec = FileSourceSpec.model_validate(self.source)
         seen = await self._stored()
         if seen is None and getattr(self, "asset_state_store", None) is None:
             seen = datetime.now(UTC)  # nowhere to remember: only files from now on
+        location = self.source.get("location")
         while True:
-            fs, root = await asyncio.to_thread(filesystem, spec)
-            files, _undated = await asyncio.to_thread(list_files, spec, fs, root)
-            new = sorted((f.mtime, f.path) for f in files if f.mtime is not None and (seen is None or f.mtime > seen))
+            # In a thread: the imports (pandas, the first time) and the listing must not block the triggerer's
+            # event loop, which every other watcher and deferred task of this triggerer shares.
+            new = await asyncio.to_thread(new_files, self.source, seen)
             if new:
                 newest = new[-1][0]
                 await self._store(newest)
-                log.info("%d new file(s) in %s, the newest modified %s", len(new), spec.location, newest.isoformat())
-                yield TriggerEvent({"location": spec.location, "new_files": len(new),
+                log.info("%d new file(s) in %s, the newest modified %s", len(new), location, newest.isoformat())
+                yield TriggerEvent({"location": location, "new_files": len(new),
                                     "files": [path for _, path in new[:MAX_LISTED]], "newest": newest.isoformat()})
                 return
             await asyncio.sleep(self.poll_interval)
+
+
+def new_files(source: dict[str, Any], seen: datetime | None) -> list[tuple[datetime, str]]:
+    """(modification time, path) of the source's files modified after ``seen`` (all when None), oldest first."""
+    from connectors.files.listing import filesystem, list_files
+    from connectors.files.spec import FileSourceSpec
+
+    spec = FileSourceSpec.model_validate(source)
+    fs, root = filesystem(spec)
+    files, _undated = list_files(spec, fs, root)
+    return sorted((f.mtime, f.path) for f in files if f.mtime is not None and (seen is None or f.mtime > seen))
