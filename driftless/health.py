@@ -11,7 +11,8 @@ Health, one word per pipeline:
 * ``stale``: the watermark is older than two schedule intervals plus the grace (``--grace``, default one
   hour): ``now - watermark > 2 x interval + grace``, where interval is the length of the schedule's latest
   interval. So one missed or late run is tolerated, two are not. A pipeline that never loaded a window is
-  measured from its ``start_date`` the same way (``pending`` until then).
+  measured from its ``start_date`` the same way (``pending`` until then). An event-driven pipeline without an
+  explicit ``schedule`` (``trigger:`` only) has no cadence and is never ``stale``.
 * ``failing``: the last run failed (nothing committed) or its checks failed (``checks_failed``).
 * ``error``: the target could not be read; nothing is known.
 
@@ -149,7 +150,7 @@ def pipeline_health(spec: PipelineSpec, now: datetime | None = None, grace: time
         if own and engine is not None:
             engine.dispose()
     h.watermark = state.watermark if state else None
-    if spec.schedule != "@once":
+    if spec.schedule != "@once" and spec.runs_on_schedule:
         interval = schedule_interval(spec, now)
         stale_after = STALE_INTERVALS * interval + grace
         h.interval_s, h.stale_after_s = interval.total_seconds(), stale_after.total_seconds()
@@ -164,6 +165,9 @@ def pipeline_health(spec: PipelineSpec, now: datetime | None = None, grace: time
         elif h.watermark is None:
             h.health = "pending"
             h.reasons.append("no window loaded yet")
+    elif not spec.runs_on_schedule and h.watermark is None:  # event-driven only: no cadence to be late for
+        h.health = "pending"
+        h.reasons.append("no window loaded yet (runs when a message arrives)")
     if h.last_run_status in (Run.FAILED, Run.CHECKS_FAILED):
         h.health = "failing"
         h.reasons.append(f"last run {h.last_run_status}" + (f": {', '.join(h.failing_checks)}" if h.failing_checks

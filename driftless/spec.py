@@ -323,6 +323,77 @@ class ReconcileSpec(_Strict):
         return self
 
 
+#: what a ``trigger.on`` can watch, and why some brokers are not offered (the README section "Event-driven runs")
+TRIGGER_KINDS = {
+    "redis": "a Redis pub/sub channel, through the redis and common-messaging providers",
+    "file": "new files of the pipeline's own file source (driftless's FileArrivalTrigger; it deletes nothing)",
+}
+UNSUPPORTED_TRIGGERS = {
+    "rabbitmq": "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger",
+    "amqp": "no Airflow provider offers a RabbitMQ/AMQP MessageQueueTrigger",
+}
+
+
+class TriggerSpec(_Strict):
+    """Run the pipeline when data arrives, instead of (or besides) on its schedule.
+
+    The DAG is scheduled on an Airflow Asset watched by an ``AssetWatcher``; the triggerer runs the
+    watcher, and each event starts a run (events arriving while a run is queued or running start one
+    more run after it, not one each).
+
+    * ``on: redis``: a ``MessageQueueTrigger`` (provider apache-airflow-providers-common-messaging) on
+      Redis pub/sub ``channels``; a message's content is not read, it only says "there is new data".
+    * ``on: file`` (file sources only): the source's own ``location`` and ``glob``/``path_pattern`` are
+      listed every ``poll_interval`` seconds; a file modified after the newest one seen before starts
+      a run. Nothing is deleted or moved.
+
+    A run started this way syncs the window from the pipeline's watermark (the end of the latest window
+    it loaded; the spec's start_date the first time) to the moment Airflow queued the run. With an
+    explicit ``schedule`` the pipeline also runs on that schedule (a safety net for a missed event);
+    without one it runs only on events.
+    """
+
+    on: str = Field(description="what to watch: 'redis' (a Redis pub/sub channel) or 'file' (the file source's "
+                    "new files)")
+    connection: Identifier = Field("redis_default", description="on: redis: the Airflow Connection of the Redis "
+                                   "server, e.g. AIRFLOW_CONN_REDIS_DEFAULT=redis://host:6379 (a database other "
+                                   "than 0: ?db=N); it must be defined for the triggerer too")
+    channels: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, min_length=1, description="on: redis: the pub/sub channel(s) to subscribe to; one name or a list "
+        "(PUBLISH to one of them after writing the data)")
+    poll_interval: float = Field(5.0, gt=0, le=3600, description="seconds between two looks of the watcher (at "
+                                 "its subscription, or at the file listing): the most an event waits before its "
+                                 "run is queued (messages are buffered meanwhile, not lost)")
+
+    _conn = field_validator("connection")(check_identifier)
+    _channels = field_validator("channels", mode="before")(one_or_more)
+
+    @field_validator("on")
+    @classmethod
+    def _on(cls, value: str) -> str:
+        kind = str(value).strip().lower()
+        if kind in TRIGGER_KINDS:
+            return kind
+        why = UNSUPPORTED_TRIGGERS.get(kind)
+        expected = ", ".join(f"{k!r} ({v})" for k, v in TRIGGER_KINDS.items())
+        raise ValueError(f"{value!r} cannot be watched{f' ({why})' if why else ''}; expected one of: {expected}")
+
+    def check_fields(self) -> None:
+        """The fields that ``on`` needs or refuses (called by ``PipelineSpec``, whose errors name the path)."""
+        if self.on == "redis" and not self.channels:
+            raise ValueError("trigger.channels: on: redis needs the channel(s) to subscribe to")
+        if self.on == "file":
+            extra = sorted(f for f in ("channels", "connection") if f in self.model_fields_set)
+            if extra:
+                raise ValueError(f"trigger.{extra[0]}: on: file watches the source's own location; remove "
+                                 f"{', '.join(extra)}")
+
+    @property
+    def watches(self) -> str:
+        """What the watcher watches, in a few words (DAG docs, the report's catalog)."""
+        return f"redis {', '.join(self.channels or [])}" if self.on == "redis" else "new files"
+
+
 class PipelineSpec(_Strict):
     """One pipeline: a source stream synced window by window into one target table."""
 
@@ -343,6 +414,9 @@ class PipelineSpec(_Strict):
                                     "accepts any share; a window whose records are all rejected always fails)")
     dedup: DedupSpec = Field(default_factory=DedupSpec)
     reconcile: ReconcileSpec = Field(default_factory=ReconcileSpec)
+    trigger: TriggerSpec | None = Field(
+        None, description="run when a message arrives on a Redis pub/sub channel (see TriggerSpec); the schedule "
+        "stays only when it is given explicitly")
     partition_by: Literal["hour", "day", "week"] | None = Field(
         None, description="fan each window out into slices of this length, loaded in parallel by mapped "
         "Airflow tasks; the watermark moves once all slices are in (see driftless/airflow/partitions.py)")
@@ -399,6 +473,11 @@ class PipelineSpec(_Strict):
         for name in self.dedup.order_by:
             if name not in by_name:
                 raise ValueError(f"dedup.order_by: column {name!r} is not listed in columns")
+        if self.trigger is not None:  # checked here, so that the errors name trigger.<field>
+            self.trigger.check_fields()
+        if self.trigger is not None and self.trigger.on == "file" and self.source.type != "file":
+            raise ValueError(f"trigger.on: 'file' watches a file source's location; this source is "
+                             f"{self.source.type!r} (use on: redis and publish a notification instead)")
         if self.source.type == "queue" and self.partition_by:
             raise ValueError("partition_by: a queue source is drained by one process (it acknowledges what it "
                              "consumed after the load); remove the option")
@@ -433,6 +512,23 @@ class PipelineSpec(_Strict):
 
     def column(self, name: str) -> ColumnSpec:
         return next(c for c in self.columns if c.name == name)
+
+    @property
+    def runs_on_schedule(self) -> bool:
+        """Whether Airflow runs the pipeline on ``schedule``.
+
+        Always without a trigger; with one, only when the spec gives ``schedule`` explicitly (the default
+        ``@daily`` does not count).
+        """
+        return self.trigger is None or "schedule" in self.model_fields_set
+
+    @property
+    def schedule_text(self) -> str:
+        """When the pipeline runs, in a few words: ``@daily``, ``on redis orders.arrived``, or both."""
+        if self.trigger is None:
+            return self.schedule
+        events = f"on {self.trigger.watches}"
+        return f"{self.schedule} or {events}" if self.runs_on_schedule else events
 
 
 def _members(annotation: Any) -> list[type[BaseModel]]:

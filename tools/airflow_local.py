@@ -87,6 +87,10 @@ def airflow_env(home: Path, port: int, user: str = "admin", password: str = "adm
         "AIRFLOW__API_AUTH__JWT_SECRET": secret_file.read_text().strip(),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": env.get("AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL") or "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # The triggerer (event-driven runs' watchers) serves its logs on a port of its own: two stacks on one
+        # machine (tests, clones) would otherwise both ask for the default 8794.
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": env.get("AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")
+        or str(free_port()),
         "DRIFTLESS_STAGING_DIR": env.get("DRIFTLESS_STAGING_DIR") or str(home / "staging"),
     })
     if metadata_db:
@@ -360,6 +364,8 @@ def demo_environment(env: dict[str, str]) -> subprocess.Popen | None:
             prepare_source(source)
         env["AIRFLOW_CONN_CHINOOK"] = f"sqlite:///{source}"
     env.setdefault("AIRFLOW_CONN_WAREHOUSE", f"sqlite:///{demo / 'warehouse.db'}")
+    # The default connection of a spec's trigger (event-driven runs): the local Redis.
+    env.setdefault("AIRFLOW_CONN_REDIS_DEFAULT", "redis://127.0.0.1:6379")
     if "AIRFLOW_CONN_CHINOOK_API" in env:
         return None
     token = secrets.token_urlsafe(24)

@@ -30,7 +30,6 @@ from airflow.sdk import (
     DAG,
     AssetAny,
     AssetOrTimeSchedule,
-    CronDataIntervalTimetable,
     CronTriggerTimetable,
     Param,
     dag,
@@ -38,7 +37,7 @@ from airflow.sdk import (
 )
 
 from driftless.airflow.alerts import on_failure
-from driftless.airflow.assets import target_asset
+from driftless.airflow.assets import pipeline_schedule, target_asset
 from driftless.airflow.params import trigger_params
 from driftless.airflow.pools import pool_name
 from driftless.spec import PipelineSpec, default_specs_dir, load_spec, spec_files
@@ -75,8 +74,7 @@ def pipeline_doc(spec: PipelineSpec, spec_path: Path) -> str:
         f"`{spec.source.cursor}`, key `{', '.join(spec.source.primary_key)}`.",
         f"* **Target**: table `{spec.target.table}` through connection `{spec.target.connection}`; every successful "
         f"load updates the Asset `{asset.uri}`, which runs `consistency_report`.",
-        f"* **Schedule** `{spec.schedule}` (UTC): each run syncs its data interval `[start, end)`; runs go one at a "
-        "time, in order.",
+        schedule_doc(spec),
         "* **Trigger options**: `start`/`end` sync exactly that window (both or neither); `full_refresh` re-reads "
         "from the spec's start_date; `dry_run` counts what would change (in `extract`'s log) and writes nothing. "
         "A backfill ignores these options: it syncs each date's interval.",
@@ -85,9 +83,17 @@ def pipeline_doc(spec: PipelineSpec, spec_path: Path) -> str:
     ])
 
 
-def pipeline_schedule(spec: PipelineSpec) -> Any:
-    """A pipeline DAG's schedule: the spec's cron, each run syncing its data interval (UTC)."""
-    return CronDataIntervalTimetable(spec.schedule, timezone="UTC")
+def schedule_doc(spec: PipelineSpec) -> str:
+    """The DAG page's line about when the pipeline runs and what each run syncs."""
+    timed = (f"`{spec.schedule}` (UTC): each scheduled run syncs its data interval `[start, end)`"
+             if spec.runs_on_schedule else "")
+    if spec.trigger is None:
+        return f"* **Schedule** {timed}; runs go one at a time, in order."
+    what = (f"a message on Redis channel(s) `{', '.join(spec.trigger.channels or [])}` (connection "
+            f"`{spec.trigger.connection}`)" if spec.trigger.on == "redis" else "a new file in the source's location")
+    events = (f"{what}, watched by the triggerer, starts a run that syncs from the watermark to the time the run "
+              "was queued")
+    return f"* **Schedule**: {events}" + (f"; also on {timed}" if timed else "") + "; runs go one at a time."
 
 
 def build_dag(spec_path: str | Path) -> DAG:
@@ -108,7 +114,8 @@ def build_dag(spec_path: str | Path) -> DAG:
         # Registered through the DAG file's globals (pipeline_dags), so building one in a test registers nothing.
         auto_register=False,
         default_args=default_args(),
-        tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}"],
+        tags=["driftless", f"source:{spec.source.type}", f"target:{spec.target.connection}",
+              *([f"trigger:{spec.trigger.on}"] if spec.trigger else [])],
         params=trigger_params(),  # start/end, full_refresh, dry_run: see driftless/airflow/params.py
         doc_md=pipeline_doc(spec, spec_path),
     )

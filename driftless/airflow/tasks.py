@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,13 +72,45 @@ def options_from_context(spec: PipelineSpec, context: dict[str, Any]) -> RunOpti
     """The run's options; bad params fail the task at once, without retries, naming the param."""
     dag = context.get("dag")
     declared = set(getattr(dag, "params", None) or {})
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    params = context.get("params") or {}
+    # Airflow gives asset-triggered runs no data interval, and manual runs of an events-only DAG an empty one.
+    no_interval = start is None or end is None or start == end
+    if spec.trigger is not None and no_interval and not (params.get("start") or params.get("end")):
+        start, end = event_window(spec, context)
     try:
-        return run_options(spec, context.get("params"), context.get("data_interval_start"),
-                           context.get("data_interval_end"), declared)
+        return run_options(spec, params, start, end, declared)
     except InvalidParams as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
         raise AirflowFailException(f"pipeline {spec.name!r}: {exc}") from exc
+
+
+def event_window(spec: PipelineSpec, context: dict[str, Any]) -> tuple[datetime, datetime]:
+    """The window of an event-driven run (one Airflow gives no data interval, or an empty one: manual runs).
+
+    From the pipeline's watermark (the end of the latest window it loaded; the spec's ``start_date``
+    before its first) to the run's ``run_after`` (when Airflow queued it, after the messages that
+    started it). Every run of a triggered pipeline thus syncs what arrived since the one before;
+    a retry of the run syncs the same window (the watermark has not moved). A run whose watermark is
+    already at or past ``run_after`` (a later window was loaded by hand) is skipped: nothing is new.
+    """
+    from driftless.catchup import first_start, stored_watermark
+    from driftless.window import parse_instant
+
+    dag_run = context.get("dag_run")
+    run_after = getattr(dag_run, "run_after", None) or context.get("logical_date")
+    if run_after is None:
+        raise _skip("event-driven run without run_after: nothing to sync")
+    end = parse_instant(run_after, "the run's run_after")
+    watermark = stored_watermark(spec)
+    start = watermark if watermark is not None else first_start(spec)
+    log.info("event-driven run: window from the %s %s to the run's run_after %s",
+             "watermark" if watermark is not None else "spec's start_date", start.isoformat(), end.isoformat())
+    if start >= end:
+        raise _skip(f"the watermark {start.isoformat()} is already at or after this run's run_after "
+                    f"{end.isoformat()}: nothing new to sync")
+    return start, end
 
 
 def window_from_context(context: dict[str, Any]) -> Window:

@@ -79,7 +79,7 @@ def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, 
     entry: dict[str, Any] = {
         "pipeline": spec.name,
         "description": spec.description,
-        "schedule": spec.schedule,
+        "schedule": spec.schedule_text,
         "source": {"type": spec.source.type, "connection": spec.source.connection,
                    "table": getattr(spec.source, "table", None) or getattr(spec.source, "endpoint", None)
                    or "(query)", "cursor": spec.source.cursor,

@@ -52,3 +52,19 @@ def test_compose_file_is_valid_under_the_compose_specification_schema():
     service = next(iter(broken["services"]))
     broken["services"][service]["enviroment"] = {"X": "1"}
     assert any("enviroment" in e.message for e in validator.iter_errors(broken))
+
+
+def test_compose_airflow_services_install_the_event_providers_pinned_in_constraints():
+    """Event-driven runs need common-messaging and redis in every component (the triggerer above all)."""
+    pins = dict(line.split("==") for line in (COMPOSE.parent / "constraints.txt").read_text().splitlines()
+                if line.startswith("apache-airflow-providers-"))
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert services["airflow-triggerer"]["command"] == "triggerer"
+    for name, svc in services.items():
+        if not name.startswith("airflow-"):
+            continue
+        env = svc["environment"]
+        wanted = env["_PIP_ADDITIONAL_REQUIREMENTS"].split()
+        for provider in ("apache-airflow-providers-common-messaging", "apache-airflow-providers-redis"):
+            assert f"{provider}=={pins[provider]}" in wanted, (name, provider)
+        assert env["AIRFLOW_CONN_REDIS_DEFAULT"].startswith("redis://redis:6379"), name
