@@ -220,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     dig_drop = dig_sub.add_parser("drop", help="remove the table's digest column")
     for d in (dig_add, dig_drop):
         d.add_argument("database", help="database URL or connection id")
-        d.add_argument("--table", required=True, help="table name (schema.table allowed)")
+        d.add_argument("--table", required=True, help="table name as the database holds it (quoted for you: "
+                       "'Order Items' works); schema.table allowed when --schema is not given")
+        d.add_argument("--schema", help="the table's schema (then --table is taken whole, dots included)")
     dig_add.add_argument("--columns", help="covered columns, comma-separated (default: all; a diff uses the "
                          "digest when it compares exactly these)")
     dig.set_defaults(func=_cmd_digest)

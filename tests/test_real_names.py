@@ -124,6 +124,15 @@ def test_discover_run_and_deep_diff_with_real_names(request, tmp_path, source_ki
     assert deep.returncode == 0, deep.stdout + deep.stderr
     assert json.loads(deep.stdout)["status"] == "PASS"
 
+    # A stored row digest on the source table, through the same quoted names (etl digest add).
+    added = etl(["digest", "add", "src", "--table", "Order Items"], env)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert json.loads(added.stdout)["digest"] == "added"
+    assert json.loads(added.stdout)["columns"] == ["Item ID", "Unit-Price", "Straße", "select", "Last Changed"]
+    deep = etl(["reconcile", "order_items", "--deep"], env)
+    assert deep.returncode == 0 and json.loads(deep.stdout)["status"] == "PASS", deep.stdout + deep.stderr
+    assert '"source": true' in deep.stdout  # the source side summed its digest (row_digest), not its rows
+
     engine = create_engine(source)
     with engine.begin() as conn:
         conn.exec_driver_sql(UPDATE[dialect])

@@ -37,7 +37,10 @@ def _split(value: str | None) -> list[str]:
 def diff_command(args: argparse.Namespace) -> int:
     from driftless.reconcile.diff import deep_diff
 
-    schema, _, table = args.table.rpartition(".")
+    if getattr(args, "schema", None):
+        schema, table = args.schema, args.table
+    else:
+        schema, _, table = args.table.rpartition(".")
     target_schema, _, target_table = (args.target_table or args.table).rpartition(".")
     keys = _split(args.key)
     if not keys:
@@ -81,7 +84,10 @@ def digest_command_run(url: URL, table: str, schema: str | None, columns: list[s
 
 
 def digest_command(args: argparse.Namespace) -> int:
-    schema, _, table = args.table.rpartition(".")
+    if getattr(args, "schema", None):
+        schema, table = args.schema, args.table
+    else:
+        schema, _, table = args.table.rpartition(".")
     summary = digest_command_run(url_from_arg(args.database), table, schema or None,
                                  _split(getattr(args, "columns", None)) or None,
                                  drop=args.digest_command == "drop")

@@ -46,7 +46,7 @@ from driftless.reconcile.dialects import (
     kind_of,
     kind_of_spec_type,
 )
-from driftless.spec import TYPE_PATTERN, check_identifier
+from driftless.spec import TYPE_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ def ensure_digest(conn: Connection, dialect: HashDialect, name: str, schema: str
     other columns was replaced). Raises ``DigestUnsupported`` when the table's database or column types
     cannot hold one. Runs in the caller's transaction (PostgreSQL: one transaction; MariaDB commits DDL).
     """
-    for ident in [name, *([schema] if schema else [])]:
-        check_identifier(ident)
+    # Any name the database holds is accepted ("Order Items", "Unit-Price", Straße): it reaches SQL only quoted
+    # by the dialect (``dialect.table``/``dialect.quote``) or as a bound value in catalog queries.
     table = _reflect(conn, name, schema)
     cols = list(columns) if columns is not None else table_columns(table, dialect.floats_are_doubles)
     missing = [c.name for c in cols if c.name not in table.c]

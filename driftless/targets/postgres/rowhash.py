@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import URL, Connection, Engine
+from sqlalchemy import URL, Connection, Engine, text
 from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import postgresql
 
@@ -167,7 +167,7 @@ class PostgresHash(HashDialect):
         ]
         for name, arg, settings, body in functions:
             signature = f"{s}.{name}({arg})"
-            if conn.exec_driver_sql(f"SELECT to_regprocedure('{signature}')").scalar() is not None:
+            if conn.execute(text("SELECT to_regprocedure(:sig)"), {"sig": signature}).scalar() is not None:
                 continue  # (replacing it while another load uses it would make the two loads collide)
             conn.exec_driver_sql(
                 f"CREATE OR REPLACE FUNCTION {signature} RETURNS text "
