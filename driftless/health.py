@@ -96,7 +96,7 @@ def _last_run(engine: Engine, spec: PipelineSpec) -> dict[str, Any] | None:
 
 
 def _open_quarantine(engine: Engine, spec: PipelineSpec) -> int:
-    from driftless.quarantine import QUARANTINE_TABLE, quarantine_table
+    from driftless.quarantine.store import QUARANTINE_TABLE, quarantine_table
 
     if not inspect(engine).has_table(QUARANTINE_TABLE, schema=spec.target.db_schema):
         return 0

@@ -1,7 +1,8 @@
 """Run one window of one pipeline end to end: the only place that sequences the steps.
 
-extract (source -> staging files) -> load (staging -> target, with state and run record in one
-transaction) -> reconcile (counts). The CLI calls ``run_window``; the DAG tasks call the three steps.
+extract (source -> transform -> validate -> stage per chunk, then dedup over the window: ``_extract``) ->
+load (staging -> target, with state and run record in one transaction) -> reconcile (counts).
+The CLI calls ``run_window``; the DAG tasks call the three steps.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from driftless import metrics
 from driftless.connections import redact, resolve_url
 from driftless.errors import DriftlessError, LoadError, error_detail
+from driftless.extract.dedup import WindowDedup
 from driftless.extract.staging import Manifest, StagingWriter, owned_run_dir, prune_stale, staging_root
+from driftless.extract.transform import transform_chunk
+from driftless.extract.validate import Validator, check_reject_ratio
 from driftless.failpoints import failpoint
 from driftless.load import loader_for
 from driftless.load.entry import LoadResult, RunRecord, load_rows
 from driftless.logs import event
-from driftless.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
+from driftless.quarantine.store import ensure_quarantine_table, write_quarantine
 from driftless.reconcile.checks import ChecksFailed, run_window_checks, staged_sums
 from driftless.schema import target_table
 from driftless.sources.base import Acknowledges, Closable, CountsWindow, KeepsTargetState, Metered, Resumable, Source
@@ -147,6 +151,7 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
 
 def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
              frames: Iterable[pd.DataFrame] | None, started_at: datetime, source: Any = None) -> Manifest:
+    """Read -> transform -> validate -> stage, chunk by chunk; then dedup over the window's staged rows."""
     started = time.monotonic()
     if source is None and frames is None:
         source = source_for(spec)
@@ -154,23 +159,28 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     resumable = source if isinstance(source, Resumable) else None
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
                            window.start.isoformat(), window.end.isoformat(), resume=resumable is not None)
-    staged = ValidatingWriter(spec, writer)  # transform + validate; rejects staged for quarantine
+    validator = Validator(spec)  # the spec's checks, compiled once per window
+    dedup = WindowDedup(spec, writer)  # on disk; a resumed extract re-reads what was staged
     progress = writer.checkpoint or {}
     max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
     if resumable is not None:
         resumable.resume_from(progress.get("source"), writer.manifest.tables)
     for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
-        chunk = staged.write(frame)
-        if chunk.num_rows:
-            chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
+        transformed = transform_chunk(frame, spec)  # transform: rename, cast, derive, function, drop
+        checked = validator.check(transformed)  # validate: spec types and checks; rows to load, rows rejected
+        parts = writer.stage(checked.good, checked.rejects, checked.reasons)  # stage: part-*, quarantine-*
+        dedup.add(checked.index, parts)  # dedup needs every staged row's identity (applied at the window's end)
+        if checked.good.num_rows:
+            chunk_max = _as_datetime(pc.max(checked.good[spec.source.cursor]).as_py())
             if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
                 max_cursor = chunk_max
         if resumable is not None:  # resume point, written after the chunk it covers
-            staged.save_progress({"source": resumable.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
+            writer.save_progress({"source": resumable.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
+    dedup.apply()  # dedup: one row per key stays in the staged files (the latest by dedup.order_by)
     writer.manifest.read_at = started_at.isoformat()
-    manifest = staged.close(max_cursor.isoformat() if max_cursor else None,
+    manifest = writer.close(max_cursor.isoformat() if max_cursor else None,
                             source.metrics if isinstance(source, Metered) else None)
     if spec.reconcile.sum_columns and not isinstance(source, CountsWindow):
         # The checks cannot ask this source for the window's sums: take them from what was staged.

@@ -777,6 +777,28 @@ def apply_transforms(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFr
     return frame, failures
 
 
+@dataclass
+class Transformed:
+    """One chunk after the spec's transforms (the extract's first step; validation is the next).
+
+    Attributes:
+        raw: the chunk as the source gave it (positional index): what a rejected record keeps.
+        frame: the chunk after rename, cast, derive, function and drop, same rows as ``raw``.
+        failures: rows whose transform failed (validation rejects them with the reason).
+    """
+
+    raw: pd.DataFrame
+    frame: pd.DataFrame
+    failures: list[RowFailure]
+
+
+def transform_chunk(frame: pd.DataFrame, spec: PipelineSpec) -> Transformed:
+    """The transform step of one chunk: ``apply_transforms`` on the chunk re-indexed from 0."""
+    raw = frame.reset_index(drop=True)
+    transformed, failures = apply_transforms(raw, spec)
+    return Transformed(raw, transformed, failures)
+
+
 @cache
 def _expression(name: str, expr: str) -> DeriveExpression:
     return DeriveExpression(name, expr)

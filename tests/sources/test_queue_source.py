@@ -324,7 +324,7 @@ def test_queue_check_fails_when_messages_are_not_accounted_for(broker, env):
 
 
 def test_quarantined_message_replays_after_the_spec_is_fixed(broker, env):
-    from driftless.quarantine import replay
+    from driftless.quarantine.replay import replay
 
     name = broker.create()
     broker.publish(name, order(1, amount="12,50"), "comma")

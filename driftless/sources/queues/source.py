@@ -220,7 +220,7 @@ class QueueSource:
         from sqlalchemy import inspect
 
         from driftless.extract.transform import convert_for
-        from driftless.quarantine import _newer_in_target
+        from driftless.quarantine.replay import newer_in_target
         from driftless.schema import target_table
 
         older = np.zeros(len(frame), dtype=bool)
@@ -238,7 +238,7 @@ class QueueSource:
         if not ok.any():
             return older
         candidates = pd.DataFrame(converted)[ok].reset_index(drop=True)
-        newer = _newer_in_target(conn, table, self.spec, pa.Table.from_pandas(candidates, preserve_index=False))
+        newer = newer_in_target(conn, table, self.spec, pa.Table.from_pandas(candidates, preserve_index=False))
         conn.rollback()
         older[np.flatnonzero(ok)[newer]] = True
         return older
@@ -270,7 +270,7 @@ class QueueSource:
 
     def _dead_letters(self, result: Any) -> list[tuple[str | None, bytes, str]]:
         """The run's quarantined messages: (id, body or the quarantined record, reason)."""
-        from driftless.quarantine import quarantine_table
+        from driftless.quarantine.store import quarantine_table
 
         table = quarantine_table(self.spec.target.db_schema)
         from sqlalchemy import select as sql_select
