@@ -217,8 +217,10 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     # Sources that keep state of their own in the target (file sources: etl_files) write it in the load's transaction.
     source_class = SOURCES[spec.source.type]
     keeps_state = isinstance(source_class, type) and issubclass(source_class, KeepsTargetState)
-    if getattr(source_class, "needs_consumer", False) and isinstance(source_class, type) \
-            and not isinstance(source, source_class):
+    # Sources that acknowledge messages (queues) load in the process that consumed them, and load whatever
+    # share of a window validation rejects: holding the messages back would redeliver them forever.
+    acknowledges = isinstance(source_class, type) and issubclass(source_class, Acknowledges)
+    if acknowledges and not isinstance(source, cast(type, source_class)):
         raise LoadError(f"pipeline {spec.name!r}: a {spec.source.type} pipeline loads in the process that consumed "
                         "its messages (etl run; in Airflow its one sync task), not from staging files alone")
 
@@ -243,7 +245,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                     fields={"extracted": extracted, "deduplicated": result.deduplicated,
                             "metrics": json.dumps(result.metrics) if result.metrics else None})
     try:
-        if getattr(source_class, "applies_reject_ratio", True):  # queues quarantine what fails, however much
+        if not acknowledges:  # queues quarantine what fails, however much (see above)
             check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: no write
         ensure_quarantine_table(loader.engine, schema)
         if keeps_state:

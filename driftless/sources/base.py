@@ -12,6 +12,8 @@ checked by mypy where a connector is used as one) instead of probing attributes 
 * ``Closable``: holds connections to release after use.
 * ``KeepsTargetState``: keeps state of its own in the target, written in the load's transaction (files).
 * ``ChecksWindow``: adds checks of its own to a window's checks (files).
+* ``Acknowledges``: acknowledges consumed messages after the commit (queues): loads in the consuming
+  process, and no reject ratio refuses its windows.
 
 The helpers for spec models (``check_identifier``, ``render_params``) live here too, so that a source's
 spec model and the pipeline spec (``driftless.spec``) can share them without importing each other.
@@ -170,7 +172,10 @@ def render_params(params: dict[str, Any], window: Bounded | None) -> dict[str, A
 class Acknowledges(Protocol):
     """Consumes messages that are acknowledged to their broker only after the target committed (queues).
 
-    The load must then run in the process that consumed them (``etl run``; in Airflow, one task).
+    The load must then run in the process that consumed them (``etl run``; in Airflow, one task): it is
+    given this instance, which holds the consumed, unacknowledged messages. ``max_reject_ratio`` does not
+    apply: a window refused for its rejects would not be acknowledged, and the broker would deliver the
+    same messages again forever; what fails validation is quarantined (or dead-lettered), however much.
     """
 
     def acknowledge(self, result: Any) -> None: ...

@@ -53,9 +53,6 @@ class QueueSource:
     record carrying ``_source_error``, which validation quarantines with that reason.
     """
 
-    needs_consumer = True  # load_window must get this instance (it holds the consumed, unacknowledged messages)
-    applies_reject_ratio = False  # holding messages back for their rejects would block the queue
-
     def __init__(self, spec: PipelineSpec, consumer: Any = None) -> None:
         if not isinstance(spec.source, QueueSourceSpec):
             raise TypeError(f"pipeline {spec.name!r}: QueueSource needs a source of type 'queue'")
