@@ -9,7 +9,6 @@ catches up: it diffs whole tables, not events). This file only wires the library
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +18,7 @@ from airflow.sdk import AssetAny, AssetOrTimeSchedule, CronTriggerTimetable, Par
 from driftless.airflow.assets import target_asset
 from driftless.report.link import ConsistencyReportLink
 from driftless.report.tasks import ON_DRIFT_CHOICES, default_on_drift
+from driftless.settings import settings
 from driftless.spec import load_spec, spec_files
 
 # Airflow's bundle DagBag puts the DAG folder on sys.path; a plain DagBag (tests, tools) does not.
@@ -27,7 +27,7 @@ if str(Path(__file__).parent) not in sys.path:
 from driftless_pipelines import DEFAULT_ARGS, SPECS_DIR  # noqa: E402
 
 _assets = [target_asset(load_spec(path)) for path in spec_files(SPECS_DIR)]
-_cron = (os.environ.get("DRIFTLESS_REPORT_SCHEDULE") or "0 6 * * *").strip()
+_cron = settings().report_schedule or "0 6 * * *"
 _daily = CronTriggerTimetable(_cron, timezone="UTC") if _cron.lower() != "none" else None
 if _assets and _daily:
     _schedule: object = AssetOrTimeSchedule(timetable=_daily, assets=AssetAny(*_assets))

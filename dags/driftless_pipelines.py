@@ -6,7 +6,6 @@ the spec files and nothing else (no database, no network).
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,15 +15,16 @@ from driftless.airflow.alerts import on_failure
 from driftless.airflow.assets import target_asset
 from driftless.airflow.params import trigger_params
 from driftless.airflow.pools import pool_name
+from driftless.settings import settings
 from driftless.spec import PipelineSpec, load_spec, spec_files
 
-SPECS_DIR = Path(os.environ.get("DRIFTLESS_SPECS_DIR") or Path(__file__).parent / "pipelines")
+SPECS_DIR = Path(settings().specs_dir or Path(__file__).parent / "pipelines")
 
 DEFAULT_ARGS = {
     "owner": "driftless",
     # Retries wait 30 s, 60 s, 120 s ... (at most 30 min); DRIFTLESS_TASK_RETRIES / _RETRY_DELAY_S tune them.
-    "retries": int(os.environ.get("DRIFTLESS_TASK_RETRIES", "3")),
-    "retry_delay": timedelta(seconds=float(os.environ.get("DRIFTLESS_RETRY_DELAY_S", "30"))),
+    "retries": int(settings().task_retries or "3"),
+    "retry_delay": timedelta(seconds=float(settings().retry_delay_s or "30")),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=30),
     "on_failure_callback": on_failure,  # posts to the webhook of the driftless_alerts Connection, if any
@@ -121,7 +121,7 @@ def partitioned(spec: PipelineSpec, spec_path: Path) -> None:
 
         return airflow_tasks.plan_slices(str(spec_path), context)
 
-    @task(pool=pool_name(spec), max_active_tis_per_dagrun=int(os.environ.get("DRIFTLESS_MAX_SLICES", "16")))
+    @task(pool=pool_name(spec), max_active_tis_per_dagrun=int(settings().max_slices or "16"))
     def sync_slice(part: dict, **context) -> dict:
         from driftless.airflow import tasks as airflow_tasks
 

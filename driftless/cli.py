@@ -27,6 +27,7 @@ from typing import Any
 
 from driftless import logs
 from driftless.errors import DriftlessError, SpecError
+from driftless.settings import settings
 from driftless.spec import default_specs_dir, find_spec, load_specs, spec_files
 from driftless.window import Window
 
@@ -115,7 +116,7 @@ def _cmd_discover(args: argparse.Namespace) -> int:
         raise DriftlessError(f"--schedule: {args.schedule!r} is not a cron expression or preset (expected e.g. "
                              "'0 2 * * *' or '@daily')")
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else None
-    env = os.environ.get("DRIFTLESS_SPECS_DIR")
+    env = settings().specs_dir
     out_dir = Path(args.out) if args.out else Path(env) if env else Path.cwd() / "dags" / "pipelines"
     if args.rest or args.endpoint:
         if not (args.rest and args.endpoint) or tables or args.schema:

@@ -8,7 +8,6 @@ Every error names the file, the field path and what was expected.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -20,6 +19,7 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftless.errors import SpecError
+from driftless.settings import settings
 from driftless.sources.base import check_identifier, check_identifiers, one_or_more
 from driftless.sources.files.spec import FileSourceSpec
 from driftless.sources.queues.spec import QueueSourceSpec
@@ -619,7 +619,7 @@ def load_specs(directory: str | Path) -> list[PipelineSpec]:
 
 def default_specs_dir() -> Path:
     """``$DRIFTLESS_SPECS_DIR``, else ``dags/pipelines`` of the working directory or of this checkout."""
-    env = os.environ.get("DRIFTLESS_SPECS_DIR")
+    env = settings().specs_dir
     if env:
         return Path(env)
     local = Path.cwd() / "dags" / "pipelines"

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from typing import Any
 
 import requests
+
+from driftless.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/
 
 
 def conn_id() -> str:
-    return os.environ.get("DRIFTLESS_ALERTS_CONN_ID") or DEFAULT_CONN_ID
+    return settings().alerts_conn_id or DEFAULT_CONN_ID
 
 
 def webhook_url(fields: dict[str, Any]) -> str | None:

@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from driftless.errors import LoadError
+from driftless.settings import settings
 
 MANIFEST = "_manifest.json"
 PROGRESS = "_progress.json"
@@ -52,7 +53,7 @@ def staging_root() -> Path:
     ``XDG_CACHE_HOME`` is unset): private to the user, and not a directory the OS empties under a
     running job. Airflow tasks default to ``$AIRFLOW_HOME/driftless-staging`` (``driftless.airflow.tasks``).
     """
-    configured = os.environ.get("DRIFTLESS_STAGING_DIR")
+    configured = settings().staging_dir
     if configured:
         return Path(configured)
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
