@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from sqlalchemy import URL, make_url
 
 from driftless.errors import TIMEOUT_BACKENDS, ConnectionNotFound, connect_timeout_s
+from driftless.redact import SENSITIVE_PARAM, remember
 
 # Airflow conn_type / URI scheme -> SQLAlchemy driver name.
 DRIVERS = {
@@ -92,7 +93,16 @@ def _url_from_uri(conn_id: str, uri: str) -> URL:
 
 
 def resolve_url(conn_id: str) -> URL:
-    """The SQLAlchemy URL of a connection id; raises ``ConnectionNotFound`` naming where it looked."""
+    """The SQLAlchemy URL of a connection id; raises ``ConnectionNotFound`` naming where it looked.
+
+    Its password is remembered for redaction (``driftless.redact.remember``): alerts and messages hide it.
+    """
+    url = _resolve_url(conn_id)
+    remember(url.password)
+    return url
+
+
+def _resolve_url(conn_id: str) -> URL:
     raw = os.environ.get(env_var_name(conn_id))
     if raw:
         raw = raw.strip()
@@ -133,16 +143,6 @@ def airflow_lookup(conn_id: str) -> dict[str, Any]:
         "schema": conn.schema,
         "extra": conn.extra,
     }
-
-
-def redact(url: URL | str) -> str:
-    """The URL as text with its password hidden, for logs and errors."""
-    if isinstance(url, str):
-        try:
-            url = make_url(url)
-        except Exception:
-            return "<unparseable url>"
-    return url.render_as_string(hide_password=True)
 
 
 def connection_fields(conn_id: str) -> dict[str, Any]:
@@ -197,6 +197,10 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from exc
     fields["extra"] = extra
+    remember(fields.get("password"))
+    for key, value in extra.items():
+        if isinstance(value, str) and SENSITIVE_PARAM.search(key):
+            remember(value)  # client secrets, tokens: hidden in messages and alerts like the password
     return fields
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from driftless import metrics
-from driftless.connections import redact, resolve_url
+from driftless.connections import resolve_url
 from driftless.errors import DriftlessError, LoadError, error_detail
 from driftless.extract.dedup import WindowDedup
 from driftless.extract.staging import Manifest, StagingWriter, owned_run_dir, prune_stale, staging_root
@@ -36,6 +36,7 @@ from driftless.load.entry import LoadResult, RunRecord, load_rows
 from driftless.logs import event
 from driftless.quarantine.store import ensure_quarantine_table, write_quarantine
 from driftless.reconcile.checks import ChecksFailed, run_window_checks, staged_sums
+from driftless.redact import redact_url
 from driftless.schema import target_table
 from driftless.sources.base import Acknowledges, Closable, CountsWindow, KeepsTargetState, Metered, Resumable, Source
 from driftless.sources.files.source import FileSource
@@ -254,7 +255,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)
         if isinstance(exc, SQLAlchemyError):
-            message = (f"loading {target_table(spec).fullname!r} into {redact(url)} failed: "
+            message = (f"loading {target_table(spec).fullname!r} into {redact_url(url)} failed: "
                        f"{error_detail(exc, url)}")
         _record_failure(spec, window, run_id, started_at, message, loader, extracted=extracted,
                         quarantined=manifest.quarantined)
