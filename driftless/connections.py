@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sqlalchemy import URL, make_url
+from sqlalchemy import URL
 
 from driftless.errors import TIMEOUT_BACKENDS, ConnectionNotFound, connect_timeout_s
 from driftless.redact import SENSITIVE_PARAM, remember
@@ -77,19 +77,44 @@ def _url_from_fields(conn_id: str, fields: dict[str, Any]) -> URL:
     )
 
 
-def _url_from_uri(conn_id: str, uri: str) -> URL:
-    scheme = urlsplit(uri).scheme.lower()
-    driver = DRIVERS.get(scheme)
-    if driver is None:
+def _fields_from_uri(uri: str) -> dict[str, Any]:
+    """A connection URI (Airflow's form) as connection fields: the one parser of ``AIRFLOW_CONN_<ID>`` URIs.
+
+    ``scheme://login:password@host:port/schema?k=v`` (percent-encoded parts decoded; query parameters
+    become ``extra``, or the JSON of ``__extra__``); ``sqlite:////abs/path.db`` gives the path as ``host``.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if DRIVERS.get(scheme) == "sqlite":
+        return {"conn_type": scheme, "host": unquote(uri.split(":", 1)[1].removeprefix("///")) if "://" in uri
+                else "", "extra": {}}
+    extra: dict[str, Any] = dict(parse_qsl(parts.query))
+    if "__extra__" in extra:
+        extra = json.loads(extra["__extra__"])
+    return {
+        "conn_type": scheme,
+        "host": parts.hostname,
+        "port": parts.port,
+        "login": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "schema": unquote(parts.path.lstrip("/")),
+        "extra": extra,
+    }
+
+
+def url_from_uri(uri: str, conn_id: str = "command line") -> URL:
+    """The SQLAlchemy URL of a database URI (``AIRFLOW_CONN_<ID>``'s value, or one given on the command line)."""
+    try:
+        fields = _fields_from_uri(uri)
+    except ValueError as exc:  # a port that is no number, a broken __extra__
+        raise ConnectionNotFound(f"connection {conn_id!r} ({env_var_name(conn_id)}): not a valid URI "
+                                 f"({exc})") from exc
+    if fields["conn_type"] not in DRIVERS:
         raise ConnectionNotFound(
-            f"connection {conn_id!r} ({env_var_name(conn_id)}): URI scheme {scheme or '(none)'!r} is not "
-            "supported (expected postgresql://, mysql:// or sqlite:///)"
+            f"connection {conn_id!r} ({env_var_name(conn_id)}): URI scheme {fields['conn_type'] or '(none)'!r} "
+            "is not supported (expected postgresql://, mysql:// or sqlite:///)"
         )
-    if driver == "sqlite":
-        path = unquote(uri.split(":", 1)[1].removeprefix("///")) if "://" in uri else ""
-        return URL.create("sqlite", database=path or None)
-    url = make_url(uri)
-    return url.set(drivername=driver)
+    return _url_from_fields(conn_id, fields)
 
 
 def resolve_url(conn_id: str) -> URL:
@@ -113,7 +138,7 @@ def _resolve_url(conn_id: str) -> URL:
                 raise ConnectionNotFound(
                     f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON ({exc.msg})"
                 ) from exc
-        return _url_from_uri(conn_id, raw)
+        return url_from_uri(raw, conn_id)
     if _fallback is not None:
         try:
             fields = _fallback(conn_id)
@@ -165,18 +190,7 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
         if not parts.scheme or not parts.hostname:
             raise ConnectionNotFound(f"connection {conn_id!r} ({env_var_name(conn_id)}): expected a URI such as "
                                      "https://login:password@api.example.com/v1")
-        extra: dict[str, Any] = dict(parse_qsl(parts.query))
-        if "__extra__" in extra:
-            extra = json.loads(extra["__extra__"])
-        fields = {
-            "conn_type": parts.scheme.lower(),
-            "host": parts.hostname,
-            "port": parts.port,
-            "login": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password else None,
-            "schema": unquote(parts.path.lstrip("/")),
-            "extra": extra,
-        }
+        fields = _fields_from_uri(raw)
     elif _fallback is not None:
         try:
             fields = dict(_fallback(conn_id))

@@ -42,7 +42,7 @@ from driftless.sources.base import Acknowledges, Closable, CountsWindow, KeepsTa
 from driftless.sources.files.source import FileSource
 from driftless.sources.queues.source import QueueSource
 from driftless.sources.rest.source import RestSource
-from driftless.sources.sql import SqlSource
+from driftless.sources.sql.source import SqlSource
 from driftless.spec import PipelineSpec
 from driftless.state import ensure_state_tables, record_run
 from driftless.status import Run

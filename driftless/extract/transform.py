@@ -148,7 +148,7 @@ def _is_number(value: Any) -> bool:
 def _missing(series: pd.Series) -> np.ndarray:
     """Which values are NULL. In an object column a NaN (float or Decimal) is a value (a bad one), not a NULL.
 
-    Sources hand over object columns wherever a NaN could be confused with a NULL (``driftless.sources.sql``
+    Sources hand over object columns wherever a NaN could be confused with a NULL (``driftless.sources.sql.source``
     keeps a float column with a real NaN as objects), so only a typed float column's NaN means NULL.
     """
     missing = series.isna().to_numpy().copy()

@@ -12,7 +12,7 @@ import json
 
 from sqlalchemy import URL
 
-from driftless.connections import _url_from_uri, resolve_url
+from driftless.connections import resolve_url, url_from_uri
 from driftless.errors import ReconciliationFailed
 from driftless.status import Check
 
@@ -22,7 +22,7 @@ DIFFERENT = 2
 def url_from_arg(value: str) -> URL:
     """A database URL given on the command line, or a connection id (resolved like a spec's)."""
     if "://" in value or value.startswith("sqlite:"):
-        return _url_from_uri("command line", value)
+        return url_from_uri(value)
     return resolve_url(value)
 
 

@@ -36,7 +36,8 @@ from driftless.errors import ReconciliationFailed, error_detail
 from driftless.reconcile.dialects import HashDialect, hash_dialect_for, kind_of, kind_of_spec_type
 from driftless.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
 from driftless.redact import redact_url
-from driftless.spec import TYPE_PATTERN, check_source_name
+from driftless.sources.base import check_source_name
+from driftless.spec import TYPE_PATTERN
 from driftless.status import Check
 
 log = logging.getLogger(__name__)

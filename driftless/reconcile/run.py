@@ -34,7 +34,7 @@ from driftless.reconcile.diff import DeepDiff, DiffResult
 from driftless.reconcile.store import record_checks
 from driftless.redact import redact_url
 from driftless.schema import read_type, target_table
-from driftless.sources.sql import SqlSource
+from driftless.sources.sql.source import SqlSource
 from driftless.spec import PipelineSpec
 from driftless.status import Check
 

@@ -1,7 +1,7 @@
 """What every source is, and what the spec models of sources share. Imports nothing from driftless.
 
-A source (``driftless.sources.sql.SqlSource``, ``driftless.sources.rest.source.RestSource``) reads a window's records
-in chunks: that is the ``Source`` protocol. What else a source can do is declared by the small
+A source (``driftless.sources.sql.source.SqlSource``, ``driftless.sources.rest.source.RestSource``) reads a
+window's records in chunks: that is the ``Source`` protocol. What else a source can do is declared by the small
 capability protocols below; the engine asks ``isinstance(source, CountsWindow)`` (a typed question,
 checked by mypy where a connector is used as one) instead of probing attributes by name:
 
@@ -15,8 +15,8 @@ checked by mypy where a connector is used as one) instead of probing attributes 
 * ``Acknowledges``: acknowledges consumed messages after the commit (queues): loads in the consuming
   process, and no reject ratio refuses its windows.
 
-The helpers for spec models (``check_identifier``, ``render_params``) live here too, so that a source's
-spec model and the pipeline spec (``driftless.spec``) can share them without importing each other.
+The helpers for spec models (``check_identifier``, ``check_source_name``, ``render_params``) live here too, so
+that a source's spec model and the pipeline spec (``driftless.spec``) can share them without importing each other.
 """
 
 from __future__ import annotations
@@ -129,6 +129,23 @@ def check_identifier(value: str) -> str:
             f"{value!r} is not a valid identifier (expected a letter or underscore followed by letters, "
             "digits or underscores, at most 63 characters)"
         )
+    return value
+
+
+SOURCE_NAME_MAX = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_source_name(value: str) -> str:
+    """Accept a table or column name as the source holds it (``"Order Items"``, ``"Unit-Price"``, ``Straße``).
+
+    Spaces, hyphens, non-ASCII letters, mixed case and reserved words are all accepted: they are safe because
+    every path quotes them through the source's SQL dialect (SQLAlchemy). Only empty names, control characters
+    and names over 128 characters are refused. Target names stay identifiers (``check_identifier``).
+    """
+    if not isinstance(value, str) or not value or len(value) > SOURCE_NAME_MAX or _CONTROL.search(value):
+        raise ValueError(f"{value!r} is not a usable source name (expected 1 to {SOURCE_NAME_MAX} characters "
+                         "without control characters)")
     return value
 
 

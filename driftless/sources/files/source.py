@@ -1,6 +1,6 @@
 """File source: the files of a window, read as streams of raw records in chunks of ``chunk_size``.
 
-Same interface as ``driftless.sources.sql.SqlSource`` (``read(window)`` yields DataFrames of raw values), without
+Same interface as ``driftless.sources.sql.source.SqlSource`` (``read(window)`` yields DataFrames of raw values), without
 ``count``. Which files a window holds:
 
 * a file not loaded before: when its time (modification time, or the date in its path) lies in

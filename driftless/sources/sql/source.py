@@ -19,7 +19,8 @@ from driftless.errors import SourceError, error_detail
 from driftless.extract.transform import DEFAULT_PARSING, Parsing
 from driftless.redact import redact_url
 from driftless.schema import read_type, sql_type
-from driftless.spec import PipelineSpec, SqlSourceSpec
+from driftless.sources.sql.spec import SqlSourceSpec
+from driftless.spec import PipelineSpec
 from driftless.window import Window
 
 log = logging.getLogger(__name__)
