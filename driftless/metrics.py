@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from driftless.errors import SpecError
 from driftless.settings import Settings, settings
 from driftless.status import SEVERITY, Run, worst
 
@@ -376,8 +377,6 @@ def env_sinks(environ: Mapping[str, str] | None = None) -> list[Sink]:
     if host:
         port = env.statsd_port or "8125"
         if not port.isdigit() or not 0 < int(port) < 65536:
-            from driftless.errors import SpecError
-
             raise SpecError(f"DRIFTLESS_STATSD_PORT: {port!r} is not a port number (expected 1-65535)")
         sinks.append(StatsdSink(host, int(port), env.statsd_prefix or ""))
     directory = env.textfile_dir

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from driftless.errors import DriftlessError
 from driftless.settings import settings
 
 DEFAULT_KEEP = 30
@@ -56,8 +57,6 @@ def keep() -> int:
     except ValueError:
         number = 0
     if number < 1:
-        from driftless.errors import DriftlessError
-
         raise DriftlessError(f"DRIFTLESS_REPORT_KEEP={value!r}: expected a whole number of reports >= 1")
     return number
 

@@ -28,7 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from driftless.connections import resolve_url
 from driftless.errors import LoadError, SourceError
+from driftless.load import loader_for
 from driftless.sources.files.listing import FileInfo, filesystem, list_files
 from driftless.sources.files.manifest import (
     LoadedFile,
@@ -123,9 +125,6 @@ class FileSource:
                             "window again: it reads the files as recorded now")
 
     def _engine(self) -> Any:
-        from driftless.connections import resolve_url
-        from driftless.load import loader_for
-
         return loader_for(resolve_url(self.spec.target.connection)).engine
 
     # ---- which files --------------------------------------------------------------------------------------
