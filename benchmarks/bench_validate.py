@@ -5,9 +5,9 @@ boolean, timestamptz, timestamp cursor; three column checks), then syncs one win
 (127.0.0.1:5432; SQLite when it is unreachable) twice, into two fresh tables:
 
 * ``with``: the pipeline as it is (transform + pandera validation + quarantine staging);
-* ``without``: the same pipeline with the validating writer replaced by a plain one: every column
+* ``without``: the same pipeline with the validate step replaced by a plain one: every column
   converted (``driftless.extract.transform.convert_for``, which the raw source values need) and ``frame_to_arrow``;
-  no checks, no quarantine.
+  no checks, no quarantine, no dedup. (Transforms still run: the bench's spec has none.)
 
 Goal: validation adds no more than 30% to a 1M-row window.
 
@@ -37,7 +37,7 @@ from sqlalchemy import URL, create_engine, text  # noqa: E402
 
 import driftless.pipeline as pipeline  # noqa: E402
 from driftless.extract.transform import convert_for  # noqa: E402
-from driftless.extract.validate import Validator  # noqa: E402
+from driftless.extract.validate import ChunkResult, Validator  # noqa: E402
 from driftless.schema import frame_to_arrow  # noqa: E402
 from driftless.spec import parse_spec  # noqa: E402
 from driftless.window import Window  # noqa: E402
@@ -83,30 +83,24 @@ def make_source(path: Path, n: int) -> None:
         db.execute("CREATE INDEX ix_orders_updated_at ON orders (updated_at)")
 
 
-class _PlainWriter:
-    """Conversion (the source hands over raw values) and frame_to_arrow; no checks, no quarantine."""
+class _PlainValidator(Validator):
+    """Conversion (the source hands over raw values) and frame_to_arrow; no checks, no quarantine, no dedup."""
 
-    def __init__(self, spec, writer) -> None:
-        self.spec, self.writer = spec, writer
-
-    def write(self, frame):
+    def check(self, chunk):
+        frame = chunk.raw
         typed = pd.DataFrame({c.name: convert_for(c, frame[c.name]).values for c in self.spec.columns})
-        chunk = frame_to_arrow(typed, self.spec)
-        self.writer.write(chunk)
-        return chunk
-
-    def close(self, max_cursor, metrics=None):  # ValidatingWriter.close's signature
-        self.writer.manifest.extracted = self.writer.manifest.records
-        return self.writer.close(max_cursor, metrics)
+        good = frame_to_arrow(typed, self.spec)
+        rejects = pd.DataFrame({c: pd.Series(dtype=object) for c in ("record_key", "entry_key", "record", "errors")})
+        return ChunkResult(good, rejects, pd.DataFrame())  # an empty index: nothing for the dedup step
 
 
 class _TimedValidator(Validator):
     spent = 0.0
 
-    def validate(self, frame):
+    def check(self, chunk):
         t0 = time.perf_counter()
         try:
-            return super().validate(frame)
+            return super().check(chunk)
         finally:
             _TimedValidator.spent += time.perf_counter() - t0
 
@@ -125,8 +119,6 @@ def run(n: int = 1_000_000, repeat: int = 2) -> dict[str, Any]:
 
     Each variant runs ``repeat`` times (alternating); the fastest run of each is reported.
     """
-    import driftless.quarantine as quarantine
-
     work = Path(tempfile.mkdtemp(prefix="bench-validate-"))
     pg_db = None
     old_env = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_BENCH_SRC", "AIRFLOW_CONN_BENCH_WH")}
@@ -151,19 +143,19 @@ def run(n: int = 1_000_000, repeat: int = 2) -> dict[str, Any]:
         # Alternate the two variants and keep each one's fastest run: the box is shared, so single runs are noisy.
         plain_runs, valid_runs, validate_runs = [], [], []
         for attempt in range(repeat):
-            original_writer, original_validator = pipeline.ValidatingWriter, quarantine.Validator
+            original_validator = pipeline.Validator
             try:
-                pipeline.ValidatingWriter = _PlainWriter
+                pipeline.Validator = _PlainValidator
                 plain_runs.append(_window(spec_for(f"orders_plain_{attempt}"), work / f"plain{attempt}"))
             finally:
-                pipeline.ValidatingWriter = original_writer
+                pipeline.Validator = original_validator
             try:
-                quarantine.Validator = _TimedValidator
+                pipeline.Validator = _TimedValidator
                 _TimedValidator.spent = 0.0
                 valid_runs.append(_window(spec_for(f"orders_validated_{attempt}"), work / f"validated{attempt}"))
                 validate_runs.append(_TimedValidator.spent)
             finally:
-                quarantine.Validator = original_validator
+                pipeline.Validator = original_validator
             shutil.rmtree(work / f"plain{attempt}", ignore_errors=True)
             shutil.rmtree(work / f"validated{attempt}", ignore_errors=True)
         plain_extract, plain_load, plain = min(plain_runs, key=lambda r: r[0] + r[1])

@@ -11,15 +11,22 @@ etl quarantine replay PIPELINE
 etl diff SOURCE_URL TARGET_URL --table T --key id [--columns a,b]
 etl reconcile PIPELINE [--deep] [--repair]
 etl report --out DIR
+
+Each command imports the modules it runs when it runs (inside its ``_cmd_*`` function): ``etl --help`` and
+a command load only what they use (pandas, pandera, SQLAlchemy, Airflow are each seconds of start-up).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from driftless import logs
 from driftless.errors import DriftlessError, SpecError
@@ -103,8 +110,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_discover(args: argparse.Namespace) -> int:
     """``etl discover``: exit 0 when every spec was written or is unchanged, 2 when an existing one differs."""
-    from pathlib import Path
-
     from croniter import croniter
 
     from driftless.discover.rest import discover_rest
@@ -132,10 +137,67 @@ def _cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_quarantine(args: argparse.Namespace) -> int:
-    from driftless.quarantine import quarantine_command
+def _plain_json(value: Any) -> Any:
+    """A value for a JSON line: NaN/NA as null (never ``NaN``/``nan``), datetimes as ISO-8601 UTC."""
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_json(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    return value
 
-    return quarantine_command(args)
+
+QUARANTINE_LIST_FIELDS = ("id", "record_key", "errors", "record", "run_id", "window_start", "window_end",
+                          "first_seen", "last_seen", "times_seen")
+
+
+def _cmd_quarantine(args: argparse.Namespace) -> int:
+    """``etl quarantine list|replay PIPELINE``: one JSON line per record (or per reason with --summary)."""
+    from driftless.connections import resolve_url
+    from driftless.quarantine.replay import replay
+    from driftless.quarantine.store import iter_quarantine, reasons_of_entry
+    from driftless.targets.loaders import loader_for
+
+    spec = find_spec(args.pipeline, args.specs_dir)
+    if args.quarantine_command == "replay":
+        print(json.dumps(replay(spec, run_id=args.run_id).summary(), default=str))
+        return 0
+    window = None
+    if args.window:
+        start, sep, end = args.window.partition("/")
+        if not sep or not start or not end:
+            raise DriftlessError(f"--window: {args.window!r} is not START/END (e.g. 2025-01-01/2025-01-02)")
+        window = Window.parse(start, end)
+    loader = loader_for(resolve_url(spec.target.connection))
+    summary: Counter = Counter()
+    shown = 0
+    try:
+        entries = iter_quarantine(loader.engine, spec, run_id=args.run, window=window, reason=args.reason)
+        try:
+            for entry in entries:
+                if args.summary:
+                    summary.update(reasons_of_entry(entry["errors"]))
+                    shown += 1
+                    continue
+                if args.limit and shown >= args.limit:
+                    break
+                print(json.dumps(_plain_json({k: entry[k] for k in QUARANTINE_LIST_FIELDS}), ensure_ascii=False,
+                                 allow_nan=False, default=str))
+                shown += 1
+        finally:
+            entries.close()
+    finally:
+        loader.dispose()
+    if args.summary:
+        for reason, count in sorted(summary.items(), key=lambda kv: (-kv[1], kv[0])):
+            column, _, check = reason.partition(": ")
+            print(json.dumps({"column": None if column == "(row)" else column, "check": check, "records": count},
+                             ensure_ascii=False))
+    print(f"{shown} quarantined record(s) for pipeline {spec.name!r}", file=sys.stderr)
+    return 0
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from sqlalchemy import URL, make_url
+from sqlalchemy import URL
 
 from driftless.errors import ConnectionNotFound
+from driftless.redact import SENSITIVE_PARAM, remember
 from driftless.targets import database_for_scheme
 
 _fallback: Callable[[str], dict[str, Any]] | None = None
@@ -67,24 +68,58 @@ def _url_from_fields(conn_id: str, fields: dict[str, Any]) -> URL:
     )
 
 
-def _url_from_uri(conn_id: str, uri: str) -> URL:
-    scheme = urlsplit(uri).scheme.lower()
+def _fields_from_uri(uri: str) -> dict[str, Any]:
+    """A connection URI (Airflow's form) as connection fields: the one parser of ``AIRFLOW_CONN_<ID>`` URIs.
+
+    ``scheme://login:password@host:port/schema?k=v`` (percent-encoded parts decoded; query parameters
+    become ``extra``, or the JSON of ``__extra__``); ``sqlite:////abs/path.db`` gives the path as ``host``.
+    """
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
     database = database_for_scheme(scheme)
-    if database is None:
+    if database is not None and database.capabilities.file_database:
+        return {"conn_type": scheme, "host": unquote(uri.split(":", 1)[1].removeprefix("///")) if "://" in uri
+                else "", "extra": {}}
+    extra: dict[str, Any] = dict(parse_qsl(parts.query))
+    if "__extra__" in extra:
+        extra = json.loads(extra["__extra__"])
+    return {
+        "conn_type": scheme,
+        "host": parts.hostname,
+        "port": parts.port,
+        "login": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "schema": unquote(parts.path.lstrip("/")),
+        "extra": extra,
+    }
+
+
+def url_from_uri(uri: str, conn_id: str = "command line") -> URL:
+    """The SQLAlchemy URL of a database URI (``AIRFLOW_CONN_<ID>``'s value, or one given on the command line)."""
+    try:
+        fields = _fields_from_uri(uri)
+    except ValueError as exc:  # a port that is no number, a broken __extra__
+        raise ConnectionNotFound(f"connection {conn_id!r} ({env_var_name(conn_id)}): not a valid URI "
+                                 f"({exc})") from exc
+    if database_for_scheme(fields["conn_type"]) is None:
         raise ConnectionNotFound(
-            f"connection {conn_id!r} ({env_var_name(conn_id)}): URI scheme {scheme or '(none)'!r} is not "
-            "supported (expected postgresql://, mysql:// or sqlite:///)"
+            f"connection {conn_id!r} ({env_var_name(conn_id)}): URI scheme {fields['conn_type'] or '(none)'!r} "
+            "is not supported (expected postgresql://, mysql:// or sqlite:///)"
         )
-    driver = database.capabilities.driver
-    if database.capabilities.file_database:
-        path = unquote(uri.split(":", 1)[1].removeprefix("///")) if "://" in uri else ""
-        return URL.create(driver, database=path or None)
-    url = make_url(uri)
-    return url.set(drivername=driver)
+    return _url_from_fields(conn_id, fields)
 
 
 def resolve_url(conn_id: str) -> URL:
-    """The SQLAlchemy URL of a connection id; raises ``ConnectionNotFound`` naming where it looked."""
+    """The SQLAlchemy URL of a connection id; raises ``ConnectionNotFound`` naming where it looked.
+
+    Its password is remembered for redaction (``driftless.redact.remember``): alerts and messages hide it.
+    """
+    url = _resolve_url(conn_id)
+    remember(url.password)
+    return url
+
+
+def _resolve_url(conn_id: str) -> URL:
     raw = os.environ.get(env_var_name(conn_id))
     if raw:
         raw = raw.strip()
@@ -95,7 +130,7 @@ def resolve_url(conn_id: str) -> URL:
                 raise ConnectionNotFound(
                     f"connection {conn_id!r}: {env_var_name(conn_id)} is neither a URI nor valid JSON ({exc.msg})"
                 ) from exc
-        return _url_from_uri(conn_id, raw)
+        return url_from_uri(raw, conn_id)
     if _fallback is not None:
         try:
             fields = _fallback(conn_id)
@@ -127,16 +162,6 @@ def airflow_lookup(conn_id: str) -> dict[str, Any]:
     }
 
 
-def redact(url: URL | str) -> str:
-    """The URL as text with its password hidden, for logs and errors."""
-    if isinstance(url, str):
-        try:
-            url = make_url(url)
-        except Exception:
-            return "<unparseable url>"
-    return url.render_as_string(hide_password=True)
-
-
 def connection_fields(conn_id: str) -> dict[str, Any]:
     """A connection's raw fields (conn_type, host, port, login, password, schema, extra as a dict), for REST use.
 
@@ -157,18 +182,7 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
         if not parts.scheme or not parts.hostname:
             raise ConnectionNotFound(f"connection {conn_id!r} ({env_var_name(conn_id)}): expected a URI such as "
                                      "https://login:password@api.example.com/v1")
-        extra: dict[str, Any] = dict(parse_qsl(parts.query))
-        if "__extra__" in extra:
-            extra = json.loads(extra["__extra__"])
-        fields = {
-            "conn_type": parts.scheme.lower(),
-            "host": parts.hostname,
-            "port": parts.port,
-            "login": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password else None,
-            "schema": unquote(parts.path.lstrip("/")),
-            "extra": extra,
-        }
+        fields = _fields_from_uri(raw)
     elif _fallback is not None:
         try:
             fields = dict(_fallback(conn_id))
@@ -189,5 +203,9 @@ def connection_fields(conn_id: str) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise ConnectionNotFound(f"connection {conn_id!r}: extra is not valid JSON") from exc
     fields["extra"] = extra
+    remember(fields.get("password"))
+    for key, value in extra.items():
+        if isinstance(value, str) and SENSITIVE_PARAM.search(key):
+            remember(value)  # client secrets, tokens: hidden in messages and alerts like the password
     return fields
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from driftless.connections import redact, resolve_url
+from driftless.connections import resolve_url
 from driftless.extract.staging import Manifest
 from driftless.load.entry import load_rows
+from driftless.redact import redact_url
 from driftless.spec import PipelineSpec
 from driftless.window import Window
 
@@ -36,7 +37,7 @@ def plan_window(spec: PipelineSpec, manifest: Manifest) -> dict[str, Any]:
         "dry_run": True,
         "pipeline": spec.name,
         "window": {"start": manifest.window_start, "end": manifest.window_end},
-        "target": f"{redact(resolve_url(spec.target.connection))} {load.target.fullname}",
+        "target": f"{redact_url(resolve_url(spec.target.connection))} {load.target.fullname}",
         "staged": manifest.records,
         **(load.plan or {}),
         "schema_changes": load.schema_changes,

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
+
+from driftless.settings import settings
 
 if TYPE_CHECKING:
     from sqlalchemy import URL
@@ -57,7 +58,7 @@ def connect_timeout_s(url: URL | None = None) -> int | None:
                 return int(float(own if isinstance(own, str) else own[0]))
             except ValueError:
                 return None  # the driver reports it
-    raw = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    raw = settings().connect_timeout_s or ""
     if not raw:
         return DEFAULT_CONNECT_TIMEOUT_S
     try:

@@ -14,20 +14,23 @@ import os
 import time
 from pathlib import Path
 
+from driftless.settings import settings
+
 _passed: dict[str, int] = {}
 
 
 def failpoint(name: str) -> None:
-    if os.environ.get("DRIFTLESS_FAILPOINT") != name:
+    s = settings()
+    if s.failpoint != name:
         return
     _passed[name] = _passed.get(name, 0) + 1
-    if _passed[name] <= int(os.environ.get("DRIFTLESS_FAILPOINT_AFTER", "0")):
+    if _passed[name] <= int(s.failpoint_after or "0"):
         return
-    marker = os.environ.get("DRIFTLESS_FAILPOINT_MARKER")
+    marker = s.failpoint_marker
     if marker:
         Path(marker).write_text(str(os.getpid()))
-    limit = float(os.environ.get("DRIFTLESS_FAILPOINT_SLEEP", "600"))
-    resume = os.environ.get("DRIFTLESS_FAILPOINT_RESUME")
+    limit = float(s.failpoint_sleep or "600")
+    resume = s.failpoint_resume
     if not resume:
         time.sleep(limit)
         return

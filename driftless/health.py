@@ -34,9 +34,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.catchup import first_start, last_boundary, parse_step, schedule_interval
 from driftless.connections import resolve_url
-from driftless.errors import DriftlessError
+from driftless.errors import DriftlessError, SpecError
 from driftless.metrics import prometheus_text, run_values
-from driftless.spec import PipelineSpec
+from driftless.spec import PipelineSpec, default_specs_dir, find_spec, load_spec, spec_files
 from driftless.state import RUNS_TABLE, as_utc, read_state, state_tables
 from driftless.status import BAD, Run
 from driftless.targets import engine_for
@@ -97,7 +97,7 @@ def _last_run(engine: Engine, spec: PipelineSpec) -> dict[str, Any] | None:
 
 
 def _open_quarantine(engine: Engine, spec: PipelineSpec) -> int:
-    from driftless.quarantine import QUARANTINE_TABLE, quarantine_table
+    from driftless.quarantine.store import QUARANTINE_TABLE, quarantine_table
 
     if not inspect(engine).has_table(QUARANTINE_TABLE, schema=spec.target.db_schema):
         return 0
@@ -233,9 +233,6 @@ def exit_code(rows: list[PipelineHealth]) -> int:
 
 def status_command(args: Any, out: TextIO | None = None) -> int:
     """``etl status [PIPELINE] [--json | --prometheus] [--grace PT1H]``."""
-    from driftless.errors import SpecError
-    from driftless.spec import default_specs_dir, find_spec, load_spec, spec_files
-
     out = out or sys.stdout
     grace = parse_step(args.grace, "--grace") if args.grace else DEFAULT_GRACE
     now = datetime.now(UTC)

@@ -41,6 +41,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from driftless.errors import SpecError
+from driftless.settings import Settings, settings
 from driftless.status import SEVERITY, Run, worst
 
 log = logging.getLogger(__name__)
@@ -369,17 +371,15 @@ def env_sinks(environ: Mapping[str, str] | None = None) -> list[Sink]:
 
     ``DRIFTLESS_STATSD_HOST`` (with ``_PORT``, ``_PREFIX``): StatsD; ``DRIFTLESS_TEXTFILE_DIR``: a Prometheus textfile.
     """
-    env = os.environ if environ is None else environ
+    env = settings() if environ is None else Settings.from_env(environ)
     sinks: list[Sink] = []
-    host = env.get("DRIFTLESS_STATSD_HOST", "").strip()
+    host = env.statsd_host
     if host:
-        port = env.get("DRIFTLESS_STATSD_PORT", "").strip() or "8125"
+        port = env.statsd_port or "8125"
         if not port.isdigit() or not 0 < int(port) < 65536:
-            from driftless.errors import SpecError
-
             raise SpecError(f"DRIFTLESS_STATSD_PORT: {port!r} is not a port number (expected 1-65535)")
-        sinks.append(StatsdSink(host, int(port), env.get("DRIFTLESS_STATSD_PREFIX", "")))
-    directory = env.get("DRIFTLESS_TEXTFILE_DIR", "").strip()
+        sinks.append(StatsdSink(host, int(port), env.statsd_prefix or ""))
+    directory = env.textfile_dir
     if directory:
         sinks.append(TextfileSink(directory))
     return sinks

@@ -1,7 +1,8 @@
 """Run one window of one pipeline end to end: the only place that sequences the steps.
 
-extract (source -> staging files) -> load (staging -> target, with state and run record in one
-transaction) -> reconcile (counts). The CLI calls ``run_window``; the DAG tasks call the three steps.
+extract (source -> transform -> validate -> stage per chunk, then dedup over the window: ``_extract``) ->
+load (staging -> target, with state and run record in one transaction) -> reconcile (counts).
+The CLI calls ``run_window``; the DAG tasks call the three steps.
 """
 
 from __future__ import annotations
@@ -23,20 +24,24 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from driftless import metrics
-from driftless.connections import redact, resolve_url
+from driftless.connections import resolve_url
 from driftless.errors import DriftlessError, LoadError, error_detail
+from driftless.extract.dedup import WindowDedup
 from driftless.extract.staging import Manifest, StagingWriter, owned_run_dir, prune_stale, staging_root
+from driftless.extract.transform import transform_chunk
+from driftless.extract.validate import Validator, check_reject_ratio
 from driftless.failpoints import failpoint
 from driftless.load.entry import LoadResult, RunRecord, load_rows
 from driftless.logs import event
-from driftless.quarantine import ValidatingWriter, check_reject_ratio, ensure_quarantine_table, write_quarantine
+from driftless.quarantine.store import ensure_quarantine_table, write_quarantine
 from driftless.reconcile.checks import ChecksFailed, run_window_checks, staged_sums
+from driftless.redact import redact_url
 from driftless.schema import target_table
 from driftless.sources.base import Acknowledges, Closable, CountsWindow, KeepsTargetState, Metered, Resumable, Source
 from driftless.sources.files.source import FileSource
 from driftless.sources.queues.source import QueueSource
 from driftless.sources.rest.source import RestSource
-from driftless.sources.sql import SqlSource
+from driftless.sources.sql.source import SqlSource
 from driftless.spec import PipelineSpec
 from driftless.state import ensure_state_tables, record_run
 from driftless.status import Run
@@ -147,6 +152,7 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
 
 def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
              frames: Iterable[pd.DataFrame] | None, started_at: datetime, source: Any = None) -> Manifest:
+    """Read -> transform -> validate -> stage, chunk by chunk; then dedup over the window's staged rows."""
     started = time.monotonic()
     if source is None and frames is None:
         source = source_for(spec)
@@ -154,23 +160,28 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     resumable = source if isinstance(source, Resumable) else None
     writer = StagingWriter(staging_dir(spec, window, run_id, root), spec.name,
                            window.start.isoformat(), window.end.isoformat(), resume=resumable is not None)
-    staged = ValidatingWriter(spec, writer)  # transform + validate; rejects staged for quarantine
+    validator = Validator(spec)  # the spec's checks, compiled once per window
+    dedup = WindowDedup(spec, writer)  # on disk; a resumed extract re-reads what was staged
     progress = writer.checkpoint or {}
     max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
     if resumable is not None:
         resumable.resume_from(progress.get("source"), writer.manifest.tables)
     for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
-        chunk = staged.write(frame)
-        if chunk.num_rows:
-            chunk_max = _as_datetime(pc.max(chunk[spec.source.cursor]).as_py())
+        transformed = transform_chunk(frame, spec)  # transform: rename, cast, derive, function, drop
+        checked = validator.check(transformed)  # validate: spec types and checks; rows to load, rows rejected
+        parts = writer.stage(checked.good, checked.rejects, checked.reasons)  # stage: part-*, quarantine-*
+        dedup.add(checked.index, parts)  # dedup needs every staged row's identity (applied at the window's end)
+        if checked.good.num_rows:
+            chunk_max = _as_datetime(pc.max(checked.good[spec.source.cursor]).as_py())
             if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
                 max_cursor = chunk_max
         if resumable is not None:  # resume point, written after the chunk it covers
-            staged.save_progress({"source": resumable.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
+            writer.save_progress({"source": resumable.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
         event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
               chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
+    dedup.apply()  # dedup: one row per key stays in the staged files (the latest by dedup.order_by)
     writer.manifest.read_at = started_at.isoformat()
-    manifest = staged.close(max_cursor.isoformat() if max_cursor else None,
+    manifest = writer.close(max_cursor.isoformat() if max_cursor else None,
                             source.metrics if isinstance(source, Metered) else None)
     if spec.reconcile.sum_columns and not isinstance(source, CountsWindow):
         # The checks cannot ask this source for the window's sums: take them from what was staged.
@@ -207,8 +218,10 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     # Sources that keep state of their own in the target (file sources: etl_files) write it in the load's transaction.
     source_class = SOURCES[spec.source.type]
     keeps_state = isinstance(source_class, type) and issubclass(source_class, KeepsTargetState)
-    if getattr(source_class, "needs_consumer", False) and isinstance(source_class, type) \
-            and not isinstance(source, source_class):
+    # Sources that acknowledge messages (queues) load in the process that consumed them, and load whatever
+    # share of a window validation rejects: holding the messages back would redeliver them forever.
+    acknowledges = isinstance(source_class, type) and issubclass(source_class, Acknowledges)
+    if acknowledges and not isinstance(source, cast(type, source_class)):
         raise LoadError(f"pipeline {spec.name!r}: a {spec.source.type} pipeline loads in the process that consumed "
                         "its messages (etl run; in Airflow its one sync task), not from staging files alone")
 
@@ -233,7 +246,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                     fields={"extracted": extracted, "deduplicated": result.deduplicated,
                             "metrics": json.dumps(result.metrics) if result.metrics else None})
     try:
-        if getattr(source_class, "applies_reject_ratio", True):  # queues quarantine what fails, however much
+        if not acknowledges:  # queues quarantine what fails, however much (see above)
             check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: no write
         ensure_quarantine_table(loader.engine, schema)
         if keeps_state:
@@ -242,7 +255,7 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)
         if isinstance(exc, SQLAlchemyError):
-            message = (f"loading {target_table(spec).fullname!r} into {redact(url)} failed: "
+            message = (f"loading {target_table(spec).fullname!r} into {redact_url(url)} failed: "
                        f"{error_detail(exc, url)}")
         _record_failure(spec, window, run_id, started_at, message, loader, extracted=extracted,
                         quarantined=manifest.quarantined)

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_origin
 
@@ -20,11 +20,12 @@ from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from driftless.errors import SpecError
-from driftless.sources.base import check_identifier, check_identifiers, one_or_more
+from driftless.settings import settings
+from driftless.sources.base import check_identifier, check_source_name, one_or_more
 from driftless.sources.files.spec import FileSourceSpec
 from driftless.sources.queues.spec import QueueSourceSpec
 from driftless.sources.rest.spec import RestSourceSpec
-from driftless.window import NULL_CURSOR_HELP, NullCursor
+from driftless.sources.sql.spec import SqlSourceSpec
 
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@once"}
 TYPE_PATTERN = re.compile(
@@ -35,23 +36,6 @@ TYPE_PATTERN = re.compile(
 CURSOR_TYPES = {"timestamp", "timestamptz", "date"}
 NUMERIC_TYPES = {"smallint", "integer", "bigint", "numeric", "decimal", "float", "double"}
 EPOCH_FORMATS = {"epoch_s", "epoch_ms"}
-
-
-SOURCE_NAME_MAX = 128
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def check_source_name(value: str) -> str:
-    """Accept a table or column name as the source holds it (``"Order Items"``, ``"Unit-Price"``, ``Straße``).
-
-    Spaces, hyphens, non-ASCII letters, mixed case and reserved words are all accepted: they are safe because
-    every path quotes them through the source's SQL dialect (SQLAlchemy). Only empty names, control characters
-    and names over 128 characters are refused. Target names stay identifiers (``check_identifier``).
-    """
-    if not isinstance(value, str) or not value or len(value) > SOURCE_NAME_MAX or _CONTROL.search(value):
-        raise ValueError(f"{value!r} is not a usable source name (expected 1 to {SOURCE_NAME_MAX} characters "
-                         "without control characters)")
-    return value
 
 
 Identifier = Annotated[str, Field(min_length=1)]
@@ -158,52 +142,6 @@ class ColumnSpec(_Strict):
         return self
 
 
-class SqlSourceSpec(_Strict):
-    """A table or query in a SQL database, read incrementally by a cursor column."""
-
-    type: Literal["sql"]
-    connection: Identifier = Field(description="connection id: an Airflow Connection or AIRFLOW_CONN_<ID>")
-    table: str | None = Field(None, description="source table, optionally schema-qualified (schema.table); any "
-                              "name the source holds, quoted by its SQL dialect (a dot always separates the schema)")
-    query: str | None = Field(None, description="a SELECT whose result is filtered by the window")
-    primary_key: list[Identifier] = Field(min_length=1)
-    cursor: Identifier = Field(description="column whose value places a row in a window")
-    lag: timedelta = Field(
-        timedelta(0), description="re-read this much before the window start, for late-arriving rows"
-    )
-    null_cursor: NullCursor = Field("fail", description=NULL_CURSOR_HELP)
-
-    _conn = field_validator("connection")(check_identifier)
-    _cursor = field_validator("cursor")(check_identifier)
-
-    _pk_list = field_validator("primary_key", mode="before")(one_or_more)
-
-    _pk = field_validator("primary_key")(check_identifiers)
-
-    @field_validator("table")
-    @classmethod
-    def _table(cls, value: str | None) -> str | None:
-        if value is not None:
-            for part in value.split("."):
-                check_source_name(part)
-            if value.count(".") > 1:
-                raise ValueError(f"{value!r}: expected table or schema.table")
-        return value
-
-    @field_validator("lag")
-    @classmethod
-    def _lag(cls, value: timedelta) -> timedelta:
-        if value < timedelta(0):
-            raise ValueError("lag must not be negative")
-        return value
-
-    @model_validator(mode="after")
-    def _table_or_query(self) -> SqlSourceSpec:
-        if (self.table is None) == (self.query is None):
-            raise ValueError("give exactly one of 'table' or 'query'")
-        return self
-
-
 class TargetSpec(_Strict):
     """The table in the warehouse that the pipeline keeps in sync."""
 
@@ -246,10 +184,16 @@ def check_reference(value: str | None) -> str | None:
 
 
 class DeriveSpec(_Strict):
-    """A column computed from others: ``expr`` is a pandas ``DataFrame.eval`` expression over columns."""
+    """A column computed from others: ``expr`` is an expression over the chunk's columns.
+
+    Allowed: column names, constants, ``+ - * / // % **``, comparisons, ``and``/``or``/``not`` and the
+    functions ``upper``, ``lower``, ``strip``, ``length``, ``coalesce``, ``concat``, ``abs``
+    (``driftless.extract.transform.DeriveExpression``; not pandas' ``DataFrame.eval``, not Python's ``eval``).
+    Decimals stay exact. A row whose expression fails is quarantined with the reason.
+    """
 
     name: Identifier
-    expr: str = Field(min_length=1, description="e.g. 'quantity * unit_price' (arithmetic, comparisons, and/or)")
+    expr: str = Field(min_length=1, description="e.g. 'quantity * unit_price' or \"upper(coalesce(city, '?'))\"")
 
     _name = field_validator("name")(check_identifier)
 
@@ -724,7 +668,7 @@ def default_specs_dir(dags_folder: str | Path | None = None) -> Path:
     A relative path is taken from the working directory and returned absolute, so a task on a worker
     gets the same files as the parse that named them.
     """
-    env = (os.environ.get("DRIFTLESS_SPECS_DIR") or "").strip()
+    env = (settings().specs_dir or "").strip()
     if env:
         return Path(env).expanduser().absolute()
     folder = dags_folder or (os.environ.get("AIRFLOW__CORE__DAGS_FOLDER") or "").strip() or Path("dags")

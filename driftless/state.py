@@ -78,7 +78,7 @@ def state_tables(schema: str | None = None) -> tuple[Table, Table]:
         Column("duration_s", Float),
         Column("message", Text),
         Column("metrics", Text),  # JSON: what the source's request loop did (REST sources)
-        # Validation (driftless.quarantine): extracted = loaded + quarantined + deduplicated for each window.
+        # Validation (driftless.extract): extracted = loaded + quarantined + deduplicated for each window.
         Column("quarantined", BigInteger),
         Column("deduplicated", BigInteger),
         Column("schema_changes", Text),  # JSON list of the target DDL this run made (driftless.load.evolution)

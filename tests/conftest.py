@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import URL, create_engine, text
 
+from driftless import settings as driftless_settings
 from tools.demo import prepare_source
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,6 +172,31 @@ def connections(monkeypatch: pytest.MonkeyPatch):
             monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
 
     return define
+
+
+def _then_reset_settings(method):
+    """``monkeypatch.setenv``/``delenv`` of a ``DRIFTLESS_*`` variable also resets ``driftless.settings``."""
+
+    def wrapper(self, name, *args, **kwargs):
+        result = method(self, name, *args, **kwargs)
+        if str(name).startswith("DRIFTLESS_"):
+            driftless_settings.reset()
+        return result
+
+    return wrapper
+
+
+# driftless reads its settings once per process (driftless.settings); a test that changes one sees it at once.
+pytest.MonkeyPatch.setenv = _then_reset_settings(pytest.MonkeyPatch.setenv)
+pytest.MonkeyPatch.delenv = _then_reset_settings(pytest.MonkeyPatch.delenv)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings():
+    """Each test starts from the environment as it is (an earlier test's monkeypatch undone)."""
+    driftless_settings.reset()
+    yield
+    driftless_settings.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from driftless.connections import redact, resolve_url, use_lookup
+from driftless.connections import resolve_url, use_lookup
 from driftless.errors import ConnectionNotFound
+from driftless.redact import redact_url
 
 
 def test_uri_forms(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_PG", "postgres://u:p%40ss@db.example:5433/wh")
     url = resolve_url("pg")
     assert url.drivername == "postgresql+psycopg" and url.password == "p@ss" and url.port == 5433
-    assert "p@ss" not in redact(url) and "***" in redact(url)
+    assert "p@ss" not in redact_url(url) and "***" in redact_url(url)
     monkeypatch.setenv("AIRFLOW_CONN_MY", "mysql://root@127.0.0.1:3306/test")
     assert resolve_url("my").drivername == "mysql+pymysql"
     monkeypatch.setenv("AIRFLOW_CONN_LITE", "sqlite:////tmp/x.db")

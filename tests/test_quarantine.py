@@ -19,7 +19,8 @@ from sqlalchemy import create_engine, inspect, text
 from driftless.cli import main
 from driftless.errors import LoadError, ValidationFailed
 from driftless.pipeline import extract_window, load_window, new_run_id, run_window
-from driftless.quarantine import list_quarantine, replay
+from driftless.quarantine.replay import replay
+from driftless.quarantine.store import list_quarantine
 from driftless.spec import parse_spec
 from driftless.state import as_utc, read_runs
 from driftless.window import Window
@@ -411,25 +412,33 @@ def test_derived_columns_through_the_sql_source(sqlite_url, connections, chinook
 
 
 def test_resumed_extraction_keeps_counts_and_deduplicates(tmp_path):
+    from driftless.extract.dedup import WindowDedup
     from driftless.extract.staging import StagingWriter
-    from driftless.quarantine import ValidatingWriter
+    from driftless.extract.validate import Validator
+
+    def stage(validator, writer, dedup, frame):  # the extract's per-chunk steps (driftless.pipeline._extract)
+        checked = validator.validate(frame)
+        dedup.add(checked.index, writer.stage(checked.good, checked.rejects, checked.reasons))
 
     spec = messy_spec("resume")
+    validator = Validator(spec)
     first = good_rows(3)
     first.loc[2, "amount"] = "bad"
     directory = tmp_path / "stage"
-    staged = ValidatingWriter(spec, StagingWriter(directory, spec.name, "a", "b", resume=True))
-    staged.write(first)
-    staged.save_progress({"source": {"page": 2}})
-    staged.write(good_rows(2, start=10))   # staged after the last resume point: dropped on resume
+    writer = StagingWriter(directory, spec.name, "a", "b", resume=True)
+    dedup = WindowDedup(spec, writer)
+    stage(validator, writer, dedup, first)
+    writer.save_progress({"source": {"page": 2}})
+    stage(validator, writer, dedup, good_rows(2, start=10))   # staged after the last resume point: dropped on resume
     # interrupted here: no manifest; a new attempt resumes after the first chunk
     writer = StagingWriter(directory, spec.name, "a", "b", resume=True)
-    assert writer.checkpoint["source"] == {"page": 2}
-    resumed = ValidatingWriter(spec, writer)
+    assert writer.checkpoint == {"source": {"page": 2}}
+    dedup = WindowDedup(spec, writer)
     again = good_rows(2, start=2)          # id 2 again, newer; id 3 again, now valid
     again["updated_at"] = [datetime(2024, 1, 9), datetime(2024, 1, 9)]
-    resumed.write(again)
-    manifest = resumed.close(None)
+    stage(validator, writer, dedup, again)
+    dedup.apply()
+    manifest = writer.close(None)
     assert (manifest.extracted, manifest.records, manifest.quarantined, manifest.deduplicated) == (5, 3, 1, 1)
     assert sorted(manifest.tables().__next__().column("id").to_pylist()) == [1]
     assert manifest.reasons == {"amount: type(numeric(10,2))": 1}

@@ -202,7 +202,7 @@ def test_rest_key_and_cursor_by_path():
 
 
 def test_sql_source_selects_quoted_names(tmp_path):
-    from driftless.sources.sql import SqlSource
+    from driftless.sources.sql.source import SqlSource
     from driftless.window import Window
 
     db = Path(tmp_path / "s.db")

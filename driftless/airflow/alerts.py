@@ -14,30 +14,30 @@ The message (``{"text": ..., "blocks": [...]}``, which Slack, Mattermost and Roc
 names the pipeline, window, task, try number, an error summary and the task's log URL. When the
 consistency report finds drift (a deep diff FAILs or cannot run), the message names each such pipeline
 with its counts (missing, extra, changed): as a failure under ``on_drift: fail``, as a warning under
-``on_drift: warn`` (see ``driftless.report.tasks``). Secrets are masked: passwords in URLs, the webhook
-itself, and everything Airflow's secrets masker knows (connection passwords, sensitive variables).
+``on_drift: warn`` (see ``driftless.report.tasks``). Secrets are masked (``driftless.redact``): passwords
+in URLs, the webhook itself, and the passwords and tokens of every connection this process resolved.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
 from typing import Any
 
 import requests
+
+from driftless.redact import redact_text
+from driftless.settings import settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONN_ID = "driftless_alerts"
 TIMEOUT_S = 10
 MAX_ERROR_CHARS = 600
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 
 
 def conn_id() -> str:
-    return os.environ.get("DRIFTLESS_ALERTS_CONN_ID") or DEFAULT_CONN_ID
+    return settings().alerts_conn_id or DEFAULT_CONN_ID
 
 
 def webhook_url(fields: dict[str, Any]) -> str | None:
@@ -52,21 +52,6 @@ def webhook_url(fields: dict[str, Any]) -> str | None:
     port = f":{fields['port']}" if fields.get("port") else ""
     path = f"/{password.lstrip('/')}" if password else ""
     return f"{fields.get('schema') or 'https'}://{host}{port}{path}"
-
-
-def mask(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
-    """``text`` with URL passwords, the given secrets and Airflow's known secrets replaced by ``***``."""
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-    for secret in secrets:
-        if secret and len(secret) > 3:
-            text = text.replace(secret, "***")
-    try:
-        from airflow.sdk._shared.secrets_masker import redact  # the masker tasks' logs go through
-
-        text = str(redact(text))
-    except Exception:  # outside Airflow: the two rules above still apply
-        pass
-    return text
 
 
 def _summary(exc: BaseException | None) -> str:
@@ -122,7 +107,7 @@ def build_message(context: dict[str, Any], secrets: tuple[str, ...] = (),
         log_url = getattr(ti, "log_url", None) or ""
     except Exception:  # the log URL needs the API server's base URL configured
         log_url = ""
-    error = mask(_summary(exc), secrets) if exc is not None or not findings else ""
+    error = redact_text(_summary(exc), secrets) if exc is not None or not findings else ""
     pipelines = ", ".join(f["pipeline"] for f in findings)
     fields = {"Pipeline": pipelines or dag_id, "Window": window, "Task": task_id,
               "Try": str(getattr(ti, "try_number", "?")), "Run": run_id}
@@ -152,8 +137,8 @@ def build_message(context: dict[str, Any], secrets: tuple[str, ...] = (),
     if findings:
         body["findings"] = [{k: f.get(k) for k in ("pipeline", "status", "missing_in_target", "extra_in_target",
                                                     "changed", "error")} for f in findings]
-    payload = {"text": mask(text, secrets), "blocks": blocks, "driftless": body}
-    return json.loads(mask(json.dumps(payload, default=str), secrets))
+    payload = {"text": redact_text(text, secrets), "blocks": blocks, "driftless": body}
+    return json.loads(redact_text(json.dumps(payload, default=str), secrets))
 
 
 def _iso(value: Any) -> str:
@@ -176,7 +161,8 @@ def send(url: str, payload: dict[str, Any]) -> int:
         response = requests.post(url, json=payload, timeout=TIMEOUT_S)
         return response.status_code
     except requests.RequestException as exc:
-        log.warning("driftless alert: webhook unreachable (%s)", mask(type(exc).__name__ + ": " + str(exc), (url,)))
+        log.warning("driftless alert: webhook unreachable (%s)",
+                    redact_text(f"{type(exc).__name__}: {exc}", (url,)))
         return 0
 
 

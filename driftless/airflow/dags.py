@@ -20,7 +20,6 @@ UTC; ``none``: after loads only).
 
 from __future__ import annotations
 
-import os
 from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +39,7 @@ from driftless.airflow.alerts import on_failure
 from driftless.airflow.assets import pipeline_schedule, target_asset
 from driftless.airflow.params import trigger_params
 from driftless.airflow.pools import pool_name
+from driftless.settings import settings
 from driftless.spec import PipelineSpec, default_specs_dir, load_spec, spec_files
 
 
@@ -55,8 +55,8 @@ def default_args() -> dict[str, Any]:
     """The tasks' defaults: retries with exponential back-off, and the failure alert."""
     return {
         "owner": "driftless",
-        "retries": int(os.environ.get("DRIFTLESS_TASK_RETRIES", "3")),
-        "retry_delay": timedelta(seconds=float(os.environ.get("DRIFTLESS_RETRY_DELAY_S", "30"))),
+        "retries": int(settings().task_retries or "3"),
+        "retry_delay": timedelta(seconds=float(settings().retry_delay_s or "30")),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "on_failure_callback": on_failure,  # posts to the webhook of the driftless_alerts Connection, if any
@@ -169,7 +169,7 @@ def partitioned(spec: PipelineSpec, spec_path: Path) -> None:
 
         return airflow_tasks.plan_slices(str(spec_path), context)
 
-    @task(pool=pool_name(spec), max_active_tis_per_dagrun=int(os.environ.get("DRIFTLESS_MAX_SLICES", "16")))
+    @task(pool=pool_name(spec), max_active_tis_per_dagrun=int(settings().max_slices or "16"))
     def sync_slice(part: dict, **context) -> dict:
         from driftless.airflow import tasks as airflow_tasks
 
@@ -234,7 +234,7 @@ def report_dag(namespace: MutableMapping[str, Any] | None = None, specs_dir: str
 
     directory = specs_dir_of(namespace, specs_dir)
     assets = [target_asset(load_spec(path)) for path in spec_files(directory)]
-    cron = (os.environ.get("DRIFTLESS_REPORT_SCHEDULE") or "0 6 * * *").strip()
+    cron = (settings().report_schedule or "0 6 * * *").strip()
     daily = CronTriggerTimetable(cron, timezone="UTC") if cron.lower() != "none" else None
     if assets and daily:
         schedule: Any = AssetOrTimeSchedule(timetable=daily, assets=AssetAny(*assets))

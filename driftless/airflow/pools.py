@@ -11,9 +11,9 @@ target connection needs its pool: ``python -m tools.airflow_local pools``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from driftless.settings import Settings, settings
 from driftless.spec import PipelineSpec, load_specs
 
 DEFAULT_SLOTS = 4
@@ -25,7 +25,7 @@ def pool_name(spec: PipelineSpec) -> str:
 
 def slots(env: dict[str, str] | None = None) -> int:
     """Slots per pool: ``DRIFTLESS_POOL_SLOTS`` of ``env`` (default: the process environment), else 4."""
-    return int((os.environ if env is None else env).get("DRIFTLESS_POOL_SLOTS") or DEFAULT_SLOTS)
+    return int((settings() if env is None else Settings.from_env(env)).pool_slots or DEFAULT_SLOTS)
 
 
 def pools_for(specs_dir: str | Path) -> dict[str, str]:

@@ -23,6 +23,8 @@ from driftless.airflow.params import InvalidParams, RunOptions, run_options
 from driftless.errors import ConnectionNotFound
 from driftless.extract.staging import Manifest, discard, prune_stale
 from driftless.pipeline import WindowResult, extract_window, load_window, reconcile_window, staging_dir
+from driftless.settings import settings
+from driftless.settings import use as use_settings
 from driftless.spec import PipelineSpec, load_spec
 from driftless.window import Window
 
@@ -63,9 +65,9 @@ def _named_connection(spec_path: str, message: str) -> str | None:
 def _setup() -> None:
     connections.use_lookup(connections.airflow_lookup)
     metrics.use_airflow()  # Airflow's [metrics] backend (StatsD, OpenTelemetry), else DRIFTLESS_STATSD_*
-    if not os.environ.get("DRIFTLESS_STAGING_DIR"):
+    if settings().staging_dir is None:  # this process's default; the environment is left as it is
         home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
-        os.environ["DRIFTLESS_STAGING_DIR"] = str(Path(home) / "driftless-staging")
+        use_settings(staging_dir=str(Path(home) / "driftless-staging"))
 
 
 def options_from_context(spec: PipelineSpec, context: dict[str, Any]) -> RunOptions:

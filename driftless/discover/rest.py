@@ -24,15 +24,20 @@ One request (the connection's auth, the spec defaults for retries and timeouts) 
 from __future__ import annotations
 
 import re
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import requests
 
+from driftless.connections import connection_fields
 from driftless.discover.sql import NAMING_RULE, DiscoverResult, TablePlan, _unique_names, _write, _y, snake_name
 from driftless.errors import DriftlessError
+from driftless.extract.validate import check_code
+from driftless.sources.rest.client import RestClient
 from driftless.sources.rest.jsonpath import MISSING, select
+from driftless.sources.rest.spec import RestSourceSpec
 
 _ISO_ZONED = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d{1,6})?)?(Z|[+-]\d\d(:?\d\d)?)$")
 _ISO_NAIVE = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d{1,6})?)?$")
@@ -152,13 +157,6 @@ def discover_rest(api_conn: str, endpoint: str, target_conn: str, out_dir: Path,
                   name: str | None = None, schedule: str = "@daily", target_schema: str | None = None,
                   force: bool = False, out: TextIO | None = None) -> DiscoverResult:
     """Sample one page of ``endpoint`` and write a spec for it (see the module docstring)."""
-    import sys
-
-    from driftless.connections import connection_fields
-    from driftless.extract.validate import check_code
-    from driftless.sources.rest.client import RestClient
-    from driftless.sources.rest.spec import RestSourceSpec
-
     out = out or sys.stdout
     probe = RestSourceSpec.model_validate({"type": "rest", "connection": api_conn, "endpoint": endpoint,
                                            "primary_key": ["id"], "cursor": "id",

@@ -45,8 +45,9 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.exc import SAWarning, SQLAlchemyError
 
-from driftless.connections import redact, resolve_url
+from driftless.connections import resolve_url
 from driftless.errors import DriftlessError, SpecError
+from driftless.redact import redact_url
 from driftless.sources.base import IDENTIFIER
 from driftless.spec import parse_spec
 from driftless.targets import capabilities, database_for, engine_for
@@ -567,13 +568,14 @@ def discover(source_conn: str, target_conn: str, out_dir: Path, tables: list[str
         else:
             names = [t for t in insp.get_table_names(schema=schema) if t not in STATE_TABLES]
             if not names:
-                raise DriftlessError(f"no tables in {redact(engine.url)}" + (f" schema {schema!r}" if schema else ""))
+                raise DriftlessError(f"no tables in {redact_url(engine.url)}"
+                                     + (f" schema {schema!r}" if schema else ""))
         qualify = schema if schema and schema != default_schema else None
         reflect_schema = (schema or default_schema) if capabilities(engine.url).schemas else None
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in names:
             if not insp.has_table(name, schema=reflect_schema):
-                raise DriftlessError(f"--tables: no table {name!r} in {redact(engine.url)}"
+                raise DriftlessError(f"--tables: no table {name!r} in {redact_url(engine.url)}"
                                      + (f" schema {schema!r}" if schema else ""))
             pipeline = snake_name(f"{prefix}{qualify + '_' if qualify else ''}{name}")
             plan = plan_table(engine, reflect_schema, qualify, name, pipeline,
@@ -584,7 +586,7 @@ def discover(source_conn: str, target_conn: str, out_dir: Path, tables: list[str
     except SQLAlchemyError as exc:
         from driftless.reconcile.checks import error_detail
 
-        raise DriftlessError(f"discovering {redact(engine.url)} failed: {error_detail(exc)}") from exc
+        raise DriftlessError(f"discovering {redact_url(engine.url)} failed: {error_detail(exc)}") from exc
     finally:
         engine.dispose()
     return result

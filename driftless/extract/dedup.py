@@ -11,10 +11,14 @@ writes each chunk's entries to the staging directory:
 
 ``SpilledIndex.losers`` reads one bucket at a time (16 bytes per entry, ``1/BUCKETS`` of the window): an
 entry whose hash occurs once in its bucket has no duplicate. The others are gathered from the chunk files,
-a batch of buckets at a time, and reduced by ``quarantine.dedup_losers``, the rule an in-memory index of
+a batch of buckets at a time, and reduced by ``dedup_losers``, the rule an in-memory index of
 the whole window applies: each key's rows are compared only with each other, so whole groups give the same
 losers. Hashes are Python's (``a == b`` implies ``hash(a) == hash(b)``, across int/Decimal/float and
 Timestamp/datetime); a collision only adds rows to compare, never drops one.
+
+``WindowDedup`` is the extract's dedup step: it records each staged chunk's entries and, at the end of the
+window, removes the superseded rows from the staged files (``StagingWriter.drop_superseded``). Replay
+applies ``dedup_losers`` to the quarantined records it loads.
 
 Memory: one chunk's entries while writing; one bucket plus one batch of candidate entries at the end; and
 16 bytes per deduplicated row (the losers). Disk: about the index's size, removed by ``close``.
@@ -29,6 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+
+from driftless.extract.staging import StagingWriter
+from driftless.extract.transform import convert_column
+from driftless.spec import PipelineSpec
 
 BUCKETS = 256
 #: Candidate entries gathered at once before they are reduced (more only when one identity has more rows).
@@ -146,3 +155,86 @@ class SpilledIndex:
 
     def close(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def dedup_losers(index: pd.DataFrame, keys: list[str], order: list[str], keep: str) -> np.ndarray:
+    """Rows of ``index`` that another row with the same identity supersedes (see ``ChunkResult.index``).
+
+    Rows with a valid key compare by key, ordered by ``order`` then arrival (``_seq``); ``keep`` (``last``
+    or ``first``) says which one stays. Rows whose key is invalid compare by their quarantine identity.
+    """
+    losers = np.zeros(len(index), dtype=bool)
+    valid = index["_ident"].isna().to_numpy()
+    by_key = index[valid]
+    if len(by_key) and by_key.duplicated(subset=keys).any():
+        ordered = by_key.sort_values([*order, "_seq"], na_position="first", kind="stable")
+        losers[ordered.index[ordered.duplicated(subset=keys, keep=keep)].to_numpy()] = True
+    by_record = index[~valid]
+    if len(by_record):
+        losers[by_record.index[by_record.duplicated(subset=["_ident"], keep=keep)].to_numpy()] = True
+    return losers
+
+
+class WindowDedup:
+    """The dedup step of one window's extract: rows with one primary key are reduced to one.
+
+    The latest by ``dedup.order_by`` (default the cursor; ties by arrival) stays, or the first with
+    ``dedup.keep: first``; so every extracted row is exactly one of: loaded, quarantined, deduplicated.
+
+    Usage (what ``driftless.pipeline.extract_window`` does)::
+
+        dedup = WindowDedup(spec, writer)
+        for each chunk:   dedup.add(checked.index, writer.stage(...))
+        dedup.apply()     # at the end of the window, before writer.close
+    """
+
+    def __init__(self, spec: PipelineSpec, writer: StagingWriter) -> None:
+        self.spec = spec
+        self.writer = writer
+        self.keys = list(spec.source.primary_key)
+        self.order = list(spec.dedup.order_by or [spec.source.cursor])
+        # On disk, so that memory stays bounded by chunk_size whatever the window's size.
+        self._index = SpilledIndex(writer.directory / "dedup-index", self.keys)
+        self._seq = 0
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Entries of the rows an interrupted attempt staged (a resumed extract; nothing when fresh).
+
+        Rows staged before the interruption take part in deduplication by key when they were loaded and
+        by quarantine identity when they were rejected; a key rejected before and loaded after the
+        interruption is not reduced (both outcomes stay, each counted once).
+        """
+        m, directory = self.writer.manifest, self.writer.directory
+        columns = list(dict.fromkeys([*self.keys, *self.order]))
+        types = {c.name: c.type for c in self.spec.columns}
+        for part, name in enumerate(m.files):
+            frame = pq.read_table(directory / name, columns=columns).to_pandas()
+            index = pd.DataFrame({c: convert_column(frame[c], types[c]).values for c in columns})
+            self._add(index.assign(_good=True, _pos=np.arange(len(index)), _ident=None, _part=part))
+        for part, name in enumerate(m.quarantine_files):
+            idents = pq.read_table(directory / name, columns=["entry_key"]).column("entry_key")
+            index = pd.DataFrame({c: pd.Series([None] * len(idents), dtype=object) for c in columns})
+            self._add(index.assign(_good=False, _pos=np.arange(len(index)), _ident=idents.to_pylist(),
+                                   _part=part))
+
+    def _add(self, index: pd.DataFrame) -> None:
+        index["_seq"] = np.arange(self._seq, self._seq + len(index))
+        self._seq += len(index)
+        self._index.add(index)
+
+    def add(self, index: pd.DataFrame, parts: tuple[int, int]) -> None:
+        """Record one staged chunk: its ``ChunkResult.index`` and the (part, quarantine) files it went to."""
+        if index.empty:
+            return
+        index = index.assign(_part=np.where(index["_good"].to_numpy(dtype=bool), *parts))
+        self._add(index)
+
+    def apply(self) -> int:
+        """Remove the superseded rows from the staged files; returns how many."""
+        try:
+            gone = self._index.losers(lambda index: dedup_losers(index, self.keys, self.order, self.spec.dedup.keep))
+        finally:
+            self._index.close()
+        self.writer.drop_superseded(gone)
+        return len(gone)

@@ -23,15 +23,19 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from driftless.errors import LoadError
+from driftless.settings import settings
 
 MANIFEST = "_manifest.json"
 PROGRESS = "_progress.json"
@@ -49,7 +53,7 @@ def staging_root() -> Path:
     ``XDG_CACHE_HOME`` is unset): private to the user, and not a directory the OS empties under a
     running job. Airflow tasks default to ``$AIRFLOW_HOME/driftless-staging`` (``driftless.airflow.tasks``).
     """
-    configured = os.environ.get("DRIFTLESS_STAGING_DIR")
+    configured = settings().staging_dir
     if configured:
         return Path(configured)
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -188,7 +192,7 @@ class Manifest:
     records: int = 0
     max_cursor: str | None = None
     metrics: dict = field(default_factory=dict)
-    # Validation (driftless.quarantine): records read from the source, rejected ones (staged in
+    # Validation (driftless.extract.validate, .dedup): records read from the source, rejected ones (staged in
     # quarantine_files), in-window duplicates dropped, and rejected rows per "column: check".
     extracted: int | None = None
     quarantined: int = 0
@@ -230,9 +234,13 @@ class Manifest:
 class StagingWriter:
     """Writes a window's chunks into a fresh directory; the manifest is written last, atomically.
 
+    The writer keeps the manifest's counts: ``write`` stages rows to load (``part-*``), ``stage`` one
+    validated chunk (rows to load and rejected rows, ``quarantine-*``, with their reasons; counted as
+    extracted), ``drop_superseded`` removes the rows the window's dedup found superseded.
+
     With ``resume=True`` an unfinished directory of an earlier attempt (no manifest yet) is kept:
-    the chunks listed in its ``_progress.json`` stay, anything after them is deleted, and
-    ``checkpoint`` holds what the last ``write(chunk, checkpoint=...)`` stored, for the source to
+    the chunks listed in its ``_progress.json`` stay (with their counts), anything after them is deleted,
+    and ``checkpoint`` holds what the last ``save_progress(checkpoint)`` stored, for the source to
     continue from. A finished directory (with a manifest) is always started afresh (an owner lock stays).
     """
 
@@ -243,12 +251,7 @@ class StagingWriter:
         self.checkpoint: dict | None = None
         progress = self.directory / PROGRESS
         if resume and progress.is_file() and not (self.directory / MANIFEST).is_file():
-            saved = json.loads(progress.read_text())
-            self.manifest.files, self.manifest.records = list(saved["files"]), int(saved["records"])
-            self.checkpoint = saved.get("checkpoint")
-            for leftover in self.directory.glob("part-*.parquet"):
-                if leftover.name not in self.manifest.files:
-                    leftover.unlink()
+            self._resume(json.loads(progress.read_text()))
             return
         make_private_dir(self.directory)
         for leftover in self.directory.iterdir():
@@ -259,7 +262,24 @@ class StagingWriter:
             else:
                 leftover.unlink()
 
+    def _resume(self, saved: dict) -> None:
+        m = self.manifest
+        m.files, m.records = list(saved["files"]), int(saved["records"])
+        self.checkpoint = saved.get("checkpoint")
+        # Written before validation state had its own keys: it sat in the checkpoint.
+        validation = saved if "quarantine_files" in saved else (self.checkpoint or {}).get("validation")
+        if validation is not None:
+            m.quarantine_files = list(validation.get("quarantine_files", []))
+            m.quarantined = int(validation.get("quarantined", 0))
+            m.reasons = dict(validation.get("reasons", {}))
+            m.extracted = saved.get("extracted", m.records + m.quarantined)
+        for pattern, kept in (("part-*.parquet", m.files), ("quarantine-*.parquet", m.quarantine_files)):
+            for leftover in self.directory.glob(pattern):
+                if leftover.name not in kept:
+                    leftover.unlink()
+
     def write(self, chunk: pa.Table, checkpoint: dict | None = None) -> None:
+        """Stage rows to load as the next ``part-*`` file."""
         name = f"part-{len(self.manifest.files):05d}.parquet"
         write_parquet(chunk, self.directory / name)
         self.manifest.files.append(name)
@@ -267,13 +287,74 @@ class StagingWriter:
         if checkpoint is not None:  # resume point: written after the chunk it covers, atomically
             self.save_progress(checkpoint)
 
+    def stage(self, good: pa.Table, rejects: pd.DataFrame, reasons: Mapping[str, int]) -> tuple[int, int]:
+        """Stage one validated chunk: its rows to load and its rejected rows (``driftless.extract.validate``).
+
+        Every row of the chunk counts as extracted. Returns the numbers of the ``part-*`` and
+        ``quarantine-*`` files the rows went to (the window's dedup refers to rows by file and position).
+        """
+        m = self.manifest
+        m.extracted = (m.records + m.quarantined + m.deduplicated if m.extracted is None else m.extracted) \
+            + good.num_rows + len(rejects)
+        parts = (len(m.files), len(m.quarantine_files))
+        if good.num_rows:
+            self.write(good)
+        if len(rejects):
+            name = f"quarantine-{len(m.quarantine_files):05d}.parquet"
+            write_parquet(pa.Table.from_pandas(rejects, preserve_index=False), self.directory / name)
+            m.quarantine_files.append(name)
+            m.quarantined += len(rejects)
+            for reason, count in reasons.items():
+                m.reasons[reason] = m.reasons.get(reason, 0) + count
+        return parts
+
+    def drop_superseded(self, gone: pd.DataFrame) -> None:
+        """Remove rows from the staged files; they count as deduplicated.
+
+        ``gone`` has ``_good`` (a part or a quarantine file), ``_part`` (the file's number) and ``_pos``
+        (the row's position in it).
+        """
+        if gone.empty:
+            return
+        m = self.manifest
+        for (good, part), rows in gone.groupby(["_good", "_part"]):
+            names = m.files if good else m.quarantine_files
+            path = self.directory / names[int(part)]
+            table = pq.read_table(path)
+            keep = np.ones(table.num_rows, dtype=bool)
+            keep[rows["_pos"].to_numpy(dtype=int)] = False
+            pq.write_table(table.filter(pa.array(keep)), path)
+        good_gone = int(gone["_good"].sum())
+        m.records -= good_gone
+        m.quarantined -= len(gone) - good_gone
+        m.deduplicated += len(gone)
+        if len(gone) - good_gone:
+            m.reasons = _reasons_of(self.directory, m.quarantine_files)
+
     def save_progress(self, checkpoint: dict) -> None:
-        """Write the resume point: the chunks staged so far and the caller's ``checkpoint``."""
+        """Write the resume point: the chunks staged so far, their counts and the caller's ``checkpoint``."""
+        m = self.manifest
         _write_text_atomically(self.directory / PROGRESS, json.dumps(
-            {"files": self.manifest.files, "records": self.manifest.records, "checkpoint": checkpoint}, default=str))
+            {"files": m.files, "records": m.records, "quarantine_files": m.quarantine_files,
+             "quarantined": m.quarantined, "reasons": m.reasons, "extracted": m.extracted,
+             "checkpoint": checkpoint}, default=str))
 
     def close(self, max_cursor: str | None, metrics: dict | None = None) -> Manifest:
-        self.manifest.max_cursor = max_cursor
-        self.manifest.metrics = metrics or {}
-        _write_text_atomically(self.directory / MANIFEST, json.dumps(self.manifest.to_dict(), indent=1))
-        return self.manifest
+        m = self.manifest
+        if m.extracted is not None and m.extracted != m.records + m.quarantined + m.deduplicated:
+            raise LoadError(f"pipeline {m.pipeline!r}: extracted {m.extracted} records but staged "
+                            f"{m.records} + quarantined {m.quarantined} + deduplicated {m.deduplicated}")
+        m.max_cursor = max_cursor
+        m.metrics = metrics or {}
+        _write_text_atomically(self.directory / MANIFEST, json.dumps(m.to_dict(), indent=1))
+        return m
+
+
+def _reasons_of(directory: Path, files: list[str]) -> dict[str, int]:
+    """Rejected rows per ``"column: check"``, counted from the staged quarantine files."""
+    reasons: Counter = Counter()
+    for name in files:
+        for errors in pq.read_table(directory / name, columns=["errors"]).column("errors").to_pylist():
+            for e in json.loads(errors):
+                reasons[f"{e['column'] or '(row)'}: {e['check']}"] += 1
+    return dict(reasons)

@@ -148,7 +148,7 @@ def _is_number(value: Any) -> bool:
 def _missing(series: pd.Series) -> np.ndarray:
     """Which values are NULL. In an object column a NaN (float or Decimal) is a value (a bad one), not a NULL.
 
-    Sources hand over object columns wherever a NaN could be confused with a NULL (``driftless.sources.sql``
+    Sources hand over object columns wherever a NaN could be confused with a NULL (``driftless.sources.sql.source``
     keeps a float column with a real NaN as objects), so only a typed float column's NaN means NULL.
     """
     missing = series.isna().to_numpy().copy()
@@ -775,6 +775,28 @@ def apply_transforms(frame: pd.DataFrame, spec: PipelineSpec) -> tuple[pd.DataFr
     if t.drop:
         frame = frame.drop(columns=[c for c in t.drop if c in frame.columns])
     return frame, failures
+
+
+@dataclass
+class Transformed:
+    """One chunk after the spec's transforms (the extract's first step; validation is the next).
+
+    Attributes:
+        raw: the chunk as the source gave it (positional index): what a rejected record keeps.
+        frame: the chunk after rename, cast, derive, function and drop, same rows as ``raw``.
+        failures: rows whose transform failed (validation rejects them with the reason).
+    """
+
+    raw: pd.DataFrame
+    frame: pd.DataFrame
+    failures: list[RowFailure]
+
+
+def transform_chunk(frame: pd.DataFrame, spec: PipelineSpec) -> Transformed:
+    """The transform step of one chunk: ``apply_transforms`` on the chunk re-indexed from 0."""
+    raw = frame.reset_index(drop=True)
+    transformed, failures = apply_transforms(raw, spec)
+    return Transformed(raw, transformed, failures)
 
 
 @cache

@@ -128,7 +128,7 @@ def staged_sums(spec: PipelineSpec, window, tables: Iterable[pa.Table]) -> dict[
 
 
 def _count_checks(spec: PipelineSpec, result: Any) -> list[dict[str, Any]]:
-    # Rows reduced as in-window duplicates (driftless.quarantine) are accounted for like quarantined ones.
+    # Rows reduced as in-window duplicates (driftless.extract.dedup) are accounted for like quarantined ones.
     quarantined = int(getattr(result, "quarantined", 0) or 0)
     deduplicated = int(getattr(result, "deduplicated", 0) or 0)
     accounted = result.loaded + quarantined + deduplicated

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import URL
 
-from driftless.connections import _url_from_uri, resolve_url
+from driftless.connections import resolve_url, url_from_uri
 from driftless.errors import ReconciliationFailed
 from driftless.reconcile.digest import DIGEST_COLUMN, DigestColumn, _reflect, drop_digest, ensure_digest, table_columns
 from driftless.status import Check
@@ -26,7 +26,7 @@ DIFFERENT = 2
 def url_from_arg(value: str) -> URL:
     """A database URL given on the command line, or a connection id (resolved like a spec's)."""
     if "://" in value or (":" in value and database_for_scheme(value.partition(":")[0]) is not None):
-        return _url_from_uri("command line", value)
+        return url_from_uri(value)
     return resolve_url(value)
 
 

@@ -32,11 +32,12 @@ from sqlalchemy import URL, Connection, Engine, MetaData, Table, text
 from sqlalchemy.exc import NoSuchTableError, SQLAlchemyError
 
 from driftless.canonical import json_equal
-from driftless.connections import redact
 from driftless.errors import ReconciliationFailed, error_detail
 from driftless.reconcile.dialects import HashDialect, kind_of, kind_of_spec_type
 from driftless.reconcile.digest import DIGEST_COLUMN, DigestColumn, fingerprint, fingerprint_in
-from driftless.spec import TYPE_PATTERN, check_source_name
+from driftless.redact import redact_url
+from driftless.sources.base import check_source_name
+from driftless.spec import TYPE_PATTERN
 from driftless.status import Check
 from driftless.targets import hash_dialect_for
 
@@ -133,7 +134,7 @@ class _Side:
         for name in [table, *([schema] if schema else [])]:
             check_source_name(name)  # quoted by the dialect (d.quote, d.table)
         self.url = url
-        self.label = redact(url)
+        self.label = redact_url(url)
         self.dialect_cls = hash_dialect_for(url)
         self.engine: Engine = self.dialect_cls.create_engine(url)
         self.d: HashDialect = self.dialect_cls(self.engine)

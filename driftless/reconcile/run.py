@@ -24,15 +24,16 @@ import pyarrow as pa
 from sqlalchemy import Connection, column, delete, select, table, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
-from driftless.connections import redact, resolve_url
+from driftless.connections import resolve_url
 from driftless.errors import DriftlessError, ReconciliationFailed, error_detail
 from driftless.extract.validate import Validator
 from driftless.load.entry import LoadResult, load_rows
 from driftless.logs import event
 from driftless.reconcile.diff import DeepDiff, DiffResult
 from driftless.reconcile.store import record_checks
+from driftless.redact import redact_url
 from driftless.schema import read_type, target_table
-from driftless.sources.sql import SqlSource
+from driftless.sources.sql.source import SqlSource
 from driftless.spec import PipelineSpec
 from driftless.status import Check
 from driftless.targets.loaders import loader_for
@@ -99,7 +100,7 @@ def repair(spec: PipelineSpec, diff: DiffResult) -> dict[str, int]:
         load_rows(spec, rows, then=then, loader=loader)  # no window: no delete detection, replace writes by key
     except SQLAlchemyError as exc:
         raise ReconciliationFailed(
-            f"pipeline {spec.name!r}: repair of {target_table(spec).fullname!r} in {redact(loader.url)} failed "
+            f"pipeline {spec.name!r}: repair of {target_table(spec).fullname!r} in {redact_url(loader.url)} failed "
             f"(rolled back): {error_detail(exc, loader.url)}") from exc
     finally:
         source.engine.dispose()

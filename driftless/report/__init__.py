@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from driftless.connections import redact, resolve_url
+from driftless.connections import resolve_url
 from driftless.errors import DriftlessError, driver_error_summary
+from driftless.redact import redact_url
 from driftless.spec import PipelineSpec, default_specs_dir, load_specs
 from driftless.status import BAD, Check, worst
 
@@ -92,7 +93,7 @@ def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, 
     }
     try:
         url = resolve_url(spec.target.connection)
-        entry["target"]["database"] = redact(url)
+        entry["target"]["database"] = redact_url(url)
         loader = loader_for(url)
     except DriftlessError as exc:
         entry["error"] = str(exc)
@@ -103,7 +104,7 @@ def pipeline_data(spec: PipelineSpec, now: datetime | None = None) -> dict[str, 
         state = read_state(loader.engine, spec.name, schema)
         checks = read_checks(loader.engine, spec.name, schema)
     except Exception as exc:  # an unreachable target is reported, not fatal to the report
-        entry["error"] = f"cannot read {redact(url)}: {driver_error_summary(exc, url, limit=200)}"
+        entry["error"] = f"cannot read {redact_url(url)}: {driver_error_summary(exc, url, limit=200)}"
         return entry
     finally:
         loader.dispose()

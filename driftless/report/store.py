@@ -19,6 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from driftless.errors import DriftlessError
+from driftless.settings import settings
+
 DEFAULT_KEEP = 30
 URL_PREFIX = "/driftless/reports"
 FILES = ("report.html", "report.json")
@@ -39,23 +42,21 @@ def store_root() -> Any:
     """The store as an ``ObjectStoragePath`` (see the module docstring for the settings)."""
     from airflow.sdk import ObjectStoragePath
 
-    url = (os.environ.get("DRIFTLESS_REPORT_STORE") or "").strip()
+    url = settings().report_store
     if url:
-        return ObjectStoragePath(url, conn_id=os.environ.get("DRIFTLESS_REPORT_STORE_CONN_ID") or None)
-    local = os.environ.get("DRIFTLESS_REPORT_DIR") or str(
+        return ObjectStoragePath(url, conn_id=settings().report_store_conn_id)
+    local = settings().report_dir or str(
         Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "driftless-reports")
     return ObjectStoragePath(Path(local).resolve().as_uri())
 
 
 def keep() -> int:
-    value = os.environ.get("DRIFTLESS_REPORT_KEEP") or str(DEFAULT_KEEP)
+    value = settings().report_keep or str(DEFAULT_KEEP)
     try:
         number = int(value)
     except ValueError:
         number = 0
     if number < 1:
-        from driftless.errors import DriftlessError
-
         raise DriftlessError(f"DRIFTLESS_REPORT_KEEP={value!r}: expected a whole number of reports >= 1")
     return number
 

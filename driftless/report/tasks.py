@@ -22,6 +22,7 @@ from typing import Any
 from driftless import connections
 from driftless.errors import DriftlessError
 from driftless.report import build_report
+from driftless.settings import settings
 from driftless.spec import load_specs
 from driftless.status import Check
 
@@ -37,7 +38,7 @@ COUNTS = ("missing_in_target", "extra_in_target", "changed")
 
 def default_on_drift() -> str:
     """``$DRIFTLESS_ON_DRIFT`` (``fail`` or ``warn``), else ``fail``."""
-    value = (os.environ.get("DRIFTLESS_ON_DRIFT") or "fail").strip().lower()
+    value = (settings().on_drift or "fail").lower()
     if value not in ON_DRIFT_CHOICES:
         raise DriftlessError(f"DRIFTLESS_ON_DRIFT={value!r}: expected one of {', '.join(ON_DRIFT_CHOICES)}")
     return value
@@ -51,7 +52,7 @@ def report_dir(run_id: str) -> Path:
     """
     from driftless.report.store import run_key
 
-    root = os.environ.get("DRIFTLESS_REPORT_DIR") or str(
+    root = settings().report_dir or str(
         Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow") / "driftless-reports")
     return Path(root) / run_key(run_id)
 

@@ -1,7 +1,7 @@
 """What every source is, and what the spec models of sources share. Imports nothing from driftless.
 
-A source (``driftless.sources.sql.SqlSource``, ``driftless.sources.rest.source.RestSource``) reads a window's records
-in chunks: that is the ``Source`` protocol. What else a source can do is declared by the small
+A source (``driftless.sources.sql.source.SqlSource``, ``driftless.sources.rest.source.RestSource``) reads a
+window's records in chunks: that is the ``Source`` protocol. What else a source can do is declared by the small
 capability protocols below; the engine asks ``isinstance(source, CountsWindow)`` (a typed question,
 checked by mypy where a connector is used as one) instead of probing attributes by name:
 
@@ -12,9 +12,11 @@ checked by mypy where a connector is used as one) instead of probing attributes 
 * ``Closable``: holds connections to release after use.
 * ``KeepsTargetState``: keeps state of its own in the target, written in the load's transaction (files).
 * ``ChecksWindow``: adds checks of its own to a window's checks (files).
+* ``Acknowledges``: acknowledges consumed messages after the commit (queues): loads in the consuming
+  process, and no reject ratio refuses its windows.
 
-The helpers for spec models (``check_identifier``, ``render_params``) live here too, so that a source's
-spec model and the pipeline spec (``driftless.spec``) can share them without importing each other.
+The helpers for spec models (``check_identifier``, ``check_source_name``, ``render_params``) live here too, so
+that a source's spec model and the pipeline spec (``driftless.spec``) can share them without importing each other.
 """
 
 from __future__ import annotations
@@ -130,6 +132,23 @@ def check_identifier(value: str) -> str:
     return value
 
 
+SOURCE_NAME_MAX = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_source_name(value: str) -> str:
+    """Accept a table or column name as the source holds it (``"Order Items"``, ``"Unit-Price"``, ``Straße``).
+
+    Spaces, hyphens, non-ASCII letters, mixed case and reserved words are all accepted: they are safe because
+    every path quotes them through the source's SQL dialect (SQLAlchemy). Only empty names, control characters
+    and names over 128 characters are refused. Target names stay identifiers (``check_identifier``).
+    """
+    if not isinstance(value, str) or not value or len(value) > SOURCE_NAME_MAX or _CONTROL.search(value):
+        raise ValueError(f"{value!r} is not a usable source name (expected 1 to {SOURCE_NAME_MAX} characters "
+                         "without control characters)")
+    return value
+
+
 PLACEHOLDERS = {"start", "end", "start_epoch", "end_epoch", "start_date", "end_date"}
 
 
@@ -170,7 +189,10 @@ def render_params(params: dict[str, Any], window: Bounded | None) -> dict[str, A
 class Acknowledges(Protocol):
     """Consumes messages that are acknowledged to their broker only after the target committed (queues).
 
-    The load must then run in the process that consumed them (``etl run``; in Airflow, one task).
+    The load must then run in the process that consumed them (``etl run``; in Airflow, one task): it is
+    given this instance, which holds the consumed, unacknowledged messages. ``max_reject_ratio`` does not
+    apply: a window refused for its rejects would not be acknowledged, and the broker would deliver the
+    same messages again forever; what fails validation is quarantined (or dead-lettered), however much.
     """
 
     def acknowledge(self, result: Any) -> None: ...

@@ -14,7 +14,8 @@ from sqlalchemy import create_engine
 from driftless.errors import SpecError, ValidationFailed
 from driftless.extract.validate import Validator
 from driftless.pipeline import run_window
-from driftless.quarantine import list_quarantine, replay
+from driftless.quarantine.replay import replay
+from driftless.quarantine.store import list_quarantine
 from driftless.spec import parse_spec
 from driftless.window import Window
 

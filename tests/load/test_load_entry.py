@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, inspect
 
 from driftless.dry_run import plan_window
 from driftless.pipeline import extract_window, load_window, new_run_id, run_window
-from driftless.quarantine import replay
+from driftless.quarantine.replay import replay
 from driftless.reconcile.run import reconcile_pipeline
 from driftless.spec import PipelineSpec, parse_spec
 from driftless.state import read_runs

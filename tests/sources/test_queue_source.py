@@ -324,7 +324,7 @@ def test_queue_check_fails_when_messages_are_not_accounted_for(broker, env):
 
 
 def test_quarantined_message_replays_after_the_spec_is_fixed(broker, env):
-    from driftless.quarantine import replay
+    from driftless.quarantine.replay import replay
 
     name = broker.create()
     broker.publish(name, order(1, amount="12,50"), "comma")
@@ -428,3 +428,11 @@ def test_dag_of_a_queue_pipeline_is_one_sync_task_that_loads_and_acknowledges(ai
         assert [r[0] for r in rows(sqlite_url)] == list(range(5)) and b.left(name) == 0
     finally:
         b.close()
+
+
+def test_only_queue_sources_acknowledge():
+    """The engine asks ``Acknowledges`` (load in the consuming process, no reject ratio), never an attribute."""
+    from driftless.pipeline import SOURCES
+    from driftless.sources.base import Acknowledges
+
+    assert {name for name, cls in SOURCES.items() if issubclass(cls, Acknowledges)} == {"queue"}

@@ -743,7 +743,7 @@ def test_bad_cursor_value_is_named(api, sqlite_url, filter_by_cursor):
         assert_nothing_committed(sqlite_url, spec)
         return
     # Otherwise validation quarantines the record with the reason, and the others load (driftless.quarantine).
-    from driftless.quarantine import list_quarantine
+    from driftless.quarantine.store import list_quarantine
 
     result = run_window(spec, WINDOW)
     assert (result.loaded, result.quarantined) == (3, 1)

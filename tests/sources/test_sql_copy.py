@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from driftless.extract.validate import Validator
-from driftless.sources.sql import SqlSource
+from driftless.sources.sql.source import SqlSource
 from driftless.spec import parse_spec
 from driftless.window import Window
 

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from driftless.extract.staging import Manifest
 from driftless.pipeline import extract_window, run_window
-from driftless.sources.sql import SqlSource
+from driftless.sources.sql.source import SqlSource
 from driftless.spec import parse_spec
 from driftless.window import Window
 from tests.helpers import fingerprint

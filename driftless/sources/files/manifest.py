@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -115,8 +115,6 @@ def write_loaded(conn: Connection, pipeline: str, files: Iterable[dict[str, Any]
     A conflict is a file recorded meanwhile (by another run) with another file time: loading it here too
     would load it in two windows.
     """
-    from datetime import UTC
-
     table = files_table(schema)
     files = list(files)
     conflicts = []

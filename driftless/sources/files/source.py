@@ -1,6 +1,6 @@
 """File source: the files of a window, read as streams of raw records in chunks of ``chunk_size``.
 
-Same interface as ``driftless.sources.sql.SqlSource`` (``read(window)`` yields DataFrames of raw values), without
+Same interface as ``driftless.sources.sql.source.SqlSource`` (``read(window)`` yields DataFrames of raw values), without
 ``count``. Which files a window holds:
 
 * a file not loaded before: when its time (modification time, or the date in its path) lies in
@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from driftless.connections import resolve_url
 from driftless.errors import LoadError, SourceError
 from driftless.sources.files.listing import FileInfo, filesystem, list_files
 from driftless.sources.files.manifest import (
@@ -49,6 +50,7 @@ from driftless.sources.files.readers import (
 from driftless.sources.files.spec import FILE_COLUMN, FILE_TIME_COLUMN, LINE_COLUMN, SYNTHETIC_COLUMNS, FileSourceSpec
 from driftless.spec import PipelineSpec
 from driftless.status import Check
+from driftless.targets.loaders import loader_for
 from driftless.window import Window
 
 log = logging.getLogger(__name__)
@@ -123,9 +125,6 @@ class FileSource:
                             "window again: it reads the files as recorded now")
 
     def _engine(self) -> Any:
-        from driftless.connections import resolve_url
-        from driftless.targets.loaders import loader_for
-
         return loader_for(resolve_url(self.spec.target.connection)).engine
 
     # ---- which files --------------------------------------------------------------------------------------

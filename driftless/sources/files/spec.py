@@ -7,6 +7,7 @@ directory or any fsspec URL), chosen by a ``glob`` (a file's window is its modif
 
 from __future__ import annotations
 
+import codecs
 import re
 from datetime import timedelta
 from typing import Literal
@@ -116,8 +117,6 @@ class FileSourceSpec(_Strict):
     @field_validator("encoding")
     @classmethod
     def _encoding(cls, value: str) -> str:
-        import codecs
-
         try:
             return codecs.lookup(value).name
         except LookupError:

@@ -27,6 +27,7 @@ from urllib.parse import quote
 from driftless.connections import connection_fields
 from driftless.errors import SourceError
 from driftless.sources.queues.spec import QueueSourceSpec
+from driftless.sources.rest.jsonpath import MISSING, select
 
 log = logging.getLogger(__name__)
 REDIS_BATCH = 1000
@@ -77,7 +78,6 @@ def consumer_for(spec: QueueSourceSpec, pipeline: str) -> RabbitConsumer | Redis
 def _message_id(source: QueueSourceSpec, body: bytes, prop: str | None) -> str | None:
     if source.message_id == "property":
         return prop
-    from driftless.sources.rest.jsonpath import MISSING, select
 
     try:
         found = select(json.loads(body), source.message_id)

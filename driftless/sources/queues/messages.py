@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, Text, delete, insert, inspect, select
+from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, Text, delete, func, insert, inspect, select
 
 from driftless.state import UTC_TIMESTAMP
 
@@ -79,8 +79,6 @@ def record_processed(conn: Connection, pipeline: str, ids: list[str], run_id: st
 
 def recorded_by_run(engine: Engine, pipeline: str, run_id: str, schema: str | None = None) -> int:
     """How many message ids ``run_id`` recorded."""
-    from sqlalchemy import func
-
     table = messages_table(schema)
     with engine.connect() as conn:
         if not inspect(conn).has_table(MESSAGES_TABLE, schema=schema):

@@ -19,17 +19,26 @@ the records are what the queue held: they are not filtered by their cursor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+from sqlalchemy import inspect
+from sqlalchemy import select as sql_select
 
+from driftless.connections import resolve_url
 from driftless.errors import LoadError
+from driftless.extract.transform import convert_for
 from driftless.extract.validate import SOURCE_ERROR_COLUMN
+from driftless.quarantine.replay import newer_in_target
+from driftless.quarantine.store import quarantine_table
+from driftless.schema import target_table
 from driftless.sources.queues.brokers import Message, consumer_for
 from driftless.sources.queues.messages import ensure_messages_table, processed, record_processed, recorded_by_run
 from driftless.sources.queues.spec import MESSAGE_ID_COLUMN, MESSAGE_TIME_COLUMN, SYNTHETIC_COLUMNS, QueueSourceSpec
@@ -37,6 +46,7 @@ from driftless.sources.rest.jsonpath import MISSING, select
 from driftless.sources.rest.source import _text, field_getter
 from driftless.spec import PipelineSpec
 from driftless.status import Check
+from driftless.targets.loaders import loader_for
 from driftless.window import Window
 
 log = logging.getLogger(__name__)
@@ -52,9 +62,6 @@ class QueueSource:
     that is not JSON, has no records at ``records``, no id, or a record without a cursor value becomes one
     record carrying ``_source_error``, which validation quarantines with that reason.
     """
-
-    needs_consumer = True  # load_window must get this instance (it holds the consumed, unacknowledged messages)
-    applies_reject_ratio = False  # holding messages back for their rejects would block the queue
 
     def __init__(self, spec: PipelineSpec, consumer: Any = None) -> None:
         if not isinstance(spec.source, QueueSourceSpec):
@@ -98,9 +105,6 @@ class QueueSource:
                             "queue pipeline at a time)")
 
     def _engine(self) -> Any:
-        from driftless.connections import resolve_url
-        from driftless.targets.loaders import loader_for
-
         return loader_for(resolve_url(self.spec.target.connection)).engine
 
     # ---- reading ------------------------------------------------------------------------------------------
@@ -216,13 +220,6 @@ class QueueSource:
 
     def _older_than_target(self, conn: Any, frame: pd.DataFrame) -> Any:
         """Records whose key the target holds with a later cursor: loading them would roll the row back."""
-        import numpy as np
-        from sqlalchemy import inspect
-
-        from driftless.extract.transform import convert_for
-        from driftless.quarantine import _newer_in_target
-        from driftless.schema import target_table
-
         older = np.zeros(len(frame), dtype=bool)
         mode = getattr(self.spec.target, "write_mode", "upsert")
         table = target_table(self.spec)
@@ -238,7 +235,7 @@ class QueueSource:
         if not ok.any():
             return older
         candidates = pd.DataFrame(converted)[ok].reset_index(drop=True)
-        newer = _newer_in_target(conn, table, self.spec, pa.Table.from_pandas(candidates, preserve_index=False))
+        newer = newer_in_target(conn, table, self.spec, pa.Table.from_pandas(candidates, preserve_index=False))
         conn.rollback()
         older[np.flatnonzero(ok)[newer]] = True
         return older
@@ -270,11 +267,7 @@ class QueueSource:
 
     def _dead_letters(self, result: Any) -> list[tuple[str | None, bytes, str]]:
         """The run's quarantined messages: (id, body or the quarantined record, reason)."""
-        from driftless.quarantine import quarantine_table
-
         table = quarantine_table(self.spec.target.db_schema)
-        from sqlalchemy import select as sql_select
-
         engine = self._engine()
         letters = []
         try:
@@ -337,6 +330,4 @@ class QueueSource:
 
 
 def _digest(body: bytes | None) -> str:
-    import hashlib
-
     return hashlib.sha256(body or b"").hexdigest()

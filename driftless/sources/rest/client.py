@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -28,6 +26,7 @@ import tenacity
 
 from driftless.errors import SourceError
 from driftless.logs import event
+from driftless.redact import Redactor
 from driftless.sources.base import render_params
 from driftless.sources.rest.auth import auth_from_connection
 from driftless.sources.rest.jsonpath import MISSING, select
@@ -46,7 +45,6 @@ from driftless.window import Window
 
 log = logging.getLogger(__name__)
 
-SENSITIVE_PARAM = re.compile(r"key|token|secret|password|passwd|signature|sig|auth|credential", re.I)
 EXCERPT = 300
 
 
@@ -68,57 +66,6 @@ def base_url(fields: dict[str, Any]) -> str:
         scheme, path = (conn_type if conn_type in ("http", "https") else "https"), schema
     port = f":{fields['port']}" if fields.get("port") else ""
     return f"{scheme}://{host}{port}/" + (path.strip("/") + "/" if path.strip("/") else "")
-
-
-class Redactor:
-    """Masks secret values anywhere in a text, and sensitive query parameters and userinfo in URLs."""
-
-    def __init__(self, secrets: Any = ()) -> None:
-        self.source = secrets  # an object with .secrets (may grow: OAuth2 tokens), or a sequence
-        _LIBRARY_LOG_FILTER.redactors.add(self)
-
-    def _secrets(self) -> list[str]:
-        values = getattr(self.source, "secrets", self.source) or ()
-        return sorted({str(s) for s in values if s and len(str(s)) >= 4}, key=len, reverse=True)
-
-    def text(self, text: str) -> str:
-        for secret in self._secrets():
-            text = text.replace(secret, "***")
-        return text
-
-    def url(self, url: str) -> str:
-        try:
-            parts = urlsplit(url)
-            query = [(k, "***" if SENSITIVE_PARAM.search(k) else v) for k, v in parse_qsl(parts.query, True)]
-            netloc = parts.hostname or ""
-            if parts.port:
-                netloc += f":{parts.port}"
-            url = urlunsplit((parts.scheme, netloc, parts.path, urlencode(query, safe="*:"), ""))
-        except ValueError:
-            url = "<unparseable url>"
-        return self.text(url)
-
-
-class _SecretFilter(logging.Filter):
-    """Masks the secrets of live clients in the records of urllib3 and requests (their DEBUG lines hold URLs)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.redactors: weakref.WeakSet[Redactor] = weakref.WeakSet()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        redactors = list(self.redactors)
-        if redactors:
-            message = record.getMessage()
-            for redactor in redactors:
-                message = redactor.text(message)
-            record.msg, record.args = message, ()
-        return True
-
-
-_LIBRARY_LOG_FILTER = _SecretFilter()
-for _name in ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection", "requests"):
-    logging.getLogger(_name).addFilter(_LIBRARY_LOG_FILTER)
 
 
 def origin_of(url: str) -> tuple[str, str, int | None]:

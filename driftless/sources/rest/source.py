@@ -1,6 +1,6 @@
 """REST source: a JSON API endpoint read window by window, in chunks of ``chunk_size`` records.
 
-Same interface as ``driftless.sources.sql.SqlSource`` (``read(window)`` yields DataFrames), without
+Same interface as ``driftless.sources.sql.source.SqlSource`` (``read(window)`` yields DataFrames), without
 ``count``: an API cannot count a window cheaply. After ``read`` finishes, ``metrics`` holds what the
 request loop did. ``resume_from`` and ``checkpoint`` let a retried extraction continue from the
 page of the last staged chunk instead of page one (see ``driftless.pipeline.extract_window``).

@@ -35,9 +35,6 @@ COPY_BLOCK = 1 << 20
 INDEX_THRESHOLD = 10_000
 #: Memory for the merge's sort / hash steps (transaction-local; PostgreSQL's default is 4 MB).
 MERGE_WORK_MEM = "128MB"
-#: How a large window is checked for repeated keys before the merge: "savepoint" (merge, and only on a
-#: repeated key undo and deduplicate) or "unique_index" (build a unique index on the staged keys first).
-DEDUP = "savepoint"
 
 
 class PostgresLoader(Loader):
@@ -126,7 +123,7 @@ class PostgresLoader(Loader):
         others = [self.quote(c.name) for c in target.columns if c.name not in key_names]
         stage_name = self._stage_name(target)
         stage = self.quote(stage_name)
-        if self.staged > INDEX_THRESHOLD and (mode.detects_deletes or DEDUP == "unique_index"):
+        if self.staged > INDEX_THRESHOLD and mode.detects_deletes:
             unique = self._index_stage(conn, target)  # the anti-join of delete detection probes it
         else:
             unique = None  # not known

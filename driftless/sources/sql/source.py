@@ -13,11 +13,13 @@ import pyarrow.csv as pcsv
 from sqlalchemy import Engine, column, func, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from driftless.connections import redact, resolve_url
+from driftless.connections import resolve_url
 from driftless.errors import SourceError, error_detail
 from driftless.extract.transform import DEFAULT_PARSING, Parsing
+from driftless.redact import redact_url
 from driftless.schema import read_type, sql_type
-from driftless.spec import PipelineSpec, SqlSourceSpec
+from driftless.sources.sql.spec import SqlSourceSpec
+from driftless.spec import PipelineSpec
 from driftless.targets import capabilities, engine_for
 from driftless.window import Window
 
@@ -163,7 +165,7 @@ class SqlSource:
         except SQLAlchemyError as exc:
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
-                f"{redact(self.engine.url)} failed: {error_detail(exc, self.engine.url)}"
+                f"{redact_url(self.engine.url)} failed: {error_detail(exc, self.engine.url)}"
             ) from exc
 
     def _copy_columns(self, conn, stmt) -> bool:
@@ -219,7 +221,7 @@ class SqlSource:
         except (psycopg.Error, pa.ArrowException) as exc:
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
-                f"{redact(self.engine.url)} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+                f"{redact_url(self.engine.url)} failed: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
             ) from exc
         finally:
             cursor.close()
