@@ -15,7 +15,6 @@ key the latest cursor value wins, or the first for append, whatever order they w
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import cast
@@ -31,7 +30,8 @@ from etl.errors import LoadError, error_detail
 from etl.load.base import Loader, Setup, naive_timestamps, sibling_table
 from etl.load.modes import WriteMode
 
-COPY_BLOCK = 1 << 20
+#: Rows Arrow formats to CSV per batch, each batch written to the COPY as it is made.
+CSV_BATCH_ROWS = 8192
 #: Staged rows above which the staging table gets a unique index on the key before the merge (which
 #: proves the window repeats no key, so the merge needs no ``DISTINCT ON`` sort of every staged row).
 INDEX_THRESHOLD = 10_000
@@ -39,6 +39,22 @@ INDEX_THRESHOLD = 10_000
 MERGE_VERSION = (15,)
 #: Memory for the merge's sort / hash steps (transaction-local; PostgreSQL's default is 4 MB).
 MERGE_WORK_MEM = "128MB"
+
+
+class _CopySink:
+    """A write-only file for Arrow's CSV writer that passes each block straight into a COPY."""
+
+    closed = False
+
+    def __init__(self, copy: psycopg.Copy) -> None:
+        self.copy = copy
+
+    def write(self, data: bytes) -> int:
+        self.copy.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 class PostgresLoader(Loader):
@@ -79,8 +95,6 @@ class PostgresLoader(Loader):
         # Arrow writes CSV in C: NULL as an unquoted empty field, '' as "" (what COPY's csv expects).
         # Timestamps go as naive UTC text (fast to format); the transaction's TimeZone is UTC.
         chunk = naive_timestamps(chunk)
-        buf = io.BytesIO()
-        pacsv.write_csv(chunk, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
         columns = ", ".join(self.quote(name) for name in chunk.column_names)
         raw = conn.connection.driver_connection
         assert raw is not None  # a connection inside a transaction is checked out, never detached
@@ -88,10 +102,10 @@ class PostgresLoader(Loader):
         stage = self.quote(self._stage_name(target))
         try:
             with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-                view = buf.getbuffer()
-                for offset in range(0, len(view), COPY_BLOCK):
-                    copy.write(view[offset : offset + COPY_BLOCK])
-                del view
+                # Arrow hands over each batch of CSV rows as it formats them: the chunk's CSV text is
+                # never held whole (it was the load's largest allocation).
+                pacsv.write_csv(chunk, _CopySink(copy), pacsv.WriteOptions(
+                    include_header=False, quoting_style="needed", batch_size=CSV_BATCH_ROWS))
         except psycopg.Error as exc:  # the raw driver's errors: say what failed, keep the server's words
             detail = error_detail(exc, self.url)
             raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from exc
