@@ -111,8 +111,9 @@ def run(n: int, reps: int = 3, only: str | None = None, dlt: bool = True) -> dic
     results: dict[str, dict] = {}
     failed: dict[str, str] = {}
     print(f"  {'case':<58} {'median':>11}  {'peak RSS':>8}  {'baseline':>8}", flush=True)
+    wanted = only.split(",") if only else []
     for case, label, _group in CASES:
-        if only and only not in case or not dlt and case.startswith("dlt_"):
+        if wanted and not any(w in case for w in wanted) or not dlt and case.startswith("dlt_"):
             continue
         runs = []
         for _ in range(reps):

@@ -30,9 +30,11 @@ from benchmarks import data, rss  # noqa: E402
 RESULTS = REPO / "bench-results"
 DATA = RESULTS / "data"
 PG = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432)
-PG_TARGET, PG_SOURCE = "driftless_bench_tgt", "driftless_bench_src"
+#: Appended to the benchmark's database names, so benchmarks run side by side on one server do not collide.
+DB_SUFFIX = os.environ.get("DRIFTLESS_BENCH_DB_SUFFIX", "")
+PG_TARGET, PG_SOURCE = f"driftless_bench_tgt{DB_SUFFIX}", f"driftless_bench_src{DB_SUFFIX}"
 MARIADB = URL.create("mysql+pymysql", username="root", host="127.0.0.1", port=3306)
-MARIADB_DB = "driftless_bench"
+MARIADB_DB = f"driftless_bench{DB_SUFFIX}"
 SQLITE_PATH = RESULTS / "bench.db"
 DLT_DIR = RESULTS / "dlt"
 TO_SQL_CAP = int(os.environ.get("BENCH_TO_SQL_ROWS", "100000"))

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent.parent / "bench-results"
-TARGET = "postgresql://postgres:trust@127.0.0.1:5432/driftless_bench_tgt"
-SOURCE = "postgresql://postgres:trust@127.0.0.1:5432/driftless_bench_src"
+_SUFFIX = os.environ.get("DRIFTLESS_BENCH_DB_SUFFIX", "")  # as in cases.py
+TARGET = f"postgresql://postgres:trust@127.0.0.1:5432/driftless_bench_tgt{_SUFFIX}"
+SOURCE = f"postgresql://postgres:trust@127.0.0.1:5432/driftless_bench_src{_SUFFIX}"
 
 
 def main() -> None:

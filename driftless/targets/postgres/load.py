@@ -1,18 +1,20 @@
 """PostgreSQL target: COPY into a temporary staging table, then one set-based merge per write mode.
 
 * upsert: ``INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE ... WHERE (target) IS DISTINCT FROM (excluded)``,
-  so unchanged rows cost no write.
+  so unchanged rows cost no write. A large window (over ``INDEX_THRESHOLD`` rows) without repeated keys
+  uses ``MERGE ... WHEN MATCHED AND (target) IS DISTINCT FROM (staged) THEN UPDATE ... WHEN NOT MATCHED
+  THEN INSERT`` instead (PostgreSQL 15+): one hash join, and unchanged rows are not even locked.
 * append: the same with ``DO NOTHING``.
 * replace: the staged rows go into a new table that replaces the target inside the transaction
   (``DROP`` + ``RENAME``, transactional in PostgreSQL): readers keep the old table until commit.
 
-The staging table gets a unique index on the key; when that succeeds the window has no duplicate
-keys and the merge skips the ``DISTINCT ON`` sort of all staged rows.
+A large window's staging table gets a unique index on the key; when that succeeds the window has no
+repeated keys and the merge skips the ``DISTINCT ON`` sort of all staged rows (of two records with one
+key the latest cursor value wins, or the first for append, whatever order they were staged in).
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import cast
@@ -22,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import errors as pg_errors
 from sqlalchemy import URL, Column, Connection, Engine, MetaData, Table, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 
 from driftless.errors import LoadError, error_detail
 from driftless.load.base import Loader, Setup, naive_timestamps, sibling_table
@@ -30,11 +32,31 @@ from driftless.load.modes import WriteMode
 from driftless.targets.postgres import engine as engine_for
 from driftless.targets.postgres.rowhash import PostgresHash
 
-COPY_BLOCK = 1 << 20
-#: Staged rows above which the staging table is indexed on the key and ANALYZEd before the merge.
+#: Rows Arrow formats to CSV per batch, each batch written to the COPY as it is made.
+CSV_BATCH_ROWS = 8192
+#: Staged rows above which the staging table gets a unique index on the key before the merge (which
+#: proves the window repeats no key, so the merge needs no ``DISTINCT ON`` sort of every staged row).
 INDEX_THRESHOLD = 10_000
+#: The first server version with ``MERGE`` (15): an upsert of a large window without repeated keys uses it.
+MERGE_VERSION = (15,)
 #: Memory for the merge's sort / hash steps (transaction-local; PostgreSQL's default is 4 MB).
 MERGE_WORK_MEM = "128MB"
+
+
+class _CopySink:
+    """A write-only file for Arrow's CSV writer that passes each block straight into a COPY."""
+
+    closed = False
+
+    def __init__(self, copy: psycopg.Copy) -> None:
+        self.copy = copy
+
+    def write(self, data: bytes) -> int:
+        self.copy.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 class PostgresLoader(Loader):
@@ -80,8 +102,6 @@ class PostgresLoader(Loader):
         # Arrow writes CSV in C: NULL as an unquoted empty field, '' as "" (what COPY's csv expects).
         # Timestamps go as naive UTC text (fast to format); the transaction's TimeZone is UTC.
         chunk = naive_timestamps(chunk)
-        buf = io.BytesIO()
-        pacsv.write_csv(chunk, buf, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
         columns = ", ".join(self.quote(name) for name in chunk.column_names)
         raw = conn.connection.driver_connection
         assert raw is not None  # a connection inside a transaction is checked out, never detached
@@ -89,18 +109,22 @@ class PostgresLoader(Loader):
         stage = self.quote(self._stage_name(target))
         try:
             with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-                view = buf.getbuffer()
-                for offset in range(0, len(view), COPY_BLOCK):
-                    copy.write(view[offset : offset + COPY_BLOCK])
-                del view
+                # Arrow hands over each batch of CSV rows as it formats them: the chunk's CSV text is
+                # never held whole (it was the load's largest allocation).
+                pacsv.write_csv(chunk, _CopySink(copy), pacsv.WriteOptions(
+                    include_header=False, quoting_style="needed", batch_size=CSV_BATCH_ROWS))
         except psycopg.Error as exc:  # the raw driver's errors: say what failed, keep the server's words
             detail = error_detail(exc, self.url)
             raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from exc
         self.staged += chunk.num_rows
         return 0
 
-    def _index_stage(self, conn: Connection, target: Table) -> bool:
-        """Index the staging table on the key; True when the keys are unique (no dedup needed)."""
+    def _index_stage(self, conn: Connection, target: Table, analyze: bool) -> bool:
+        """Index the staging table on the key; True when the keys are unique (no dedup needed).
+
+        ``analyze``: gather the staging table's statistics too (for delete detection's anti-join; the
+        merge's own hash join is planned well from the table's size alone).
+        """
         stage = self.quote(self._stage_name(target))
         keys = ", ".join(self.quote(c.name) for c in target.primary_key.columns)
         unique = True
@@ -112,8 +136,12 @@ class PostgresLoader(Loader):
                 raise
             unique = False
             conn.exec_driver_sql(f"CREATE INDEX ON {stage} ({keys})")
-        conn.exec_driver_sql(f"ANALYZE {stage}")
+        if analyze:
+            conn.exec_driver_sql(f"ANALYZE {stage}")
         return unique
+
+    def _has_merge(self, conn: Connection) -> bool:
+        return (conn.dialect.server_version_info or (0,)) >= MERGE_VERSION
 
     def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'")
@@ -123,10 +151,8 @@ class PostgresLoader(Loader):
         others = [self.quote(c.name) for c in target.columns if c.name not in key_names]
         stage_name = self._stage_name(target)
         stage = self.quote(stage_name)
-        if self.staged > INDEX_THRESHOLD and mode.detects_deletes:
-            unique = self._index_stage(conn, target)  # the anti-join of delete detection probes it
-        else:
-            unique = None  # not known
+        # Whether the staged keys are unique (None: not known; small windows are deduplicated regardless).
+        unique = self._index_stage(conn, target, mode.detects_deletes) if self.staged > INDEX_THRESHOLD else None
 
         into = target
         if mode.swap:
@@ -150,16 +176,19 @@ class PostgresLoader(Loader):
         order = "DESC NULLS LAST" if mode.latest_wins else "ASC NULLS LAST"
         dedup = (f"SELECT DISTINCT ON ({', '.join(keys)}) {', '.join(cols)} FROM {stage} "
                  f"ORDER BY {', '.join(keys)}, {self.quote(mode.cursor_column)} {order}")
-        if unique or (unique is None and action != "DO NOTHING" and self.staged > INDEX_THRESHOLD):
-            # Windows rarely repeat a key, and DO UPDATE refuses to touch a row twice (SQLSTATE 21000),
-            # so try without sorting every staged row first; on a repeated key, undo and deduplicate.
-            try:
-                with conn.begin_nested():
-                    written = max(conn.exec_driver_sql(insert + plain + on_conflict).rowcount, 0)
-            except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) != "21000":
-                    raise
-                written = max(conn.exec_driver_sql(insert + dedup + on_conflict).rowcount, 0)
+        if unique and action != "DO NOTHING" and not mode.swap and self._has_merge(conn):
+            # One join of staging and target; unchanged rows are left alone, neither written nor locked
+            # (ON CONFLICT DO UPDATE locks, and so WAL-logs, every conflicting row, changed or not).
+            # MERGE would let a repeated key pass silently, hence only once the unique index proved none.
+            on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+            merge = (f"MERGE INTO {tgt} AS t USING {stage} AS s ON {on} "
+                     f"WHEN MATCHED AND ({', '.join(f't.{c}' for c in others)}) IS DISTINCT FROM "
+                     f"({', '.join(f's.{c}' for c in others)}) "
+                     f"THEN UPDATE SET {', '.join(f'{c} = s.{c}' for c in others)} "
+                     f"WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) VALUES ({', '.join(f's.{c}' for c in cols)})")
+            written = max(conn.exec_driver_sql(merge).rowcount, 0)
+        elif unique:
+            written = max(conn.exec_driver_sql(insert + plain + on_conflict).rowcount, 0)
         else:
             written = max(conn.exec_driver_sql(insert + dedup + on_conflict).rowcount, 0)
 
