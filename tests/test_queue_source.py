@@ -430,14 +430,15 @@ def test_dag_of_a_queue_pipeline_is_one_sync_task_that_loads_and_acknowledges(ai
         b.close()
 
 
-def test_ids_another_run_recorded_meanwhile_are_named_and_none_of_this_run_written(target_url):
+@pytest.mark.parametrize("db", ["sqlite_url", "pg_url", "mariadb_url"])
+def test_ids_another_run_recorded_meanwhile_are_named_and_none_of_this_run_written(db, request):
     """record_processed finds ids recorded meanwhile by the primary key (in a savepoint), not by a lookup."""
     from datetime import timedelta
 
     from connectors.queues.messages import ensure_messages_table, record_processed
     from etl.load import loader_for
 
-    engine = loader_for(target_url).engine
+    engine = loader_for(request.getfixturevalue(db)).engine
     try:
         ensure_messages_table(engine)
         with engine.begin() as conn:
