@@ -81,6 +81,11 @@ def files(n: int) -> tuple[Path, Path]:
     return csv_path, parquet_path
 
 
+def case_env() -> dict[str, str]:
+    """The environment of a case's process: Arrow's system allocator (read when pyarrow loads, so set here)."""
+    return {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "system")}
+
+
 def recreate_db(create: bool = True) -> None:
     admin = create_engine(PG.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -105,7 +110,6 @@ def measure(case: str, n: int) -> dict:
 
     csv_path, parquet_path = files(n)
     os.environ["AIRFLOW_CONN_BENCH_WH"] = PG.set(drivername="postgresql", database=DB).render_as_string(False)
-    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -138,8 +142,8 @@ def measure(case: str, n: int) -> dict:
         assert result.status == "success", result.checks
     seconds = time.perf_counter() - started
     assert loaded == n, f"{case}: loaded {loaded} of {n}"
-    return {"case": case, "seconds": round(seconds, 2),
-            "peak_rss_mb": rss.peak_mb(), "baseline_rss_mb": baseline}
+    return {"case": case, "seconds": round(seconds, 2), "peak_rss_mb": rss.peak_mb(), "baseline_rss_mb": baseline,
+            "arrow_pool": pa.default_memory_pool().backend_name}
 
 
 def run(n: int, reps: int = 1) -> dict:
@@ -155,7 +159,7 @@ def run(n: int, reps: int = 1) -> dict:
         for case in CASES:
             recreate_db()
             proc = subprocess.run([sys.executable, __file__, "measure", case, "--n", str(n)], capture_output=True,
-                                  text=True, cwd=tempfile.gettempdir())
+                                  text=True, cwd=tempfile.gettempdir(), env=case_env())
             if proc.returncode != 0:
                 raise RuntimeError(f"{case} failed: {proc.stderr.strip().splitlines()[-3:]}")
             got[case].append(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 from sqlalchemy import URL, create_engine, text  # noqa: E402
 
 from benchmarks import rss  # noqa: E402
+from benchmarks.bench_files import case_env  # noqa: E402
 
 PG = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432)
 DB = "driftless_bench_queues"
@@ -239,7 +240,7 @@ def run_case(kind: str, case: str, n: int) -> dict:
                 conn.execute(text(DDL))
             engine.dispose()
         proc = subprocess.run([sys.executable, __file__, "measure", kind, case, "--n", str(n), "--queue", broker.name],
-                              capture_output=True, text=True, cwd=tempfile.gettempdir())
+                              capture_output=True, text=True, cwd=tempfile.gettempdir(), env=case_env())
         if proc.returncode != 0:
             raise RuntimeError(f"{kind} {case} failed: {proc.stderr.strip().splitlines()[-3:]}")
         got = json.loads(proc.stdout.strip().splitlines()[-1])
