@@ -47,6 +47,7 @@ def ensure_messages_table(engine: Engine, schema: str | None = None) -> None:
 
 
 def messages_table_exists(conn: Connection, schema: str | None = None) -> bool:
+    """Whether ``etl_messages`` exists (before a pipeline's first load it does not)."""
     return inspect(conn).has_table(MESSAGES_TABLE, schema=schema)
 
 
