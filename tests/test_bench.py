@@ -31,6 +31,13 @@ def test_bench_small_n_ends_with_its_json_line(pg_url):
     assert {"pg_upsert_peak_rss_mb", "window_pg_to_pg_peak_rss_mb"} <= set(peaks)
     assert summary["window_pg_to_pg_peak_rss_mb"] >= summary["window_pg_to_pg_baseline_rss_mb"] > 0
     assert summary["pg_raw_copy_peak_rss_mb"] < summary["window_pg_to_pg_peak_rss_mb"]
+    # File and queue cases: each figure from the case's own process, every row and message accounted for.
+    for case in ("raw_copy_csv", "driftless_csv", "raw_copy_parquet", "driftless_parquet"):
+        assert summary[f"files_{case}_rss_mb"] >= summary[f"files_{case}_baseline_rss_mb"] > 0
+    for kind in ("rabbitmq", "redis_stream"):
+        driftless, naive = summary[f"{kind}_driftless"], summary[f"{kind}_naive"]
+        assert driftless["messages"] == naive["messages"] == 2000
+        assert driftless["peak_rss_mb"] >= driftless["baseline_rss_mb"] > naive["baseline_rss_mb"] > 0
 
 
 def test_a_failing_case_fails_the_run_and_prints_no_json(pg_url, tmp_path):

@@ -436,3 +436,26 @@ def test_only_queue_sources_acknowledge():
     from driftless.sources.base import Acknowledges
 
     assert {name for name, cls in SOURCES.items() if issubclass(cls, Acknowledges)} == {"queue"}
+@pytest.mark.parametrize("db", ["sqlite_url", "pg_url", "mariadb_url"])
+def test_ids_another_run_recorded_meanwhile_are_named_and_none_of_this_run_written(db, request):
+    """record_processed finds ids recorded meanwhile by the primary key (in a savepoint), not by a lookup."""
+    from datetime import timedelta
+
+    from driftless.sources.queues.messages import ensure_messages_table, record_processed
+    from driftless.targets.loaders import loader_for
+
+    engine = loader_for(request.getfixturevalue(db)).engine
+    try:
+        ensure_messages_table(engine)
+        with engine.begin() as conn:
+            assert record_processed(conn, "p", ["m1", "m2"], "run-1", timedelta(days=7)) == []
+        with engine.begin() as conn:
+            assert record_processed(conn, "p", ["m3", "m2", "m1", "m4"], "run-2", timedelta(days=7)) == ["m1", "m2"]
+            # the transaction is still usable and holds nothing of run-2 (the caller then rolls back)
+            assert conn.execute(text("SELECT count(*) FROM etl_messages WHERE run_id = 'run-2'")).scalar() == 0
+            assert record_processed(conn, "other", ["m1"], "run-2", timedelta(days=7)) == []
+        with engine.connect() as conn:
+            assert sorted(conn.execute(text("SELECT pipeline, message_id, run_id FROM etl_messages")).all()) == [
+                ("other", "m1", "run-2"), ("p", "m1", "run-1"), ("p", "m2", "run-1")]
+    finally:
+        engine.dispose()

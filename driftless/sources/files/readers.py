@@ -189,8 +189,13 @@ def read_header(opened: OpenFile, spec: FileSourceSpec) -> list[str]:
     return names
 
 
-def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str]) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
-    """A CSV file's records in blocks, all columns as text, with the line each record starts on.
+def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str],
+             batch_rows: int = 65_536) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """A CSV file's records in frames of about ``batch_rows``, all columns as text, with the line each starts on.
+
+    pyarrow parses the file in small blocks (``CSV_BLOCK``, a few thousand rows each); the blocks are gathered
+    in Arrow up to ``batch_rows`` rows and handed over as one frame, so the per-frame costs (pandas
+    conversion, the source's columns) are paid per chunk, not per block.
 
     A line with another number of fields than the header is an error naming the line; a line whose fields
     are all empty (a blank line) comes through as a record of nulls, for the caller to skip and count.
@@ -209,6 +214,8 @@ def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str]) -> Itera
         return "error"
 
     start = 2 if opts.header else 1
+    pending: list[tuple[pa.RecordBatch, np.ndarray]] = []
+    held = 0
     try:
         reader = pcsv.open_csv(
             opened.stream,
@@ -233,13 +240,27 @@ def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str]) -> Itera
             else:
                 lines = start + np.arange(n, dtype=np.int64)
                 start += n
-            yield batch.to_pandas(), lines
+            pending.append((batch, lines))
+            held += n
+            if held >= batch_rows:
+                yield _gathered(pending)
+                pending, held = [], 0
+        if pending:
+            yield _gathered(pending)
     except FILE_ERRORS as exc:
         if bad:  # pyarrow counts the lines of what it was given: the lines after the header
             line = bad["number"] + (1 if opts.header else 0) if bad["number"] is not None else None
             raise SourceError(f"{_where(opened.name, line)}: expected {bad['expected']} fields as in the "
                               f"header, found {bad['actual']}: {str(bad['text'])[:200]!r}") from exc
         raise _file_error(opened.name, start - 1, exc) from exc
+
+
+def _gathered(parts: list[tuple[pa.RecordBatch, np.ndarray]]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Record batches and their lines as one frame (one pandas conversion for all of them)."""
+    if len(parts) == 1:
+        return parts[0][0].to_pandas(), parts[0][1]
+    return (pa.Table.from_batches([b for b, _ in parts]).to_pandas(),
+            np.concatenate([lines for _, lines in parts]))
 
 
 def _file_error(name: str, last_line: int, exc: BaseException) -> SourceError:

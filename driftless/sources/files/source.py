@@ -186,7 +186,7 @@ class FileSource:
         fmt = self.source.format
         size = min(self.spec.chunk_size, 65_536)
         if fmt == "csv":
-            return read_csv(opened, self.source, needed)
+            return read_csv(opened, self.source, needed, size)
         if fmt == "jsonl":
             return read_jsonl(opened, self.source, needed, self.text_columns, size)
         return read_parquet(opened, self.source, needed, size)

@@ -14,7 +14,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, Text, delete, func, insert, inspect, select
+from sqlalchemy.exc import IntegrityError
 
+from driftless.errors import LoadError
 from driftless.state import UTC_TIMESTAMP
 
 MESSAGES_TABLE = "etl_messages"
@@ -44,10 +46,19 @@ def ensure_messages_table(engine: Engine, schema: str | None = None) -> None:
             messages_table(schema).create(conn, checkfirst=True)
 
 
-def processed(conn: Connection, pipeline: str, ids: Iterable[str], schema: str | None = None) -> set[str]:
-    """Which of ``ids`` the pipeline has processed (in ``conn``'s view; empty before the table exists)."""
+def messages_table_exists(conn: Connection, schema: str | None = None) -> bool:
+    """Whether ``etl_messages`` exists (before a pipeline's first load it does not)."""
+    return inspect(conn).has_table(MESSAGES_TABLE, schema=schema)
+
+
+def processed(conn: Connection, pipeline: str, ids: Iterable[str], schema: str | None = None,
+              exists: bool | None = None) -> set[str]:
+    """Which of ``ids`` the pipeline has processed (in ``conn``'s view; empty before the table exists).
+
+    ``exists``: whether ``etl_messages`` exists, when the caller knows (a drain asks once, not per batch).
+    """
     ids = list(ids)
-    if not ids or not inspect(conn).has_table(MESSAGES_TABLE, schema=schema):
+    if not ids or not (messages_table_exists(conn, schema) if exists is None else exists):
         return set()
     table = messages_table(schema)
     found: set[str] = set()
@@ -62,17 +73,23 @@ def record_processed(conn: Connection, pipeline: str, ids: list[str], run_id: st
                      schema: str | None = None) -> list[str]:
     """Record ``ids`` as processed by ``run_id`` in the caller's transaction; returns those recorded before.
 
-    Ids recorded meanwhile by another run are returned (and not written): the caller rolls back.
-    Also prunes ids older than ``keep``.
+    Ids recorded meanwhile by another run are returned (and not written): the caller rolls back. The table's
+    primary key finds them: the inserts run in a savepoint, and only when one hits the key are the ids looked
+    up (no lookup of every id on the way to a commit). Also prunes ids older than ``keep``.
     """
     table = messages_table(schema)
     now = datetime.now(UTC)
-    before = sorted(processed(conn, pipeline, ids, schema))
-    if before:
-        return before
-    for i in range(0, len(ids), BATCH):
-        conn.execute(insert(table), [{"pipeline": pipeline, "message_key": message_key(m), "message_id": m,
-                                      "run_id": run_id, "loaded_at": now} for m in ids[i:i + BATCH]])
+    try:
+        with conn.begin_nested():
+            for i in range(0, len(ids), BATCH):
+                conn.execute(insert(table), [{"pipeline": pipeline, "message_key": message_key(m), "message_id": m,
+                                              "run_id": run_id, "loaded_at": now} for m in ids[i:i + BATCH]])
+    except IntegrityError as exc:
+        before = sorted(processed(conn, pipeline, ids, schema, exists=True))
+        if before:
+            return before
+        raise LoadError(f"pipeline {pipeline!r}: recording the run's message ids in {MESSAGES_TABLE} failed: "
+                        f"{str(exc.orig).strip().splitlines()[0][:300]}") from exc
     conn.execute(delete(table).where(table.c.pipeline == pipeline, table.c.loaded_at < now - keep))
     return []
 

@@ -40,7 +40,13 @@ from driftless.quarantine.replay import newer_in_target
 from driftless.quarantine.store import quarantine_table
 from driftless.schema import target_table
 from driftless.sources.queues.brokers import Message, consumer_for
-from driftless.sources.queues.messages import ensure_messages_table, processed, record_processed, recorded_by_run
+from driftless.sources.queues.messages import (
+    ensure_messages_table,
+    messages_table_exists,
+    processed,
+    record_processed,
+    recorded_by_run,
+)
 from driftless.sources.queues.spec import MESSAGE_ID_COLUMN, MESSAGE_TIME_COLUMN, SYNTHETIC_COLUMNS, QueueSourceSpec
 from driftless.sources.rest.jsonpath import MISSING, select
 from driftless.sources.rest.source import _text, field_getter
@@ -74,7 +80,7 @@ class QueueSource:
         self.letters: dict[str, tuple[str | None, bytes]] = {}  # unreadable messages by id, for the dead letters
         self.committed = False
         rename = spec.transforms.rename
-        self.columns: list[tuple[str, Any, bool]] = []  # (frame column, getter, is text)
+        self.columns: list[tuple[str, Any, str | None]] = []  # (frame column, getter, "text" / "integer" / None)
         self.synthetic: list[tuple[str, str]] = []
         for column in spec.source_columns:
             if column.source_name in SYNTHETIC_COLUMNS:
@@ -83,8 +89,9 @@ class QueueSource:
             renamed_from = [k for k, v in rename.items() if v == column.name]
             frame_col, field = (renamed_from[0], renamed_from[0]) if renamed_from else (column.name, column.source_name)
             kind = column.type
-            self.columns.append((frame_col, field_getter(field),
-                                 kind == "text" or kind.startswith(("varchar", "string"))))
+            family = ("text" if kind == "text" or kind.startswith(("varchar", "string"))
+                      else "integer" if kind in ("smallint", "integer", "bigint") else None)
+            self.columns.append((frame_col, field_getter(field), family))
         cursor = spec.column(self.source.cursor)
         self.cursor_getter = None if cursor.source_name in SYNTHETIC_COLUMNS else field_getter(cursor.source_name)
 
@@ -135,13 +142,13 @@ class QueueSource:
     def _frame(self, rows: list[tuple[Message, dict | None, str | None]]) -> pd.DataFrame:
         data: dict[str, pd.Series] = {}
         n = len(rows)
-        for frame_col, get, is_text in self.columns:
+        for frame_col, get, family in self.columns:
             values = [get(record) if record is not None else None for _, record, _ in rows]
-            if is_text and not all(v is None or type(v) is str for v in values):
+            if family == "text" and not all(v is None or type(v) is str for v in values):
                 values = [_text(v) for v in values]
-            data[frame_col] = pd.Series(values, dtype=object)
+            data[frame_col] = _integers(values) if family == "integer" else pd.Series(values, dtype=object)
         ids = pd.Series([m.id for m, _, _ in rows], dtype=object)
-        times = pd.Series([pd.Timestamp(m.time) for m, _, _ in rows], dtype=object)
+        times = pd.Series(pd.DatetimeIndex([m.time for m, _, _ in rows], dtype="datetime64[us, UTC]"))
         synthetic = {MESSAGE_ID_COLUMN: ids, MESSAGE_TIME_COLUMN: times}
         data.update(synthetic)
         data.update({frame_col: synthetic[name] for name, frame_col in self.synthetic})
@@ -164,9 +171,12 @@ class QueueSource:
         engine = self._engine()
         try:
             with engine.connect() as conn:
+                exists = messages_table_exists(conn, self.spec.target.db_schema)
+                conn.rollback()
+
                 def drain(messages: list[Message]) -> Iterator[pd.DataFrame]:
                     done = processed(conn, self.spec.name, [m.id for m in messages if m.id is not None],
-                                     self.spec.target.db_schema)
+                                     self.spec.target.db_schema, exists)
                     conn.rollback()  # no snapshot held open across the run
                     for m in messages:
                         key = m.id if m.id is not None else "sha256:" + _digest(m.body)
@@ -327,6 +337,20 @@ class QueueSource:
                            "message": f"the load committed but acknowledging failed ({m['ack_error']}); the broker "
                                       "delivers the messages again and the next run absorbs them"})
         return checks
+
+
+def _integers(values: list[Any]) -> pd.Series:
+    """Values for an integer column, typed int64 when every one is a JSON integer that fits.
+
+    extract.transform then converts the column without a pass per value; otherwise the values go as read (objects)
+    and extract.transform converts or refuses each.
+    """
+    if values and all(type(v) is int for v in values):
+        try:
+            return pd.Series(np.array(values, dtype=np.int64))
+        except OverflowError:
+            pass
+    return pd.Series(values, dtype=object)
 
 
 def _digest(body: bytes | None) -> str:
