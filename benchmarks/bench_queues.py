@@ -217,7 +217,7 @@ def measure(kind: str, case: str, n: int, name: str) -> dict:
     import redis  # noqa: F401
 
     if case == "driftless":
-        import etl.pipeline  # noqa: F401
+        import driftless.pipeline  # noqa: F401
     broker = _attach(kind, name)
     db = PG.set(database=DB)
     baseline = rss.baseline_mb()
