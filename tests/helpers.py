@@ -74,6 +74,9 @@ def running_airflow(env: dict[str, str], port: int, specs: Path, dag_ids: set[st
     if not report:
         env["DRIFTLESS_REPORT_SCHEDULE"] = "none"
         dag_ids = {*dag_ids, REPORT_DAG}
+    # No test changes a spec while its stack runs: the dag-processor parses the folder when it starts, and does not
+    # parse it again every 30 s (a process per DAG file each time, competing with the test's tasks for the cores).
+    env.setdefault("AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL", "3600")
     setup(env, specs)
     stack = LocalAirflow(env, port, workers=workers)
     stack.start()
@@ -94,4 +97,7 @@ def running_airflow(env: dict[str, str], port: int, specs: Path, dag_ids: set[st
             stack.api("PATCH", f"/dags/{REPORT_DAG}", token, json={"is_paused": True})
         yield stack
     finally:
-        stack.stop()
+        # Each component logs its clean exit well within a second of SIGTERM, then spends 10-20 s more in exit
+        # handlers (closing its in-process execution API, waiting on helper processes); nothing of this stack outlives
+        # the test (its metadata database is dropped), so what is left after 5 s is killed.
+        stack.stop(timeout=5)
