@@ -101,12 +101,16 @@ def databases():
             made[key] = (PG_ADMIN if engine is pg_admin else MARIADB_ADMIN).set(database=name)
         yield made
     finally:
-        for url in made.values():
+        def drop(url: URL) -> None:
             pg = url.get_backend_name() == "postgresql"
             with (pg_admin if pg else maria_admin).connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)' if pg
                                   else f"DROP DATABASE IF EXISTS `{url.database}`"))
                 conn.commit()
+
+        # At once: each PostgreSQL DROP DATABASE waits for a checkpoint, and concurrent ones share it.
+        with ThreadPoolExecutor(max_workers=len(made) or 1) as ex:
+            list(ex.map(drop, made.values()))
         pg_admin.dispose()
         maria_admin.dispose()
 
