@@ -13,7 +13,6 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -62,37 +61,9 @@ def airflow_uri(url: URL) -> str:
     return url.render_as_string(hide_password=False)
 
 
-@pytest.fixture(scope="session")
-def _pg_dropper() -> Iterator:
-    """Drops the tests' PostgreSQL databases in the background; all are gone when the session ends.
-
-    Every DROP DATABASE waits for a checkpoint (PostgreSQL flushes every dirty buffer of the server to disk
-    first): on a busy machine a second or more, which the next test need not wait for. Drops that overlap share
-    one checkpoint. A drop that failed fails the session's last teardown, naming the database.
-    """
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="drop-test-db")
-    dropping: list[tuple[str, Future]] = []
-
-    def drop(names: list[str]) -> None:
-        for name in names:
-            dropping.append((name, pool.submit(_drop_pg_database, admin, name)))
-
-    yield drop
-    pool.shutdown(wait=True)
-    admin.dispose()
-    failed = [f"{name}: {future.exception()}" for name, future in dropping if future.exception() is not None]
-    assert not failed, f"test databases not dropped: {failed}"
-
-
-def _drop_pg_database(admin, name: str) -> None:
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @pytest.fixture
-def pg_databases(_pg_dropper) -> Iterator:
-    """A factory of fresh PostgreSQL databases, all dropped after the test (in the background)."""
+def pg_databases() -> Iterator:
+    """A factory of fresh PostgreSQL databases, all dropped after the test."""
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     made: list[str] = []
 
@@ -107,8 +78,11 @@ def pg_databases(_pg_dropper) -> Iterator:
         return PG_ADMIN.set(database=name)
 
     yield make
+    if made:
+        with admin.connect() as conn:
+            for name in made:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-    _pg_dropper(made)
 
 
 @pytest.fixture

@@ -389,7 +389,6 @@ CSV_CASES = [
 
 
 @pytest.mark.parametrize(("name", "body", "pattern"), CSV_CASES, ids=[c[0] for c in CSV_CASES])
-@pytest.mark.slow
 def test_bad_csv_files(tmp_path, connections, sqlite_url, name, body, pattern):
     connections(wh=sqlite_url)
     write(tmp_path / "good.csv", "id,name,amount\n9,ok,9\n", "2025-01-01T01:00:00")  # read first, loaded never

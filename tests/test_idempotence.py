@@ -39,7 +39,6 @@ def test_same_window_three_times_is_identical(wired):
     assert [r["written"] for r in runs][1:] == [0, 0], "unchanged rows must not be rewritten"
 
 
-@pytest.mark.slow
 def test_reverse_order_equals_forward_order(wired, connections, another_target):
     spec, url = wired
     for window in reversed(YEARS):
