@@ -100,6 +100,7 @@ def _unanswered_port() -> tuple[socket.socket, list[socket.socket]]:
 
 @pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
 @pytest.mark.parametrize("role", ["source", "target"])
+@pytest.mark.slow
 def test_a_host_that_never_answers_fails_within_the_connect_timeout(scheme, role, tmp_path, chinook_source):
     server, fillers = _unanswered_port()
     port = server.getsockname()[1]

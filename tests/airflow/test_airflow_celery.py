@@ -27,8 +27,8 @@ from driftless.state import read_runs
 from driftless.window import Window
 from tests.airflow.test_airflow_live import metadata_db  # noqa: F401 - the fixture
 from tests.conftest import MARIADB_ADMIN, PG_ADMIN, airflow_uri, unavailable
-from tests.helpers import INVOICES, fingerprint
-from tools.airflow_local import LocalAirflow, airflow_env, free_port, setup
+from tests.helpers import INVOICES, fingerprint, running_airflow
+from tools.airflow_local import LocalAirflow, airflow_env, free_port
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
 
@@ -36,7 +36,11 @@ BROKER = os.environ.get("DRIFTLESS_CELERY_BROKER", "redis://127.0.0.1:6379/0")
 WINDOW = Window.parse("2025-11-03T00:00:00+00:00", "2025-11-09T00:00:00+00:00")  # 6 days: 6 slices
 TARGETS = {"pg": "postgresql", "maria": "mariadb"}
 KILLED = {"kpg": "pg", "kmaria": "maria"}  # pipelines of the worker-kill test: fresh targets of each dialect
-POOLED = [f"pool_{i:02d}" for i in range(20)]  # the pool test: 20 pipelines into one target, connection wh_pgpool
+# The pool test: 8 pipelines into one target (connection wh_pgpool) through a pool of 2 slots. 8 loads are 4 times
+# the pool's slots and twice the 4 task slots of the executor (2 workers x 2 processes), so without the pool up to
+# 4 loads could run at once; the test asserts that more loads than slots were waiting at one time, and that no more
+# than 2 ran at once.
+POOLED = [f"pool_{i:02d}" for i in range(8)]
 POOL_SLOTS = 2
 
 
@@ -97,19 +101,23 @@ def databases():
             made[key] = (PG_ADMIN if engine is pg_admin else MARIADB_ADMIN).set(database=name)
         yield made
     finally:
-        for url in made.values():
+        def drop(url: URL) -> None:
             pg = url.get_backend_name() == "postgresql"
             with (pg_admin if pg else maria_admin).connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)' if pg
                                   else f"DROP DATABASE IF EXISTS `{url.database}`"))
                 conn.commit()
+
+        # At once: each PostgreSQL DROP DATABASE waits for a checkpoint, and concurrent ones share it.
+        with ThreadPoolExecutor(max_workers=len(made) or 1) as ex:
+            list(ex.map(drop, made.values()))
         pg_admin.dispose()
         maria_admin.dispose()
 
 
 @pytest.fixture(scope="module")
 def celery(tmp_path_factory, chinook_source, metadata_db, broker_prefix, databases):  # noqa: F811
-    """A running Airflow on the CeleryExecutor with two workers, the slices_* pipelines and the 20 pool_* ones."""
+    """A running Airflow on the CeleryExecutor with two workers, the slices_* pipelines and the pool_* ones."""
     root = tmp_path_factory.mktemp("celery")
     specs = root / "pipelines"
     specs.mkdir()
@@ -130,27 +138,11 @@ def celery(tmp_path_factory, chinook_source, metadata_db, broker_prefix, databas
                  "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5"})
     env = airflow_env(root / "airflow", port, base=base, metadata_db=metadata_db, executor="celery",
                       broker_url=BROKER, broker_prefix=broker_prefix)
-    setup(env, specs)
-    stack = LocalAirflow(env, port, workers=2, concurrency=2)
-    stack.start()
-    try:
-        stack.wait_ready(timeout=240)
-        stack.wait_workers(timeout=180)
+    with running_airflow(env, port, specs, dag_ids, workers=2, report=False) as stack:
         token = stack.token()
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # the dag-processor parses the folder once it is up
-            dags = {d["dag_id"] for d in stack.api("GET", "/dags?limit=1000", token)["dags"]}
-            if dag_ids <= dags:
-                break
-            stack.check_alive()
-            time.sleep(2)
-        else:
-            pytest.fail("the dag-processor did not register the pipeline DAGs within 180 s")
         for dag_id in sorted(dag_ids):
             stack.api("PATCH", f"/dags/{dag_id}", token, json={"is_paused": False})
         yield {"stack": stack, "specs": specs, "source": source, "metadata": metadata_db}
-    finally:
-        stack.stop()
 
 
 def _trigger(stack: LocalAirflow, dag_id: str, window: Window) -> str:
@@ -168,7 +160,7 @@ def _wait(stack: LocalAirflow, dag_id: str, run_id: str, timeout: float) -> dict
         if time.monotonic() > deadline:
             pytest.fail(f"{dag_id} {run_id} not finished in {timeout:.0f}s ({run['state']}); logs in {stack.logs}")
         stack.check_alive()
-        time.sleep(2)
+        time.sleep(1)
 
 
 def _task_instances(metadata: str, dag_id: str, run_id: str) -> list[dict]:
@@ -177,7 +169,7 @@ def _task_instances(metadata: str, dag_id: str, run_id: str) -> list[dict]:
     try:
         with engine.connect() as conn:
             rows = conn.execute(text(
-                "SELECT task_id, map_index, state, hostname, start_date, end_date, try_number, pool "
+                "SELECT task_id, map_index, state, hostname, scheduled_dttm, start_date, end_date, try_number, pool "
                 "FROM task_instance WHERE dag_id = :d AND run_id = :r ORDER BY task_id, map_index"),
                 {"d": dag_id, "r": run_id}).mappings().all()
     finally:
@@ -264,7 +256,7 @@ def _max_overlap(intervals: list[tuple[datetime, datetime]]) -> int:
 
 
 @pytest.mark.timeout(600)
-def test_twenty_pipelines_at_once_never_load_more_than_the_pool_allows(celery, databases, expected):
+def test_more_pipelines_at_once_than_pool_slots_never_load_more_than_the_pool_allows(celery, databases, expected):
     stack: LocalAirflow = celery["stack"]
     pool = "driftless_wh_pgpool"
     token = stack.token()
@@ -273,12 +265,13 @@ def test_twenty_pipelines_at_once_never_load_more_than_the_pool_allows(celery, d
               json={"pool": pool, "slots": POOL_SLOTS, "include_deferred": False})
     assert stack.api("GET", f"/pools/{pool}", token)["slots"] == POOL_SLOTS
     t0 = time.monotonic()
-    with ThreadPoolExecutor(max_workers=10) as ex:  # all 20 triggered at once
+    with ThreadPoolExecutor(max_workers=len(POOLED)) as ex:  # all triggered at once
         runs = dict(zip(POOLED, ex.map(lambda name: _trigger(stack, name, WINDOW), POOLED), strict=True))
     states = {name: _wait(stack, name, run_id, timeout=420)["state"] for name, run_id in runs.items()}
     elapsed = time.monotonic() - t0
     assert states == dict.fromkeys(POOLED, "success"), (states, stack.logs)
     loads: list[tuple[datetime, datetime]] = []
+    waits: list[tuple[datetime, datetime]] = []  # from ready to run (its extract done) to finished
     hosts: set[str] = set()
     for name, run_id in runs.items():
         tis = {t["task_id"]: t for t in _task_instances(celery["metadata"], name, run_id)}
@@ -286,16 +279,20 @@ def test_twenty_pipelines_at_once_never_load_more_than_the_pool_allows(celery, d
         load = tis["load"]  # the one task of an unpartitioned pipeline that writes into the target
         assert load["pool"] == pool
         loads.append((load["start_date"], load["end_date"]))
+        assert load["scheduled_dttm"] <= load["start_date"], load
+        waits.append((load["scheduled_dttm"], load["end_date"]))
         hosts.add(load["hostname"])
         # Every target table holds the window's rows: equal to one clean run into a fresh database.
         got = fingerprint(databases["pgpool"], load_spec(celery["specs"] / f"{name}.yaml"))
         assert (got["rows"], got["sha256"], got["watermark"]) == (
             expected["pg"]["rows"], expected["pg"]["sha256"], WINDOW.end), name
-    most = _max_overlap(loads)
-    # Never more loads at once than the pool's slots, and the pool was the limit (the loads did contend).
+    most, wanted = _max_overlap(loads), _max_overlap(waits)
+    # Never more loads at once than the pool's slots, and the pool was the limit: the loads did contend (at one
+    # time more loads were ready to run, or running, than the pool has slots) and filled every slot.
+    assert wanted > POOL_SLOTS, sorted(waits)
     assert most == POOL_SLOTS, sorted(loads)
     print(f"\ncelery pool: {len(runs)} pipelines into one target, pool {POOL_SLOTS} slots: all succeeded in "
-          f"{elapsed:.1f}s; at most {most} loads at once; loads on {sorted(hosts)}")
+          f"{elapsed:.1f}s; at most {most} loads at once, {wanted} ready at once; loads on {sorted(hosts)}")
 
 
 @pytest.mark.timeout(600)

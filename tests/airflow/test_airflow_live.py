@@ -1,4 +1,4 @@
-"""A real Airflow (api-server, scheduler, dag-processor; LocalExecutor; SQLite metadata) on loopback.
+"""A real Airflow (api-server, scheduler, dag-processor, triggerer; LocalExecutor; PostgreSQL metadata) on loopback.
 
 Backfills created through the REST API and from the UI (headless Chromium) reprocess each window
 exactly once and never move the forward watermark backwards. One stack serves both tests.
@@ -25,8 +25,8 @@ from driftless.spec import load_spec
 from driftless.state import read_state
 from driftless.window import Window
 from tests.conftest import PG_ADMIN, unavailable
-from tests.helpers import INVOICES
-from tools.airflow_local import LocalAirflow, airflow_env, free_port, setup
+from tests.helpers import INVOICES, running_airflow
+from tools.airflow_local import LocalAirflow, airflow_env, free_port
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
 
@@ -75,24 +75,8 @@ def live(tmp_path_factory, chinook_source, metadata_db):
                  "AIRFLOW_CONN_SRC": f"sqlite:///{source}",
                  **{f"AIRFLOW_CONN_{k.upper()}": f"sqlite:///{u.database}" for k, u in urls.items()}})
     env = airflow_env(root / "airflow", port, base=base, metadata_db=metadata_db)
-    setup(env, specs)
-    stack = LocalAirflow(env, port)
-    stack.start()
-    try:
-        stack.wait_ready(timeout=240)
-        token = stack.token()
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # the dag-processor parses the folder once it is up
-            dags = {d["dag_id"] for d in stack.api("GET", "/dags", token)["dags"]}
-            if {"invoices_api", "invoices_ui"} <= dags:
-                break
-            stack.check_alive()
-            time.sleep(2)
-        else:
-            pytest.fail("the dag-processor did not register the pipeline DAGs within 180 s")
+    with running_airflow(env, port, specs, {"invoices_api", "invoices_ui"}, report=False) as stack:
         yield {"stack": stack, "specs": specs, "urls": urls, "source": source, "root": root}
-    finally:
-        stack.stop()
 
 
 def _put_ahead(live, monkeypatch, name: str) -> None:
@@ -117,7 +101,7 @@ def _wait_runs(stack: LocalAirflow, token: str, dag_id: str, backfill_id: int | 
             states = [(r["dag_run_id"], r["state"]) for r in runs]
             pytest.fail(f"runs of {dag_id} not finished within {timeout:.0f}s: {states}; logs in {stack.logs}")
         stack.check_alive()
-        time.sleep(3)
+        time.sleep(1)
 
 
 def _check_one_clean_run_per_window(live, monkeypatch, name: str, runs: list[dict], tmp_path: Path) -> None:

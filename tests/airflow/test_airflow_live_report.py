@@ -22,8 +22,8 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from tests.airflow.test_airflow_live import BROWSER_DIR, metadata_db  # noqa: F401 - the fixture
-from tests.helpers import INVOICES
-from tools.airflow_local import UNPAUSED, LocalAirflow, airflow_env, free_port, setup
+from tests.helpers import INVOICES, running_airflow
+from tools.airflow_local import UNPAUSED, LocalAirflow, airflow_env, free_port
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
 
@@ -65,23 +65,11 @@ def stack(tmp_path_factory, chinook_source, metadata_db):  # noqa: F811
                  "DRIFTLESS_TASK_RETRIES": "0"})
     base.pop("DRIFTLESS_REPORT_DIR", None)
     env = airflow_env(root / "airflow", port, base=base, metadata_db=metadata_db)
-    setup(env, specs)
-    af = LocalAirflow(env, port)
-    af.start()
     try:
-        af.wait_ready(timeout=240)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
+        with running_airflow(env, port, specs, {"invoices_live", "consistency_report"}) as af:
             dags = {d["dag_id"]: d for d in af.api("GET", "/dags", af.token())["dags"]}
-            if {"invoices_live", "consistency_report"} <= set(dags):
-                break
-            af.check_alive()
-            time.sleep(2)
-        else:
-            pytest.fail("the dag-processor did not register the DAGs within 180 s")
-        yield {"af": af, "warehouse": warehouse, "dags": dags, "hooks": _Hooks.received}
+            yield {"af": af, "warehouse": warehouse, "dags": dags, "hooks": _Hooks.received}
     finally:
-        af.stop()
         hooks.shutdown()
 
 
@@ -99,7 +87,7 @@ def _wait(af: LocalAirflow, dag_id: str, run_id: str, timeout: float = 240) -> d
         if time.monotonic() > deadline:
             pytest.fail(f"{dag_id} {run_id} not finished in {timeout:.0f}s ({run['state']}); logs in {af.logs}")
         af.check_alive()
-        time.sleep(2)
+        time.sleep(1)
 
 
 def _events(af: LocalAirflow, run_id: str) -> list[dict]:
@@ -114,7 +102,7 @@ def _first_scheduled_run(af: LocalAirflow, dag_id: str, timeout: float = 120) ->
         if scheduled:
             return scheduled[0]
         af.check_alive()
-        time.sleep(2)
+        time.sleep(1)
     pytest.fail(f"no scheduled run of {dag_id} within {timeout:.0f}s of unpausing it")
 
 
@@ -130,7 +118,7 @@ def _next_report_run(af: LocalAirflow, seen: set[str], timeout: float = 240) -> 
         if new:
             return _wait(af, "consistency_report", new[0]["dag_run_id"], timeout)
         af.check_alive()
-        time.sleep(2)
+        time.sleep(1)
     pytest.fail(f"consistency_report did not run by itself within {timeout:.0f}s; logs in {af.logs}")
 
 

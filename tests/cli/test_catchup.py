@@ -122,6 +122,7 @@ def test_boundaries_and_bad_steps():
 
 # --- runs ---------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_first_run_without_watermark_catches_up_from_start_date(tmp_path, wh):
     _, spec_path, env = setup(tmp_path, wh)
     code, lines, err = run(["run", str(spec_path), "--until", (D + timedelta(days=4, hours=6)).isoformat()], env)
@@ -139,6 +140,7 @@ def test_first_run_without_watermark_catches_up_from_start_date(tmp_path, wh):
     assert code == 0 and lines == [] and "up to date" in err
 
 
+@pytest.mark.slow
 def test_first_run_until_now_ends_at_the_last_schedule_time(tmp_path, sqlite_url):
     _, spec_path, env = setup(tmp_path, sqlite_url)
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -152,6 +154,7 @@ def test_first_run_until_now_ends_at_the_last_schedule_time(tmp_path, sqlite_url
     assert all(datetime.fromisoformat(w["window"]["end"]) <= after for w in lines)
 
 
+@pytest.mark.slow
 def test_run_after_three_missed_intervals(tmp_path, wh):
     source, spec_path, env = setup(tmp_path, wh, days=range(0, 2))
     code, lines, err = run(["run", str(spec_path), "--start", day(0), "--end", day(2)], env)  # the last run: 2 days
@@ -221,6 +224,7 @@ def test_all_continues_past_a_failing_pipeline(tmp_path, sqlite_url):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_run_arguments_are_checked(tmp_path, sqlite_url):
     _, spec_path, env = setup(tmp_path, sqlite_url)
     for args, message in [(["--start", day(0)], "give both --start and --end"),

@@ -134,6 +134,7 @@ CREATE TABLE nocursor (id integer PRIMARY KEY, label text);
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_postgresql_to_mariadb(tmp_path, pg_url, mariadb_url):
     engine = create_engine(pg_url)
     with engine.begin() as conn:
@@ -217,6 +218,7 @@ MARIADB_SCHEMA = [
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_mariadb_to_sqlite(tmp_path, mariadb_url, sqlite_url):
     engine = create_engine(mariadb_url)
     with engine.begin() as conn:
@@ -259,6 +261,7 @@ def test_mariadb_to_sqlite(tmp_path, mariadb_url, sqlite_url):
 # --- SQLite -> PostgreSQL -----------------------------------------------------------------------------------------
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_sqlite_to_postgresql(tmp_path, pg_url):
     source = URL.create("sqlite", database=str(tmp_path / "source.db"))
     engine = create_engine(source)

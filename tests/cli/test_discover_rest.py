@@ -47,6 +47,7 @@ def api():
     reset_breakers()
 
 
+@pytest.mark.slow
 def test_discover_rest_endpoint_then_run(tmp_path, api, sqlite_url):
     specs = tmp_path / "specs"
     env = dict(os.environ, AIRFLOW_CONN_SHOP=api.url, AIRFLOW_CONN_WH=airflow_uri(sqlite_url),

@@ -101,6 +101,7 @@ def test_spec_errors_name_the_field(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_csv_declared_dialect_encoding_and_raw_text(tmp_path, wh):
     write(tmp_path / "drop" / "a.csv", "id;name;amount;ignored\n1;'Ol\u00e9; ''quoted''';1.50;x\n"
           "2;'';2;y\n3;;oops;z\n\n4;plain;4.5;w\n".encode("latin-1"))

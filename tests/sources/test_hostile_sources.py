@@ -323,6 +323,7 @@ def database(request, dialect: str, tmp_path, role: str) -> URL:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize(("source", "target"), PAIRS, ids=[f"{s}-to-{t}" for s, t in PAIRS])
 def test_every_row_of_a_hostile_window_is_loaded_exactly_quarantined_or_deduplicated(
         request, tmp_path, connections, source, target):
