@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="rows of generated data (default 1,000,000)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions per case; medians are reported")
     parser.add_argument("--only", help="comma-separated module names (e.g. loaders)")
-    parser.add_argument("--case", help="loaders: run only cases whose name contains this")
+    parser.add_argument("--case", help="loaders: only cases whose name contains this (comma-separated: any of these)")
     parser.add_argument("--no-dlt", action="store_true", help="loaders: leave out the dlt cases (no bench venv)")
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
