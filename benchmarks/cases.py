@@ -285,7 +285,7 @@ def measure(case: str, n: int) -> dict:
 
         conn_env(n)
         target_env("pg")
-        result = run_window(spec(), window(), run_id="bench_window")
+        result = run_window(spec(), window(), run_id=f"bench_window_{os.getpid()}")  # own staging dir
         out = {"rows": result.loaded, "checks": [c["status"] for c in result.checks]}
     else:
         raise SystemExit(f"unknown case {case!r}")
