@@ -10,7 +10,7 @@ before=$1 after=$2
 cases=${3:-pg_upsert_nightly,pg_raw_copy,mariadb_upsert_nightly,mariadb_raw_load}
 rounds=${4:-3} n=${5:-1000000}
 py=${PYTHON:-$here/.venv/bin/python}
-export DRIFTLESS_BENCH_DB_SUFFIX=${DRIFTLESS_BENCH_DB_SUFFIX:-_ab}
+export BENCH_DB_PREFIX=${BENCH_DB_PREFIX:-driftless_bench_ab}
 for tree in "$before" "$after"; do
   cp "$here"/benchmarks/{run.py,bench_loaders.py,cases.py,data.py,rss.py,dlt_cases.py} "$tree/benchmarks/"
   mkdir -p "$tree/bench-results" "$here/bench-results/data"

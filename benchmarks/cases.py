@@ -30,11 +30,11 @@ from benchmarks import data, rss  # noqa: E402
 RESULTS = REPO / "bench-results"
 DATA = RESULTS / "data"
 PG = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432)
-#: Appended to the benchmark's database names, so benchmarks run side by side on one server do not collide.
-DB_SUFFIX = os.environ.get("DRIFTLESS_BENCH_DB_SUFFIX", "")
-PG_TARGET, PG_SOURCE = f"driftless_bench_tgt{DB_SUFFIX}", f"driftless_bench_src{DB_SUFFIX}"
+# BENCH_DB_PREFIX names the benchmark's databases, so that two benchmark runs on one server keep apart.
+DB_PREFIX = os.environ.get("BENCH_DB_PREFIX", "driftless_bench")
+PG_TARGET, PG_SOURCE = f"{DB_PREFIX}_tgt", f"{DB_PREFIX}_src"
 MARIADB = URL.create("mysql+pymysql", username="root", host="127.0.0.1", port=3306)
-MARIADB_DB = f"driftless_bench{DB_SUFFIX}"
+MARIADB_DB = DB_PREFIX
 SQLITE_PATH = RESULTS / "bench.db"
 DLT_DIR = RESULTS / "dlt"
 TO_SQL_CAP = int(os.environ.get("BENCH_TO_SQL_ROWS", "100000"))
@@ -139,7 +139,7 @@ def text_file(n: int, fmt: str) -> Path:
 
 def setup(case: str, n: int) -> None:
     data.prepare(DATA, n)
-    if case.startswith(("pg_", "dlt_merge")):
+    if case.startswith(("pg_", "dlt_merge")) and case != "pg_raw_copy_out":
         recreate_pg(PG_TARGET)
         shutil.rmtree(DLT_DIR, ignore_errors=True)
         if case in ("pg_raw_copy", "pg_to_sql"):
@@ -170,7 +170,7 @@ def setup(case: str, n: int) -> None:
             create_target("sqlite")
         if case == "sqlite_upsert_nightly":
             driftless_load("sqlite", "base", n)
-    elif "window" in case:
+    elif "window" in case or case == "pg_raw_copy_out":
         prepare_source(n)
         recreate_pg(PG_TARGET)
         shutil.rmtree(DLT_DIR, ignore_errors=True)
@@ -224,6 +224,18 @@ def measure(case: str, n: int) -> dict:
             with conn.cursor().copy("COPY orders FROM STDIN WITH (FORMAT csv)") as copy, open(path, "rb") as fh:
                 while block := fh.read(1 << 20):
                     copy.write(block)
+    elif case == "pg_raw_copy_out":
+        import psycopg
+
+        # The floor of an extract: the source table as CSV, streamed to a file (no window filter, no order).
+        path = RESULTS / "copy-out.csv"
+        t0 = time.perf_counter()
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={PG_SOURCE}") as conn:
+            with conn.cursor().copy("COPY orders TO STDOUT WITH (FORMAT csv)") as copy, open(path, "wb") as fh:
+                for block in copy:
+                    fh.write(block)
+        out["seconds"] = time.perf_counter() - t0
+        path.unlink()
     elif case == "mariadb_raw_load":
         import pymysql
 
@@ -273,7 +285,7 @@ def measure(case: str, n: int) -> dict:
 
         conn_env(n)
         target_env("pg")
-        result = run_window(spec(), window(), run_id="bench_window")
+        result = run_window(spec(), window(), run_id=f"bench_window_{os.getpid()}")  # own staging dir
         out = {"rows": result.loaded, "checks": [c["status"] for c in result.checks]}
     else:
         raise SystemExit(f"unknown case {case!r}")

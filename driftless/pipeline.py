@@ -7,9 +7,14 @@ The CLI calls ``run_window``; the DAG tasks call the three steps.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
+import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -150,10 +155,29 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     return manifest
 
 
+@functools.cache
+def _fixed_mmap_threshold() -> None:
+    """Keep glibc's malloc from growing the heap chunk after chunk (Linux; once per process).
+
+    glibc serves an allocation above its mmap threshold (128 KiB) with its own mapping, returned to the OS when
+    freed, but each such free raises the threshold (up to 32 MiB), after which a chunk's column buffers come from
+    the heap and their freed space stays resident: a 1M-row window peaked ~40 MB higher. Fixing the threshold
+    keeps it at 128 KiB. An explicit ``MALLOC_MMAP_THRESHOLD_`` in the environment is left as it is.
+    """
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is not None or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: set explicitly, it no longer adjusts itself
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt): nothing to do
+        pass
+
+
 def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
              frames: Iterable[pd.DataFrame] | None, started_at: datetime, source: Any = None) -> Manifest:
     """Read -> transform -> validate -> stage, chunk by chunk; then dedup over the window's staged rows."""
     started = time.monotonic()
+    _fixed_mmap_threshold()
     if source is None and frames is None:
         source = source_for(spec)
     # Resumable sources (REST) continue a failed attempt of this run from their last staged chunk.

@@ -147,10 +147,17 @@ def _column_to_arrow(series: pd.Series, column: ColumnSpec) -> pa.Array:
     return pa.array(series, type=arrow_type(kind), from_pandas=True)
 
 
-def frame_to_arrow(frame: pd.DataFrame, spec: PipelineSpec) -> pa.Table:
-    """A chunk as an Arrow table with exactly the spec's column types; names the column that does not fit."""
+def frame_to_arrow(frame: pd.DataFrame, spec: PipelineSpec, ready: dict[str, pa.Array] | None = None) -> pa.Table:
+    """A chunk as an Arrow table with exactly the spec's column types; names the column that does not fit.
+
+    ``ready``: columns already in Arrow (the same values as the frame's, of the column's Arrow type), used as
+    they are instead of converting the frame's column.
+    """
     arrays = []
     for column in spec.columns:
+        if ready and column.name in ready:
+            arrays.append(ready[column.name])
+            continue
         try:
             arrays.append(_column_to_arrow(frame[column.name], column))
         except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:

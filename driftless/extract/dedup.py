@@ -47,9 +47,31 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _IDENT_TAG = "\x00quarantine-identity"
 
 
+_HASH_MODULUS = np.uint64(2**61 - 1)  # sys.hash_info.modulus on 64-bit CPython
+
+
+def _int_hashes(values: np.ndarray) -> np.ndarray:
+    """``hash(int(v))`` for each int64 ``v``, computed by numpy.
+
+    CPython hashes an int as its magnitude modulo 2**61 - 1 with the int's sign, and -1 as -2.
+    """
+    negative = values < 0
+    raw = values.view(np.uint64)
+    magnitude = np.where(negative, ~raw + np.uint64(1), raw)  # |v| (also of -2**63) in uint64
+    hashes = (magnitude % _HASH_MODULUS).astype(np.int64)
+    hashes = np.where(negative, -hashes, hashes)
+    hashes[hashes == -1] = -2
+    return hashes
+
+
 def _hashes(index: pd.DataFrame, keys: list[str]) -> np.ndarray:
     """Python's hash of each entry's identity: its key values, or its quarantine identity when it has one."""
     by_ident = index["_ident"].notna().to_numpy()
+    if len(keys) == 1 and not by_ident.any():
+        key = index[keys[0]]
+        if pd.api.types.is_integer_dtype(key.dtype) and str(key.dtype) not in ("uint64", "UInt64") \
+                and not key.isna().any():
+            return _int_hashes(key.to_numpy(dtype=np.int64))  # one integer key (the usual case): no Python loop
     if len(keys) == 1:
         idents: list = index[keys[0]].tolist()
     else:

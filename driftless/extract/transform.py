@@ -112,6 +112,10 @@ class Conversion:
     values: pd.Series
     bad: np.ndarray
     reason: str
+    #: the same values as an Arrow array of the column's Arrow type (``etl.schema.arrow_type``), when the
+    #: conversion made one on the way (text converted by Arrow's kernels) and no value was bad; lets the
+    #: chunk's Arrow table skip converting ``values`` back (``etl.schema.frame_to_arrow``)
+    arrow: pa.Array | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,8 +211,40 @@ def _numeric_source(series: pd.Series, parsing: Parsing) -> tuple[pd.Series, np.
     return series, wrong
 
 
+_INTEGER_RE2 = r"^-?[0-9]+$"  # what Arrow's string -> int64 cast reads exactly as pd.to_numeric (not '+5', '0x10')
+_INT_ARROW = {"smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64()}
+
+
+def _integers_from_text(series: pd.Series, kind: str, reason: str) -> Conversion | None:
+    """All-text column of plain whole numbers, converted by Arrow's cast; None when any value needs the full rules.
+
+    Only when every non-NULL value is ``-?digits`` (after trimming) and fits int64: then the result is the one
+    ``pd.to_numeric`` gives, out-of-range values flagged bad. '+5', '1.0', '1e3', text that is no number and
+    numbers past int64 go the per-value path, which applies the README's rules and names each bad value.
+    """
+    text = _arrow_text(series)
+    if text is None:
+        return None
+    if pc.any(pc.invert(pc.fill_null(pc.match_substring_regex(text, _INTEGER_RE2), True))).as_py():
+        return None
+    try:
+        ints = pc.cast(text, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    lo, hi = INT_BOUNDS[kind]
+    outside = pc.or_(pc.less(ints, lo), pc.greater(ints, hi))
+    bad = pc.fill_null(outside, False).to_numpy(zero_copy_only=False)
+    if bad.any():
+        ints = pc.if_else(outside, pa.scalar(None, pa.int64()), ints)
+    values = pd.Series(ints.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get), index=series.index)
+    return Conversion(values, bad, reason, None if bad.any() else ints.cast(_INT_ARROW[kind]))
+
+
 def _to_integer(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
     lo, hi = INT_BOUNDS[kind]
+    reason = f"expected {kind} (whole number in [{lo}, {hi}]{_separators(parsing)})"
+    if parsing == DEFAULT_PARSING and (fast := _integers_from_text(series, kind, reason)) is not None:
+        return fast
     missing = _missing(series)
     wrong = np.zeros(len(series), dtype=bool)
     if pd.api.types.is_integer_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
@@ -234,7 +270,7 @@ def _to_integer(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
             num[big] = exact
     values = pd.Series(num, index=series.index).where(~bad)
     values = values.astype("Int64") if values.dtype != "Int64" else values
-    return Conversion(values, bad, f"expected {kind} (whole number in [{lo}, {hi}]{_separators(parsing)})")
+    return Conversion(values, bad, reason)
 
 
 def _separators(parsing: Parsing) -> str:
@@ -327,7 +363,7 @@ def _to_decimal(series: pd.Series, precision: int, scale: int, parsing: Parsing)
             pass
         else:
             return Conversion(pd.Series(decimals.to_numpy(zero_copy_only=False), index=series.index, dtype=object),
-                              bad, reason)
+                              bad, reason, None if bad.any() else decimals)
     quantum = Decimal(1).scaleb(-scale)
     int_digits = precision - scale
     out = np.empty(len(series), dtype=object)
@@ -431,6 +467,7 @@ def _stamps_from_epoch(numbers: pd.Series, fmt: str) -> pd.Series:
 def _to_timestamp(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
     missing = _missing(series)
     epoch = parsing.format in EPOCH_UNITS
+    in_arrow: pa.Array | None = None  # the stamps as Arrow timestamp[us, UTC], when Arrow's cast read the text
     if pd.api.types.is_datetime64_any_dtype(series.dtype):
         stamps = series.dt.tz_convert("UTC") if series.dt.tz is not None else series.dt.tz_localize("UTC")
         bad = np.zeros(len(series), dtype=bool)
@@ -439,8 +476,15 @@ def _to_timestamp(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
         bad = (~missing) & stamps.isna().to_numpy()
     elif parsing.format is None and (text := _arrow_text(series)) is not None:  # all text: Arrow checks ISO 8601
         iso, _ = _matching(text, _ISO_RE2)
-        stamps = pd.to_datetime(pd.Series(iso.to_numpy(zero_copy_only=False), index=series.index, dtype=object),
-                                utc=True, errors="coerce", format="ISO8601")
+        try:
+            # Arrow's ISO 8601 cast reads what pandas reads (a value with a zone; 24:00, a bad day or a value
+            # without a zone makes it refuse, and pandas, which knows those rules, reads the chunk instead).
+            in_arrow = pc.cast(iso, pa.timestamp("us", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            stamps = pd.to_datetime(pd.Series(iso.to_numpy(zero_copy_only=False), index=series.index, dtype=object),
+                                    utc=True, errors="coerce", format="ISO8601")
+        else:
+            stamps = pd.Series(in_arrow.to_pandas(), index=series.index)
         bad = (~missing) & stamps.isna().to_numpy()
     else:
         wrong = _object_mask(series, lambda v: not (
@@ -475,10 +519,13 @@ def _to_timestamp(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
         bad |= (~naive.isna().to_numpy()) & (naive != naive.dt.normalize()).to_numpy()
         example = "YYYY-MM-DD" if parsing.format is None else layout
         return Conversion(naive.where(~bad), bad, f"expected a date ({example}, no time of day)")
+    if in_arrow is not None and bad.any():
+        in_arrow = None
     if kind == "timestamp":
         stamps = stamps.dt.tz_convert(None)
+        in_arrow = None if in_arrow is None else in_arrow.cast(pa.timestamp("us"))  # the UTC wall time, as above
     zone = "; values without a zone are UTC" if parsing.format is None else ""
-    return Conversion(stamps.where(~bad), bad, f"expected a {kind} ({layout}{zone})")
+    return Conversion(stamps.where(~bad), bad, f"expected a {kind} ({layout}{zone})", in_arrow)
 
 
 def _json_value(value: Any) -> tuple[str | None, bool]:

@@ -163,6 +163,7 @@ class Validator:
         n = len(raw)
         converted: dict[str, pd.Series] = {}
         conv_bad: dict[str, np.ndarray] = {}
+        in_arrow: dict[str, arrow.Array] = {}  # columns Arrow converted (Conversion.arrow), reused for ``good``
         for column in self.spec.columns:
             if column.name not in transformed.columns:
                 failures.append(RowFailure(None, column.name, "column_in_dataframe",
@@ -171,6 +172,8 @@ class Validator:
                 continue
             conv = convert_for(column, transformed[column.name])
             converted[column.name] = conv.values
+            if conv.arrow is not None:
+                in_arrow[column.name] = conv.arrow
             if conv.bad.any():
                 conv_bad[column.name] = conv.bad
                 source = transformed[column.name]
@@ -192,7 +195,10 @@ class Validator:
             else:
                 bad[f.index] = True
         good_frame = typed[~bad]
-        good, arrow_failures = self._to_arrow(good_frame)
+        if bad.any():
+            keep = arrow.array(~bad)
+            in_arrow = {name: values.filter(keep) for name, values in in_arrow.items()}
+        good, arrow_failures = self._to_arrow(good_frame, in_arrow)
         if arrow_failures:
             failures += arrow_failures
             for f in arrow_failures:
@@ -238,10 +244,11 @@ class Validator:
             out.append(RowFailure(index, column, check, f"{what}{value}"))
         return out
 
-    def _to_arrow(self, good: pd.DataFrame) -> tuple[arrow.Table, list[RowFailure]]:
+    def _to_arrow(self, good: pd.DataFrame,
+                  ready: dict[str, arrow.Array] | None = None) -> tuple[arrow.Table, list[RowFailure]]:
         """The rows to load as Arrow; a value conversion missed (should not happen) rejects its row."""
         try:
-            return frame_to_arrow(good, self.spec), []
+            return frame_to_arrow(good, self.spec, ready), []
         except SourceError:
             pass
         failures = []

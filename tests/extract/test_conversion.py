@@ -298,3 +298,28 @@ def test_big_integers_beside_a_null_load_exactly(pg_url, sqlite_url, connections
     with create_engine(sqlite_url).connect() as conn:
         got = dict(conn.execute(text("SELECT id, n FROM big_target")).all())
     assert got == {1: 2**63 - 1, 2: None, 3: -(2**63)}
+
+
+def test_text_read_by_arrow_converts_as_value_by_value():
+    # All-text integer and ISO timestamp columns are read by Arrow's casts; mixing in one value that needs the
+    # per-value rules must not change any other value's result, and Conversion.arrow must equal the values.
+    import pyarrow as pa
+    from etl.schema import arrow_type
+
+    cases = {
+        "smallint": ["12", None, "-7", "32767", "007", "-0"],
+        "bigint": ["9223372036854775807", "-9223372036854775808", None, "1"],
+        "timestamptz": ["2025-01-01 05:00:00.000001+03", None, "2024-02-29T23:59:59Z", "0001-01-01 00:00:00+00"],
+        "timestamp": ["2025-01-01 05:00:00.000001+03", "2024-02-29T23:59:59Z"],
+    }
+    needs_rules = {"smallint": "+5", "bigint": "0x10", "timestamptz": "2025-01-01", "timestamp": "2025-01-01 24:00"}
+    for kind, texts in cases.items():
+        fast = convert_column(pd.Series(texts, dtype="str"), kind)
+        slow = convert_column(pd.Series([*texts, needs_rules[kind]], dtype="str"), kind)
+        assert fast.arrow is not None and not fast.bad.any(), kind
+        assert slow.arrow is None
+        assert fast.values.tolist() == slow.values.tolist()[:len(texts)], kind
+        assert pa.array(fast.values, type=arrow_type(kind), from_pandas=True).equals(fast.arrow), kind
+    out_of_range = convert_column(pd.Series(["32768", "1"], dtype="str"), "smallint")
+    assert out_of_range.bad.tolist() == [True, False] and out_of_range.arrow is None
+    assert convert_column(pd.Series(["0x10"], dtype="str"), "integer").bad.tolist() == [True]

@@ -74,3 +74,21 @@ def test_peak_memory_does_not_grow_with_the_window(pg_databases, tmp_path):
     print("small:", small, "big:", big)
     growth = (big["peak_mb"] - big["baseline_mb"]) - (small["peak_mb"] - small["baseline_mb"])
     assert growth < 15, (small, big)
+
+
+def test_integer_keys_hash_as_python_hashes_them():
+    # The dedup index buckets entries by Python's hash; an integer key column is hashed by numpy instead and must
+    # land in the same bucket as the same key reaching the index as Python ints, Decimals or floats.
+    from decimal import Decimal
+
+    import numpy as np
+    import pandas as pd
+    from etl.dedup import _hashes
+
+    edges = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, 2**61 + 1, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63)]
+    values = np.concatenate([np.array(edges, dtype=np.int64),
+                             np.random.default_rng(7).integers(-(2**63), 2**63 - 1, 5000, dtype=np.int64)])
+    index = pd.DataFrame({"id": pd.array(values, dtype="Int64"), "_ident": None})
+    expected = [hash(int(v)) for v in values]
+    assert _hashes(index, ["id"]).tolist() == expected
+    assert [hash(Decimal(int(v))) for v in edges] == expected[:len(edges)]

@@ -125,3 +125,35 @@ def test_an_empty_window_reads_nothing(hostile):
     source = SqlSource(hostile)
     assert list(source.read(Window.parse("2030-01-01", "2030-02-01"))) == []
     source.engine.dispose()
+
+
+def test_stopping_a_copy_read_early_ends_it(pg_url, connections):
+    # Arrow reads the COPY ahead on a thread of its own; a consumer that stops after the first chunk (or fails)
+    # closes the generator, which cancels the COPY. That used to leave two threads waiting on one connection
+    # forever. Closed from a thread here, so that a hang fails the test instead of blocking the run.
+    import threading
+
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE many AS SELECT i::bigint AS id, timestamptz '2025-01-02' + i * interval '1 ms' "
+                          "AS updated_at, repeat('x', 40) AS pad FROM generate_series(1, 100000) AS i"))
+    engine.dispose()
+    connections(src=pg_url)
+    spec = parse_spec({
+        "name": "many", "chunk_size": 1000,
+        "source": {"type": "sql", "connection": "src", "table": "many", "primary_key": ["id"], "cursor": "updated_at"},
+        "target": {"connection": "src", "table": "many_target"},
+        "columns": [{"name": "id", "type": "bigint", "nullable": False},
+                    {"name": "updated_at", "type": "timestamptz", "nullable": False}, {"name": "pad", "type": "text"}],
+    }, "test")
+    source = SqlSource(spec)
+    for _ in range(3):
+        chunks = source.read(WINDOW)
+        first = next(chunks)
+        assert len(first) == 1000 and first["id"].tolist()[:2] == ["1", "2"]
+        closer = threading.Thread(target=chunks.close, daemon=True)
+        closer.start()
+        closer.join(120)
+        assert not closer.is_alive(), "closing the COPY read hung"
+    assert source.count(WINDOW) == 100000  # the source's connections are still usable
+    source.engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,25 +52,45 @@ COPY_TEXT_TYPES = {16, 20, 21, 23, 25, 701, 1042, 1043, 1082, 1114, 1184, 1700}
 
 
 class _CopyStream(io.RawIOBase):
-    """A psycopg ``Copy`` (``COPY ... TO STDOUT``) as a readable byte stream, for pyarrow's CSV reader."""
+    """A psycopg ``Copy`` (``COPY ... TO STDOUT``) as a readable byte stream, for pyarrow's CSV reader.
+
+    Arrow reads ahead on a thread of its own. ``stop`` must be called before the ``Copy`` block is left:
+    leaving it early (the consumer stopped or failed) cancels the COPY and reads the connection, which a read
+    still in progress on Arrow's thread would also do, and the two would wait for each other forever.
+    """
 
     def __init__(self, copy: Any) -> None:
         self._copy = copy
         self._pending = memoryview(b"")
+        self._lock = threading.Lock()
+        self._stopped = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            block = self._copy.read()
-            if not block:
+        # Fills the whole buffer (a row per COPY message: one row per call would cost a Python call per row).
+        with self._lock:
+            if self._stopped:
                 return 0
-            self._pending = memoryview(block)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+            view = memoryview(buffer).cast("B")
+            size, n = len(view), 0
+            while n < size:
+                if not self._pending:
+                    block = self._copy.read()
+                    if not block:
+                        break
+                    self._pending = memoryview(block)
+                k = min(size - n, len(self._pending))
+                view[n:n + k] = self._pending[:k]
+                self._pending = self._pending[k:]
+                n += k
+            return n
+
+    def stop(self) -> None:
+        """No more reads from the COPY; waits for a read in progress to end."""
+        with self._lock:
+            self._stopped = True
 
 
 def _chunks(reader: pcsv.CSVStreamingReader, size: int) -> Iterator[pa.Table]:
@@ -201,7 +222,8 @@ class SqlSource:
         cursor = conn.connection.driver_connection.cursor()
         try:
             with cursor.copy(f"COPY ({compiled.string}) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)", params) as copy:
-                stream = io.BufferedReader(_CopyStream(copy), 1 << 18)
+                raw = _CopyStream(copy)
+                stream = io.BufferedReader(raw, 1 << 18)
                 # Arrow reads up to 32 blocks ahead of the consumer: 256 KB blocks bound that to ~8 MB of CSV
                 # (4 MB blocks held ~130 MB more at the same speed).
                 try:
@@ -213,11 +235,15 @@ class SqlSource:
                             column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True,
                             null_values=[""], quoted_strings_can_be_null=False))
                 except pa.ArrowInvalid as exc:
+                    raw.stop()
                     if "Empty CSV file" in str(exc):
                         return  # an empty window
                     raise
-                for table in _chunks(reader, self.spec.chunk_size):
-                    yield table.to_pandas()
+                try:
+                    for table in _chunks(reader, self.spec.chunk_size):
+                        yield table.to_pandas()
+                finally:  # also when the consumer stops early (GeneratorExit) or fails: see _CopyStream
+                    raw.stop()
         except (psycopg.Error, pa.ArrowException) as exc:
             raise SourceError(
                 f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
