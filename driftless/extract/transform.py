@@ -112,9 +112,9 @@ class Conversion:
     values: pd.Series
     bad: np.ndarray
     reason: str
-    #: the same values as an Arrow array of the column's Arrow type (``etl.schema.arrow_type``), when the
+    #: the same values as an Arrow array of the column's Arrow type (``driftless.schema.arrow_type``), when the
     #: conversion made one on the way (text converted by Arrow's kernels) and no value was bad; lets the
-    #: chunk's Arrow table skip converting ``values`` back (``etl.schema.frame_to_arrow``)
+    #: chunk's Arrow table skip converting ``values`` back (``driftless.schema.frame_to_arrow``)
     arrow: pa.Array | None = None
 
 

@@ -304,7 +304,8 @@ def test_text_read_by_arrow_converts_as_value_by_value():
     # All-text integer and ISO timestamp columns are read by Arrow's casts; mixing in one value that needs the
     # per-value rules must not change any other value's result, and Conversion.arrow must equal the values.
     import pyarrow as pa
-    from etl.schema import arrow_type
+
+    from driftless.schema import arrow_type
 
     cases = {
         "smallint": ["12", None, "-7", "32767", "007", "-0"],

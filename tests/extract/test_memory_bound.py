@@ -83,7 +83,8 @@ def test_integer_keys_hash_as_python_hashes_them():
 
     import numpy as np
     import pandas as pd
-    from etl.dedup import _hashes
+
+    from driftless.extract.dedup import _hashes
 
     edges = [0, 1, -1, -2, 2**61 - 2, 2**61 - 1, 2**61, 2**61 + 1, -(2**61 - 1), -(2**61), 2**63 - 1, -(2**63)]
     values = np.concatenate([np.array(edges, dtype=np.int64),
