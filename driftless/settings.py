@@ -66,6 +66,9 @@ class Settings:
     retry_delay_s: str | None = _setting("DRIFTLESS_RETRY_DELAY_S", "Seconds between task retries (default 30).")
     max_slices: str | None = _setting(
         "DRIFTLESS_MAX_SLICES", "Slices of one partitioned window that run at once (default 16).")
+    worker_name: str | None = _setting(
+        "DRIFTLESS_WORKER_NAME", "The hostname a task instance records ([core] hostname_callable = "
+        "driftless.airflow.workers.task_hostname), e.g. the Celery worker's name when workers share a host.")
     # Test-only (driftless.failpoints): freeze a run at a named point so a test can kill it there.
     failpoint: str | None = _setting("DRIFTLESS_FAILPOINT", "Tests only: the fail point to stop at.")
     failpoint_after: str | None = _setting("DRIFTLESS_FAILPOINT_AFTER", "Tests only: pass the point N times first.")

@@ -122,18 +122,9 @@ def celery_env(metadata_db: str | None, broker_url: str, prefix: str) -> dict[st
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_db}",
         "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
         "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
-        # A task instance's hostname is its worker's Celery name (worker1@host, ...): see task_hostname().
-        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tools.airflow_local.task_hostname",
+        # A task instance's hostname is its worker's Celery name (worker1@host, ...): see that function.
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "driftless.airflow.workers.task_hostname",
     }
-
-
-def task_hostname() -> str:
-    """The hostname Airflow records for a task instance: ``$DRIFTLESS_WORKER_NAME`` if set, else the FQDN.
-
-    Workers started by ``LocalAirflow`` share one machine; naming each by its Celery hostname
-    (``worker1@<host>``) shows in the UI and the metadata database which worker ran which task.
-    """
-    return os.environ.get("DRIFTLESS_WORKER_NAME") or socket.getfqdn()
 
 
 def metadata_db_name() -> str:
