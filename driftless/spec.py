@@ -334,7 +334,7 @@ class TriggerSpec(_Strict):
 
     @property
     def watches(self) -> str:
-        """What the watcher watches, in a few words (DAG docs, the report's catalog)."""
+        """What the watcher watches, in a few words (the report's catalog; the DAG page words it in full)."""
         return f"redis {', '.join(self.channels or [])}" if self.on == "redis" else "new files"
 
 

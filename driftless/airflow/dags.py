@@ -65,12 +65,10 @@ def default_args() -> dict[str, Any]:
 
 def pipeline_doc(spec: PipelineSpec, spec_path: Path) -> str:
     """The DAG's documentation, shown on its page in the UI."""
-    source = (getattr(spec.source, "table", None) or getattr(spec.source, "endpoint", None)
-              or getattr(spec.source, "queue", None) or getattr(spec.source, "stream", None) or "a SQL query")
     asset = target_asset(spec)
     return "\n".join([
         f"### {spec.name}", "", spec.description or "", "",
-        f"* **Source**: {spec.source.type} `{source}` through connection `{spec.source.connection}`, cursor "
+        f"* **Source**: {spec.source.type} `{spec.source.label}` through connection `{spec.source.connection}`, cursor "
         f"`{spec.source.cursor}`, key `{', '.join(spec.source.primary_key)}`.",
         f"* **Target**: table `{spec.target.table}` through connection `{spec.target.connection}`; every successful "
         f"load updates the Asset `{asset.uri}`, which runs `consistency_report`.",

@@ -129,3 +129,25 @@ def test_pipeline_dags_register_in_the_dag_files_globals_from_pipelines_beside_i
         pipeline_dags({"__file__": str(tmp_path / "my_dags.py")})
     (tmp_path / "empty").mkdir()
     assert pipeline_dags({"__file__": str(tmp_path / "my_dags.py")}) == {}  # the setting wins
+
+
+@pytest.mark.parametrize("source, shown", [
+    ({"type": "sql", "connection": "src", "table": "Invoice", "primary_key": ["id"], "cursor": "ts"}, "sql `Invoice`"),
+    ({"type": "sql", "connection": "src", "query": "SELECT * FROM t", "primary_key": ["id"], "cursor": "ts"},
+     "sql `a SQL query`"),
+    ({"type": "rest", "connection": "api", "endpoint": "/v1/orders", "primary_key": ["id"], "cursor": "ts"},
+     "rest `/v1/orders`"),
+    ({"type": "file", "location": "/data/drops/", "glob": "*.csv", "format": "csv", "primary_key": ["id"],
+      "cursor": "_file_time"}, "file `/data/drops/*.csv`"),
+    ({"type": "queue", "broker": "redis_stream", "connection": "bus", "stream": "orders", "primary_key": ["id"],
+      "cursor": "ts"}, "queue `redis_stream orders`"),
+])
+def test_dag_doc_names_what_each_kind_of_source_reads(source, shown):
+    from driftless.airflow.dags import pipeline_doc
+    from driftless.spec import parse_spec
+
+    columns = [{"name": "id", "type": "bigint"}, {"name": "ts", "type": "timestamptz"},
+               {"name": "_file_time", "type": "timestamptz"}]
+    spec = parse_spec({"name": "p", "source": source, "target": {"connection": "wh", "table": "t"},
+                       "columns": columns}, "p.yaml")
+    assert f"**Source**: {shown} through connection" in pipeline_doc(spec, Path("p.yaml"))

@@ -102,6 +102,11 @@ class FileSourceSpec(_Strict):
 
     _ids = field_validator("cursor")(check_identifier)
 
+    @property
+    def label(self) -> str:
+        """What the source reads, in a few words (the DAG's documentation)."""
+        return f"{self.location.rstrip('/')}/{self.glob or self.path_pattern}"
+
     @field_validator("connection")
     @classmethod
     def _conn(cls, value: str) -> str:

@@ -65,6 +65,11 @@ class QueueSourceSpec(BaseModel):
 
     _ids = field_validator("cursor", "connection")(check_identifier)
 
+    @property
+    def label(self) -> str:
+        """What the source reads, in a few words (the DAG's documentation)."""
+        return f"{self.broker} {self.queue or self.stream}"
+
     @field_validator("records")
     @classmethod
     def _records(cls, value: str) -> str:

@@ -215,6 +215,11 @@ class RestSourceSpec(_Strict):
     max_records: int = Field(10_000_000, gt=0, description="more records than this in one window is an error")
     deadline: timedelta = Field(timedelta(hours=1), description="the whole window must be read within this")
 
+    @property
+    def label(self) -> str:
+        """What the source reads, in a few words (the DAG's documentation)."""
+        return self.endpoint
+
     @field_validator("paginator", mode="before")
     @classmethod
     def _paginator_shorthand(cls, value: Any) -> Any:

@@ -37,6 +37,11 @@ class SqlSourceSpec(_Strict):
 
     _pk = field_validator("primary_key")(check_identifiers)
 
+    @property
+    def label(self) -> str:
+        """What the source reads, in a few words (the DAG's documentation)."""
+        return self.table or "a SQL query"
+
     @field_validator("table")
     @classmethod
     def _table(cls, value: str | None) -> str | None:
