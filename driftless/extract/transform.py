@@ -105,17 +105,36 @@ class RowFailure:
     message: str
 
 
-@dataclass
 class Conversion:
-    """A column converted to its spec type: values (NA where missing or bad), and which rows were bad."""
+    """A column converted to its spec type: values (NA where missing or bad), and which rows were bad.
 
-    values: pd.Series
-    bad: np.ndarray
-    reason: str
-    #: the same values as an Arrow array of the column's Arrow type (``driftless.schema.arrow_type``), when the
-    #: conversion made one on the way (text converted by Arrow's kernels) and no value was bad; lets the
-    #: chunk's Arrow table skip converting ``values`` back (``driftless.schema.frame_to_arrow``)
-    arrow: pa.Array | None = None
+    Attributes:
+        values: the converted values (see ``convert_column`` for their dtypes). A conversion may hand over a
+            function making them instead (a zero-argument callable), called once on first use: numeric text
+            converted by Arrow's kernels makes its ``Decimal`` objects only when someone reads them.
+        bad: which rows did not convert.
+        reason: what a value must look like (the quarantine message).
+        arrow: the same values as an Arrow array of the column's Arrow type (``driftless.schema.arrow_type``),
+            when the conversion made one on the way (text converted by Arrow's kernels, decimals Arrow
+            accepted) and no value was bad; lets the chunk's Arrow table skip converting ``values`` back
+            (``driftless.schema.frame_to_arrow``).
+    """
+
+    def __init__(self, values: pd.Series | Callable[[], pd.Series], bad: np.ndarray, reason: str,
+                 arrow: pa.Array | None = None) -> None:
+        self._values = values
+        self.bad = bad
+        self.reason = reason
+        self.arrow = arrow
+
+    @property
+    def values(self) -> pd.Series:
+        if not isinstance(self._values, pd.Series):
+            self._values = self._values()
+        return self._values
+
+    def __repr__(self) -> str:
+        return f"Conversion(bad={int(self.bad.sum())}, reason={self.reason!r}, arrow={self.arrow is not None})"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,7 +368,7 @@ def _to_decimal(series: pd.Series, precision: int, scale: int, parsing: Parsing)
             # values is a NaN, sent down the per-value path (one vectorized count instead of a check per value).
             if exact.null_count == int(missing.sum()):
                 values = series.where(~missing, None) if missing.any() else series
-                return Conversion(values, np.zeros(len(series), dtype=bool), reason)
+                return Conversion(values, np.zeros(len(series), dtype=bool), reason, exact)
         except (pa.ArrowException, TypeError, ValueError, OverflowError):
             pass
     text = _arrow_text(series) if parsing == DEFAULT_PARSING else None
@@ -362,8 +381,12 @@ def _to_decimal(series: pd.Series, precision: int, scale: int, parsing: Parsing)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             pass
         else:
-            return Conversion(pd.Series(decimals.to_numpy(zero_copy_only=False), index=series.index, dtype=object),
-                              bad, reason, None if bad.any() else decimals)
+            index = series.index
+
+            def values() -> pd.Series:  # Decimal objects cost more than the rest: made only when read
+                return pd.Series(decimals.to_numpy(zero_copy_only=False), index=index, dtype=object)
+
+            return Conversion(values, bad, reason, None if bad.any() else decimals)
     quantum = Decimal(1).scaleb(-scale)
     int_digits = precision - scale
     out = np.empty(len(series), dtype=object)

@@ -152,6 +152,13 @@ class Validator:
         self.model = _model_schema(spec)
         self.keys = list(spec.source.primary_key)
         self.order = list(spec.dedup.order_by or [spec.source.cursor])
+        # Numeric columns that pandera checks only for NULLs and uniqueness, and that nothing else reads from the
+        # converted chunk (no key, no ordering, no schema_model): their Arrow decimals stand in for the Decimal
+        # objects (as a pandas ArrowDtype column), which are then never made.
+        self.arrow_only = set() if self.model is not None else {
+            c.name for c in spec.columns
+            if TYPE_PATTERN.match(c.type)["numeric"] and not self.schema.columns[c.name].checks  # type: ignore[index]
+            and c.name not in self.keys and c.name not in self.order}
 
     def validate(self, frame: pd.DataFrame) -> ChunkResult:
         """Transform one chunk and split it into the rows to load and the rejected rows with their reasons."""
@@ -171,7 +178,10 @@ class Validator:
                 converted[column.name] = pd.Series([None] * n, index=raw.index, dtype=object)
                 continue
             conv = convert_for(column, transformed[column.name])
-            converted[column.name] = conv.values
+            if conv.arrow is not None and column.name in self.arrow_only:
+                converted[column.name] = pd.Series(pd.arrays.ArrowExtensionArray(conv.arrow), index=raw.index)
+            else:
+                converted[column.name] = conv.values
             if conv.arrow is not None:
                 in_arrow[column.name] = conv.arrow
             if conv.bad.any():
