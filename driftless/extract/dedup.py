@@ -112,10 +112,9 @@ class SpilledIndex:
         entries = np.empty(len(index), dtype=_ENTRY)
         entries["h"] = _hashes(index, self.keys)
         entries["seq"] = seq
-        bucket = ((entries["h"].view(np.uint64) * _GOLDEN) >> np.uint64(56)).astype(np.int64)  # 256 buckets
-        order = np.argsort(bucket, kind="stable")
-        entries, bucket = entries[order], bucket[order]
-        bounds = np.searchsorted(bucket, np.arange(BUCKETS + 1))
+        bucket = ((entries["h"].view(np.uint64) * _GOLDEN) >> np.uint64(56)).astype(np.uint8)  # 256 buckets
+        entries = entries[np.argsort(bucket, kind="stable")]  # a radix sort on 8 bits
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(bucket, minlength=BUCKETS))))
         for b in np.flatnonzero(np.diff(bounds)).tolist():
             fh = self._buckets.get(b)
             if fh is None:

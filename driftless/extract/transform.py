@@ -487,6 +487,30 @@ def _stamps_from_epoch(numbers: pd.Series, fmt: str) -> pd.Series:
     return pd.to_datetime(num, unit=EPOCH_UNITS[fmt], utc=True, errors="coerce")
 
 
+_FIRST_MICROS = -62_135_596_800 * 10**6  # 0001-01-01T00:00:00Z in microseconds since the epoch
+_PAST_LAST_MICROS = 253_402_300_800 * 10**6  # 10000-01-01T00:00:00Z
+
+
+def _arrow_stamps(stamps: pa.Array, missing: np.ndarray, kind: str, index: pd.Index) -> Conversion | None:
+    """ISO 8601 text Arrow read (timestamp[us, UTC]; NULL where the text did not match) when every value is good.
+
+    The checks ``_to_timestamp`` makes, in Arrow: a NULL that was no missing value did not match the rules, and
+    a year outside 1..9999 (once in UTC) is no timestamp a target stores. None when any value is bad: then
+    ``_to_timestamp`` goes on and names each.
+    """
+    if stamps.null_count != int(missing.sum()):
+        return None
+    if stamps.null_count < len(stamps):
+        micros = pc.min_max(stamps.cast(pa.int64()))  # microseconds since 1970-01-01 UTC
+        if micros["min"].as_py() < _FIRST_MICROS or micros["max"].as_py() >= _PAST_LAST_MICROS:
+            return None
+    if kind == "timestamp":
+        stamps = stamps.cast(pa.timestamp("us"))  # the UTC wall time
+    values = pd.Series(stamps.to_pandas().array, index=index)  # .array: the index is set, not aligned to
+    return Conversion(values, np.zeros(len(stamps), dtype=bool), f"expected a {kind} (ISO 8601; values without a zone "
+                      "are UTC)", stamps)
+
+
 def _to_timestamp(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
     missing = _missing(series)
     epoch = parsing.format in EPOCH_UNITS
@@ -507,6 +531,8 @@ def _to_timestamp(series: pd.Series, kind: str, parsing: Parsing) -> Conversion:
             stamps = pd.to_datetime(pd.Series(iso.to_numpy(zero_copy_only=False), index=series.index, dtype=object),
                                     utc=True, errors="coerce", format="ISO8601")
         else:
+            if kind != "date" and (done := _arrow_stamps(in_arrow, missing, kind, series.index)) is not None:
+                return done
             stamps = pd.Series(in_arrow.to_pandas(), index=series.index)
         bad = (~missing) & stamps.isna().to_numpy()
     else:

@@ -228,7 +228,9 @@ class Validator:
     def _pandera(self, schema: pa.DataFrameSchema, typed: pd.DataFrame,
                  conv_bad: dict[str, np.ndarray]) -> list[RowFailure]:
         try:
-            schema.validate(typed, lazy=True)
+            # The spec's own schema has no dtypes to coerce, so it changes nothing and need not copy the chunk
+            # (half its cost); a schema_model may coerce, and runs on a copy.
+            schema.validate(typed, lazy=True, inplace=schema is self.schema)
             return []
         except pa.errors.SchemaErrors as exc:
             cases = exc.failure_cases
@@ -274,10 +276,6 @@ class Validator:
 
     def _result(self, raw: pd.DataFrame, typed: pd.DataFrame, bad: np.ndarray, good: arrow.Table,
                 failures: list[RowFailure]) -> ChunkResult:
-        keys_valid = typed[self.keys].notna().all(axis=1).to_numpy().copy()
-        for f in failures:
-            if f.column in self.keys and f.index is not None:
-                keys_valid[f.index] = False
         index = typed[self.keys + [c for c in self.order if c not in self.keys]].copy()
         index["_good"] = ~bad
         index["_pos"] = np.where(bad, np.cumsum(bad) - 1, np.cumsum(~bad) - 1)
@@ -288,6 +286,10 @@ class Validator:
             rejects = pd.DataFrame({"record_key": pd.Series(dtype=object), "entry_key": pd.Series(dtype=object),
                                     "record": pd.Series(dtype=object), "errors": pd.Series(dtype=object)})
             return ChunkResult(good, rejects, index, reasons)
+        keys_valid = typed[self.keys].notna().all(axis=1).to_numpy().copy()
+        for f in failures:
+            if f.column in self.keys and f.index is not None:
+                keys_valid[f.index] = False
         per_row: dict[int, list[dict[str, Any]]] = {int(i): [] for i in bad_rows}
         everyone = [f for f in failures if f.index is None]
         for f in failures:
