@@ -116,10 +116,10 @@ class SpilledIndex:
         entries = entries[np.argsort(bucket, kind="stable")]  # a radix sort on 8 bits
         bounds = np.concatenate(([0], np.cumsum(np.bincount(bucket, minlength=BUCKETS))))
         for b in np.flatnonzero(np.diff(bounds)).tolist():
-            fh = self._buckets.get(b)
-            if fh is None:
-                fh = self._buckets[b] = open(self._bucket_path(b), "ab")  # noqa: SIM115 - closed by _close_buckets
-            fh.write(entries[bounds[b]:bounds[b + 1]].tobytes())
+            out = self._buckets.get(b)
+            if out is None:
+                out = self._buckets[b] = open(self._bucket_path(b), "ab")  # noqa: SIM115 - closed by _close_buckets
+            out.write(entries[bounds[b]:bounds[b + 1]].tobytes())
 
     def _close_buckets(self) -> None:
         buckets, self._buckets = self._buckets, {}
