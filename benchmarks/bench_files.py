@@ -36,7 +36,7 @@ from sqlalchemy import URL, create_engine, text  # noqa: E402
 from benchmarks import rss  # noqa: E402
 
 PG = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432)
-DB = "driftless_bench_files"
+DB = f"{os.environ.get('BENCH_DB_PREFIX', 'driftless_bench')}_files"  # BENCH_DB_PREFIX as in cases.py
 DATA = REPO / "bench-results" / "files"
 CASES = ["raw_copy_csv", "driftless_csv", "raw_copy_parquet", "driftless_parquet"]
 DDL = ("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id integer NOT NULL, status text, "

@@ -190,19 +190,24 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     max_cursor = _as_datetime(datetime.fromisoformat(progress["max_cursor"]) if progress.get("max_cursor") else None)
     if resumable is not None:
         resumable.resume_from(progress.get("source"), writer.manifest.tables)
-    for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
-        transformed = transform_chunk(frame, spec)  # transform: rename, cast, derive, function, drop
-        checked = validator.check(transformed)  # validate: spec types and checks; rows to load, rows rejected
-        parts = writer.stage(checked.good, checked.rejects, checked.reasons)  # stage: part-*, quarantine-*
-        dedup.add(checked.index, parts)  # dedup needs every staged row's identity (applied at the window's end)
-        if checked.good.num_rows:
-            chunk_max = _as_datetime(pc.max(checked.good[spec.source.cursor]).as_py())
-            if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
-                max_cursor = chunk_max
-        if resumable is not None:  # resume point, written after the chunk it covers
-            writer.save_progress({"source": resumable.checkpoint, "max_cursor": max_cursor and max_cursor.isoformat()})
-        event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
-              chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
+    try:
+        for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
+            transformed = transform_chunk(frame, spec)  # transform: rename, cast, derive, function, drop
+            checked = validator.check(transformed)  # validate: spec types and checks; rows to load, rows rejected
+            parts = writer.stage(checked.good, checked.rejects, checked.reasons)  # stage: part-*, quarantine-*
+            dedup.add(checked.index, parts)  # dedup needs every staged row's identity (applied at the window's end)
+            if checked.good.num_rows:
+                chunk_max = _as_datetime(pc.max(checked.good[spec.source.cursor]).as_py())
+                if chunk_max is not None and (max_cursor is None or chunk_max > max_cursor):
+                    max_cursor = chunk_max
+            if resumable is not None:  # resume point, written after the chunk it covers
+                writer.save_progress({"source": resumable.checkpoint,
+                                      "max_cursor": max_cursor and max_cursor.isoformat()})
+            event(log, "extracted chunk", pipeline=spec.name, rows=writer.manifest.records,
+                  chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
+    except BaseException:
+        dedup.abandon()
+        raise
     dedup.apply()  # dedup: one row per key stays in the staged files (the latest by dedup.order_by)
     writer.manifest.read_at = started_at.isoformat()
     manifest = writer.close(max_cursor.isoformat() if max_cursor else None,

@@ -30,6 +30,7 @@ import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,9 @@ class SpilledIndex:
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
         self._chunks: list[tuple[int, int]] = []  # (first, last) arrival number of each chunk file
+        # The bucket files stay open while chunks are added (opening 256 files per chunk cost more than writing
+        # them); closed before they are read and by ``close``.
+        self._buckets: dict[int, BinaryIO] = {}
 
     def _chunk_path(self, i: int) -> Path:
         return self.directory / f"index-{i:06d}.pkl"
@@ -108,13 +112,19 @@ class SpilledIndex:
         entries = np.empty(len(index), dtype=_ENTRY)
         entries["h"] = _hashes(index, self.keys)
         entries["seq"] = seq
-        bucket = ((entries["h"].view(np.uint64) * _GOLDEN) >> np.uint64(56)).astype(np.int64)  # 256 buckets
-        order = np.argsort(bucket, kind="stable")
-        entries, bucket = entries[order], bucket[order]
-        bounds = np.searchsorted(bucket, np.arange(BUCKETS + 1))
-        for b in np.flatnonzero(np.diff(bounds)):
-            with open(self._bucket_path(int(b)), "ab") as fh:
-                entries[bounds[b]:bounds[b + 1]].tofile(fh)
+        bucket = ((entries["h"].view(np.uint64) * _GOLDEN) >> np.uint64(56)).astype(np.uint8)  # 256 buckets
+        entries = entries[np.argsort(bucket, kind="stable")]  # a radix sort on 8 bits
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(bucket, minlength=BUCKETS))))
+        for b in np.flatnonzero(np.diff(bounds)).tolist():
+            out = self._buckets.get(b)
+            if out is None:
+                out = self._buckets[b] = open(self._bucket_path(b), "ab")  # noqa: SIM115 - closed by _close_buckets
+            out.write(entries[bounds[b]:bounds[b + 1]].tobytes())
+
+    def _close_buckets(self) -> None:
+        buckets, self._buckets = self._buckets, {}
+        for fh in buckets.values():
+            fh.close()
 
     def _candidates(self, b: int) -> np.ndarray:
         """Arrival numbers of the bucket's entries whose hash occurs more than once."""
@@ -149,6 +159,7 @@ class SpilledIndex:
 
         ``reduce`` takes an index (entries in arrival order, positional) and returns a boolean mask of losers.
         """
+        self._close_buckets()
         found: list[pd.DataFrame] = []
         batch: list[np.ndarray] = []
         size = 0
@@ -176,6 +187,7 @@ class SpilledIndex:
         return pd.concat(found, ignore_index=True)
 
     def close(self) -> None:
+        self._close_buckets()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -251,6 +263,10 @@ class WindowDedup:
             return
         index = index.assign(_part=np.where(index["_good"].to_numpy(dtype=bool), *parts))
         self._add(index)
+
+    def abandon(self) -> None:
+        """Close the index's open files after a failed extract (what it wrote stays for a resumed one to redo)."""
+        self._index._close_buckets()
 
     def apply(self) -> int:
         """Remove the superseded rows from the staged files; returns how many."""

@@ -152,6 +152,13 @@ class Validator:
         self.model = _model_schema(spec)
         self.keys = list(spec.source.primary_key)
         self.order = list(spec.dedup.order_by or [spec.source.cursor])
+        # Numeric columns that pandera checks only for NULLs and uniqueness, and that nothing else reads from the
+        # converted chunk (no key, no ordering, no schema_model): their Arrow decimals stand in for the Decimal
+        # objects (as a pandas ArrowDtype column), which are then never made.
+        self.arrow_only = set() if self.model is not None else {
+            c.name for c in spec.columns
+            if TYPE_PATTERN.match(c.type)["numeric"] and not self.schema.columns[c.name].checks  # type: ignore[index]
+            and c.name not in self.keys and c.name not in self.order}
 
     def validate(self, frame: pd.DataFrame) -> ChunkResult:
         """Transform one chunk and split it into the rows to load and the rejected rows with their reasons."""
@@ -171,7 +178,10 @@ class Validator:
                 converted[column.name] = pd.Series([None] * n, index=raw.index, dtype=object)
                 continue
             conv = convert_for(column, transformed[column.name])
-            converted[column.name] = conv.values
+            if conv.arrow is not None and column.name in self.arrow_only:
+                converted[column.name] = pd.Series(pd.arrays.ArrowExtensionArray(conv.arrow), index=raw.index)
+            else:
+                converted[column.name] = conv.values
             if conv.arrow is not None:
                 in_arrow[column.name] = conv.arrow
             if conv.bad.any():
@@ -218,7 +228,9 @@ class Validator:
     def _pandera(self, schema: pa.DataFrameSchema, typed: pd.DataFrame,
                  conv_bad: dict[str, np.ndarray]) -> list[RowFailure]:
         try:
-            schema.validate(typed, lazy=True)
+            # The spec's own schema has no dtypes to coerce, so it changes nothing and need not copy the chunk
+            # (half its cost); a schema_model may coerce, and runs on a copy.
+            schema.validate(typed, lazy=True, inplace=schema is self.schema)
             return []
         except pa.errors.SchemaErrors as exc:
             cases = exc.failure_cases
@@ -264,10 +276,6 @@ class Validator:
 
     def _result(self, raw: pd.DataFrame, typed: pd.DataFrame, bad: np.ndarray, good: arrow.Table,
                 failures: list[RowFailure]) -> ChunkResult:
-        keys_valid = typed[self.keys].notna().all(axis=1).to_numpy().copy()
-        for f in failures:
-            if f.column in self.keys and f.index is not None:
-                keys_valid[f.index] = False
         index = typed[self.keys + [c for c in self.order if c not in self.keys]].copy()
         index["_good"] = ~bad
         index["_pos"] = np.where(bad, np.cumsum(bad) - 1, np.cumsum(~bad) - 1)
@@ -278,6 +286,10 @@ class Validator:
             rejects = pd.DataFrame({"record_key": pd.Series(dtype=object), "entry_key": pd.Series(dtype=object),
                                     "record": pd.Series(dtype=object), "errors": pd.Series(dtype=object)})
             return ChunkResult(good, rejects, index, reasons)
+        keys_valid = typed[self.keys].notna().all(axis=1).to_numpy().copy()
+        for f in failures:
+            if f.column in self.keys and f.index is not None:
+                keys_valid[f.index] = False
         per_row: dict[int, list[dict[str, Any]]] = {int(i): [] for i in bad_rows}
         everyone = [f for f in failures if f.index is None]
         for f in failures:

@@ -324,3 +324,36 @@ def test_text_read_by_arrow_converts_as_value_by_value():
     out_of_range = convert_column(pd.Series(["32768", "1"], dtype="str"), "smallint")
     assert out_of_range.bad.tolist() == [True, False] and out_of_range.arrow is None
     assert convert_column(pd.Series(["0x10"], dtype="str"), "integer").bad.tolist() == [True]
+
+
+def test_arrow_paths_give_what_the_value_by_value_rules_give():
+    # Numeric text converted by Arrow (Decimal objects made only when read), ISO timestamps checked in Arrow
+    # (years 1-9999 once in UTC) and integers checked without a regex: each equals the per-value result, keeps
+    # the series' index, and a value past the rules is flagged, never rounded or shifted.
+    import pyarrow as pa
+
+    from driftless.schema import arrow_type
+
+    index = pd.Index([10, 11, 12, 13])
+    cases = {
+        "numeric(12,2)": (["1.5", None, "-0.07", "9999999999.99"], "1.005"),
+        "integer": (["5", None, "-0", "2147483647"], "--5"),
+        "timestamptz": (["0001-01-01T00:00:00Z", None, "9999-12-31T23:59:59.999999+00:00", "2025-06-01 01:02:03+0530"],
+                        "0001-01-01T00:30:00+01:00"),
+        "timestamp": (["2025-01-01T10:00:00.000001-05:00", None, "9999-12-31T18:00:00-05:59", "2024-02-29T00:00Z"],
+                      "9999-12-31T23:00:00-05:00"),
+    }
+    for kind, (texts, past) in cases.items():
+        fast = convert_column(pd.Series(texts, index=index, dtype="str"), kind)
+        # a value of another type beside the text sends the whole column down the per-value path
+        other = {"numeric(12,2)": Decimal("1.5"), "integer": 7}.get(kind, datetime(2025, 1, 1, tzinfo=UTC))
+        per_value = convert_column(pd.Series([*texts, other], dtype=object), kind)
+        assert per_value.arrow is None and not per_value.bad.any(), kind
+        assert fast.arrow is not None and not fast.bad.any(), kind
+        assert fast.values.index.equals(index), kind
+        assert fast.values.tolist() == per_value.values.tolist()[:len(texts)], kind
+        assert pa.array(fast.values, type=arrow_type(kind), from_pandas=True).equals(fast.arrow), kind
+        flagged = convert_column(pd.Series([*texts, past], dtype="str"), kind)
+        assert flagged.bad.tolist() == [False] * len(texts) + [True] and flagged.arrow is None, kind
+    amounts = convert_column(pd.Series(["1.5", "2"], dtype="str"), "numeric(12,2)").values.tolist()
+    assert [str(a) for a in amounts] == ["1.50", "2.00"]  # at the column's scale, as the per-value path gives

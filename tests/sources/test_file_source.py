@@ -493,3 +493,27 @@ def test_big_integers_beside_nulls_convert_exactly():
     conv = convert_column(pd.Series([2**62 + 1, None, 12, -(2**63)], dtype=object), "bigint")
     assert conv.values.tolist()[0] == 2**62 + 1 and conv.values.tolist()[3] == -(2**63)
     assert not conv.bad.any()
+
+
+def test_csv_reader_hands_over_frames_of_exactly_batch_rows(tmp_path):
+    """The reader cuts Arrow's blocks into frames of exactly ``batch_rows`` (the last one shorter): every record
+    once, in order, with the line it starts on, also across a value that spans lines."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from driftless.sources.files.readers import OpenFile, read_csv
+
+    body = "id,name\n" + "".join(f'{i},"name\n{i}"\n' if i == 500 else f"{i},n{i}\n" for i in range(1000))
+    path = write(tmp_path / "a.csv", body)
+    spec = make_spec(tmp_path, csv={"newlines_in_values": True}).source
+    opened = OpenFile(LocalFileSystem(), str(path), "a.csv", None)
+    try:
+        got = list(read_csv(opened, spec, ["id", "name"], batch_rows=300))
+    finally:
+        opened.close()
+    assert [len(frame) for frame, _ in got] == [300, 300, 300, 100]
+    assert all(len(frame) == len(lines) for frame, lines in got)
+    ids = [int(v) for frame, _ in got for v in frame["id"]]
+    lines = [int(n) for _, ls in got for n in ls]
+    assert ids == list(range(1000))
+    assert lines == [i + 2 if i <= 500 else i + 3 for i in range(1000)]  # record 500 spans two lines
+    assert got[1][0]["name"].iloc[200] == "name\n500"

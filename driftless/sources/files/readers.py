@@ -242,9 +242,10 @@ def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str],
                 start += n
             pending.append((batch, lines))
             held += n
-            if held >= batch_rows:
+            while held >= batch_rows:
+                pending, rest = _split(pending, batch_rows)
                 yield _gathered(pending)
-                pending, held = [], 0
+                pending, held = rest, held - batch_rows
         if pending:
             yield _gathered(pending)
     except FILE_ERRORS as exc:
@@ -253,6 +254,25 @@ def read_csv(opened: OpenFile, spec: FileSourceSpec, needed: list[str],
             raise SourceError(f"{_where(opened.name, line)}: expected {bad['expected']} fields as in the "
                               f"header, found {bad['actual']}: {str(bad['text'])[:200]!r}") from exc
         raise _file_error(opened.name, start - 1, exc) from exc
+
+
+def _split(parts: list[tuple[pa.RecordBatch, np.ndarray]],
+           rows: int) -> tuple[list[tuple[pa.RecordBatch, np.ndarray]], list[tuple[pa.RecordBatch, np.ndarray]]]:
+    """The first ``rows`` rows of the batches, and the rest (slices: nothing is copied).
+
+    Frames of exactly ``batch_rows`` rows are handed on whole when the source's chunks have that size, instead
+    of being cut and glued again into chunks.
+    """
+    head: list[tuple[pa.RecordBatch, np.ndarray]] = []
+    for i, (batch, lines) in enumerate(parts):
+        if batch.num_rows <= rows:
+            head.append((batch, lines))
+            rows -= batch.num_rows
+            continue
+        if rows:
+            head.append((batch.slice(0, rows), lines[:rows]))
+        return head, [(batch.slice(rows), lines[rows:]), *parts[i + 1:]]
+    return head, []
 
 
 def _gathered(parts: list[tuple[pa.RecordBatch, np.ndarray]]) -> tuple[pd.DataFrame, np.ndarray]:

@@ -364,6 +364,9 @@ class Rechunker:
             yield self._take(min(self.size, self.rows))
 
     def _take(self, n: int) -> pd.DataFrame:
+        if self.position == 0 and len(self.frames[0]) == n:  # a whole frame (the reader's batches have chunk size)
+            self.rows -= n
+            return self.frames.popleft().reset_index(drop=True)  # holds nothing it does not hand over: no copy
         parts, need = [], n
         while need:
             frame = self.frames[0]
