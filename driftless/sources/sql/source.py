@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
 from sqlalchemy import Engine, column, func, select, table, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.connections import resolve_url
@@ -49,6 +51,41 @@ def _frame(rows: list[tuple], names: list[str]) -> pd.DataFrame:
 # (shortest exact text), bpchar, varchar, date, timestamp, timestamptz, numeric. Not float4 (its shortest text is
 # not the double psycopg hands over), nor types whose text differs from the object's (bytea, uuid, arrays, ...).
 COPY_TEXT_TYPES = {16, 20, 21, 23, 25, 701, 1042, 1043, 1082, 1114, 1184, 1700}
+
+
+def adbc_postgresql() -> Any:
+    """ADBC's PostgreSQL DB-API module (``adbc-driver-postgresql``), or None where it is not installed.
+
+    ``DRIFTLESS_SQL_ADBC=0`` turns it off: windows are then read through psycopg's text COPY.
+    """
+    if os.environ.get("DRIFTLESS_SQL_ADBC", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        import adbc_driver_postgresql.dbapi as dbapi
+    except ImportError:
+        return None
+    return dbapi
+
+
+def _arrow_frame(table: pa.Table, names: list[str]) -> pd.DataFrame:
+    """An Arrow chunk as a DataFrame of ``pd.ArrowDtype`` columns (no copy, NULL kept apart from NaN and '').
+
+    PostgreSQL types ADBC hands over as an extension type (numeric as ``arrow.opaque`` over its text, jsonb)
+    are replaced by their storage (the text).
+    """
+    columns = []
+    for col in table.columns:
+        if isinstance(col.type, pa.ExtensionType) or isinstance(col.type, pa.BaseExtensionType):
+            col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+        columns.append(pd.Series(pd.arrays.ArrowExtensionArray(col), copy=False))
+    return pd.DataFrame(dict(zip(names, columns, strict=True)), copy=False)
+
+
+def _first_line(exc: Exception, url: Any) -> str:
+    """The first line of an error's message, without the connection's password."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    password = getattr(url, "password", None)
+    return text.replace(password, "***") if password else text
 
 
 class _CopyStream(io.RawIOBase):
@@ -176,7 +213,11 @@ class SqlSource:
             self.refuse_null_cursors()
             with self.engine.connect() as conn:
                 if self._copy_columns(conn, stmt):
-                    yield from self._copy_frames(conn, stmt, names)
+                    adbc = adbc_postgresql()
+                    if adbc is not None:
+                        yield from self._adbc_frames(adbc, stmt, names)
+                    else:
+                        yield from self._copy_frames(conn, stmt, names)
                     return
                 result = conn.execution_options(stream_results=True, yield_per=self.spec.chunk_size).execute(stmt)
                 for rows in result.partitions():
@@ -204,6 +245,41 @@ class SqlSource:
             return False
         description = conn.execute(stmt.limit(0)).cursor.description or []
         return bool(description) and all(d.type_code in COPY_TEXT_TYPES for d in description)
+
+    def _adbc_frames(self, adbc: Any, stmt, names: list[str]) -> Iterator[pd.DataFrame]:
+        """The window as chunks of typed Arrow columns, read by ADBC's PostgreSQL driver (binary COPY, in C++).
+
+        bigint/integer/smallint arrive as int64/int32/int16, timestamptz as ``timestamp[us, UTC]``, timestamp as
+        ``timestamp[us]`` (its wall time), date as ``date32``, text/varchar/char as strings (NULL apart from ''),
+        double as float64 (a NaN kept apart from NULL), boolean as bool, and numeric as its exact text (ADBC's
+        decimal text: PostgreSQL's, except 'nan'/'inf' for NaN/Infinity, which no rule reads as a number).
+        Each chunk is a DataFrame of ``pd.ArrowDtype`` columns: ``driftless.extract.transform`` checks a column
+        that already has its spec type without going through text (``_convert_arrow``).
+        """
+        compiled = stmt.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar"))
+        params = compiled.construct_params()
+        args = tuple(params[name] for name in compiled.positiontup or ())
+        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        # ADBC reads in batches of about this many bytes; the hint follows chunk_size (a chunk of the widest
+        # rows fits a few batches), so memory stays bounded by the chunk as on the other paths.
+        hint = min(max(self.spec.chunk_size * 64, 1 << 16), 1 << 24)
+        try:
+            with adbc.connect(url) as conn, conn.cursor() as cursor:
+                for setting in ("TimeZone = 'UTC'", "client_encoding = 'UTF8'"):
+                    cursor.execute(f"SET {setting}")  # UTC: a naive cursor column compares with UTC bounds
+                cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(hint)})
+                cursor.execute(compiled.string, args or None)
+                reader = cursor.fetch_record_batch()
+                try:
+                    for table in _chunks(reader, self.spec.chunk_size):
+                        yield _arrow_frame(table, names)
+                finally:  # also when the consumer stops early: ends the COPY before the connection closes
+                    reader.close()
+        except adbc.Error as exc:
+            raise SourceError(
+                f"pipeline {self.spec.name!r}: reading {self.source.table or 'query'} from "
+                f"{redact_url(self.engine.url)} failed: {type(exc).__name__}: {_first_line(exc, self.engine.url)}"
+            ) from exc
 
     def _copy_frames(self, conn, stmt, names: list[str]) -> Iterator[pd.DataFrame]:
         """The window as chunks of raw text (NULL kept apart from ''), read by COPY into pyarrow's CSV reader.
