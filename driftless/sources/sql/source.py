@@ -13,7 +13,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pcsv
 from sqlalchemy import Engine, column, func, select, table, text
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.connections import resolve_url
@@ -215,7 +214,7 @@ class SqlSource:
                 if self._copy_columns(conn, stmt):
                     adbc = adbc_postgresql()
                     if adbc is not None:
-                        yield from self._adbc_frames(adbc, stmt, names)
+                        yield from self._adbc_frames(adbc, conn, stmt, names)
                     else:
                         yield from self._copy_frames(conn, stmt, names)
                     return
@@ -246,7 +245,7 @@ class SqlSource:
         description = conn.execute(stmt.limit(0)).cursor.description or []
         return bool(description) and all(d.type_code in COPY_TEXT_TYPES for d in description)
 
-    def _adbc_frames(self, adbc: Any, stmt, names: list[str]) -> Iterator[pd.DataFrame]:
+    def _adbc_frames(self, adbc: Any, conn, stmt, names: list[str]) -> Iterator[pd.DataFrame]:
         """The window as chunks of typed Arrow columns, read by ADBC's PostgreSQL driver (binary COPY, in C++).
 
         bigint/integer/smallint arrive as int64/int32/int16, timestamptz as ``timestamp[us, UTC]``, timestamp as
@@ -256,9 +255,14 @@ class SqlSource:
         Each chunk is a DataFrame of ``pd.ArrowDtype`` columns: ``driftless.extract.transform`` checks a column
         that already has its spec type without going through text (``_convert_arrow``).
         """
-        compiled = stmt.compile(dialect=postgresql.psycopg.dialect(paramstyle="numeric_dollar"))
-        params = compiled.construct_params()
-        args = tuple(params[name] for name in compiled.positiontup or ())
+        import psycopg
+
+        # The bounds are written into the SELECT as literals, quoted by psycopg as it would send them: ADBC reads
+        # a query through COPY (streamed) only without bound parameters; with them, libpq would hold the whole
+        # result in memory (~330 MB more for 1M rows).
+        compiled = stmt.compile(dialect=conn.dialect)
+        with psycopg.ClientCursor(conn.connection.driver_connection) as quoting:
+            query = quoting.mogrify(compiled.string, compiled.construct_params())
         url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
         # ADBC reads in batches of about this many bytes; the hint follows chunk_size (a chunk of the widest
         # rows fits a few batches), so memory stays bounded by the chunk as on the other paths.
@@ -268,7 +272,7 @@ class SqlSource:
                 for setting in ("TimeZone = 'UTC'", "client_encoding = 'UTF8'"):
                     cursor.execute(f"SET {setting}")  # UTC: a naive cursor column compares with UTC bounds
                 cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(hint)})
-                cursor.execute(compiled.string, args or None)
+                cursor.execute(query)
                 reader = cursor.fetch_record_batch()
                 try:
                     for table in _chunks(reader, self.spec.chunk_size):
