@@ -82,11 +82,11 @@ def _use(path: str, patch) -> None:
         patch.setattr(SqlSource, "_copy_columns", lambda self, conn, stmt: False)
 
 
-def _read(spec, path: str, monkeypatch) -> tuple[pa.Table, list]:
+def _read(spec, path: str, monkeypatch, window: Window = WINDOW) -> tuple[pa.Table, list]:
     with monkeypatch.context() as patch:
         _use(path, patch)
         source = SqlSource(spec)
-        frames = list(source.read(WINDOW))
+        frames = list(source.read(window))
         source.engine.dispose()
     validator = Validator(spec)
     results = [validator.validate(f) for f in frames]
@@ -178,3 +178,37 @@ def test_stopping_a_copy_read_early_ends_it(pg_url, connections, monkeypatch, pa
         assert not closer.is_alive(), "closing the COPY read hung"
     assert source.count(WINDOW) == 100000  # the source's connections are still usable
     source.engine.dispose()
+
+
+@pytest.mark.parametrize("path", [*PATHS, "cursor"])
+@pytest.mark.parametrize("cursor", ["ts", "day"])
+def test_window_bounds_hold_on_every_path_whatever_the_session_zone(pg_url, connections, monkeypatch, path, cursor):
+    # The database's own TimeZone is not UTC: a naive timestamp cursor is UTC wall time on every path (and a date
+    # cursor a calendar day), so the window [2025-01-01, 2025-01-02) holds rows 2 and 3, not 1 or 4.
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'ALTER DATABASE "{pg_url.database}" SET TimeZone = \'Asia/Kolkata\''))
+    engine.dispose()
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bounds (id bigint PRIMARY KEY, ts timestamp NOT NULL, day date NOT NULL, "
+                          "note text)"))
+        conn.execute(text("INSERT INTO bounds VALUES (1, '2024-12-31 23:59:59.999999', '2024-12-31', 'before'), "
+                          "(2, '2025-01-01 00:00:00', '2025-01-01', 'first'), "
+                          "(3, '2025-01-01 23:59:59.999999', '2025-01-01', ''), "
+                          "(4, '2025-01-02 00:00:00', '2025-01-02', NULL)"))
+    engine.dispose()
+    connections(src=pg_url)
+    spec = parse_spec({
+        "name": "bounds", "chunk_size": 10,
+        "source": {"type": "sql", "connection": "src", "table": "bounds", "primary_key": ["id"], "cursor": cursor},
+        "target": {"connection": "src", "table": "bounds_target"},
+        "columns": [{"name": "id", "type": "bigint", "nullable": False},
+                    {"name": "ts", "type": "timestamp", "nullable": False},
+                    {"name": "day", "type": "date", "nullable": False}, {"name": "note", "type": "text"}],
+    }, "test")
+    good, rejects, _ = _read(spec, path, monkeypatch, Window.parse("2025-01-01", "2025-01-02"))
+    assert rejects == []
+    rows = sorted(good.to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == [2, 3] and rows[1]["ts"].microsecond == 999999
+    assert rows[0]["note"] == "first" and rows[1]["note"] == "" and str(rows[1]["day"]) == "2025-01-01"
