@@ -591,6 +591,18 @@ def _outside(numbers: pa.Array, bounds: tuple[int, int]) -> np.ndarray:
         zero_copy_only=False)
 
 
+def _with_nul(text: pa.Array) -> np.ndarray:
+    """Which values of a string array hold a NUL character (no database's text stores one)."""
+    offsets, data = text.buffers()[1:3]
+    if data is not None and len(text):
+        width = 8 if pa.types.is_large_string(text.type) else 4
+        bounds = np.frombuffer(offsets, dtype=np.int64 if width == 8 else np.int32, count=len(text) + 1,
+                               offset=text.offset * width)
+        if not (np.frombuffer(data, dtype=np.uint8)[bounds[0]:bounds[-1]] == 0).any():
+            return np.zeros(len(text), dtype=bool)  # one pass over the bytes: the usual case
+    return pc.fill_null(pc.match_substring(text, "\x00"), False).to_numpy(zero_copy_only=False)
+
+
 def _typed(values: pa.Array, bad: np.ndarray, index: pd.Index, reason: str, mapper: Any = None) -> Conversion:
     """A Conversion of typed Arrow ``values`` (bad ones set to NULL), with the pandas values downstream uses."""
     if bad.any():
@@ -616,7 +628,12 @@ def _convert_arrow(series: pd.Series, type_name: str, parsing: Parsing) -> Conve
                   f"after the decimal point, exactly{_separators(parsing)}")
         target = pa.decimal128(precision, scale)
         if pa.types.is_string(t) or pa.types.is_large_string(t):  # numeric as its exact text (ADBC)
-            numbers, bad = _matching(pc.utf8_trim_whitespace(values), _NUMBER_RE2)
+            try:
+                # Arrow's decimal parser reads exactly _NUMBER_RE2's grammar (sign, ASCII digits, '.', exponent;
+                # no whitespace, NaN or Infinity) and refuses rounding: when it reads every value, all are good.
+                return _typed(pc.cast(values, target), none, series.index, reason, "arrow")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                numbers, bad = _matching(pc.utf8_trim_whitespace(values), _NUMBER_RE2)
         elif pa.types.is_decimal(t) or pa.types.is_integer(t):
             numbers, bad = values, none
         else:
@@ -629,7 +646,7 @@ def _convert_arrow(series: pd.Series, type_name: str, parsing: Parsing) -> Conve
     if m["varchar"] or kind == "text":
         if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
             return None
-        bad = pc.fill_null(pc.match_substring(values, "\x00"), False).to_numpy(zero_copy_only=False)
+        bad = _with_nul(values)
         return _typed(values.cast(pa.string()), bad, series.index,
                       f"expected {type_name if m['varchar'] else kind}: text (or a finite number) in valid UTF-8 "
                       "without NUL characters", {pa.string(): _STR}.get)

@@ -124,3 +124,17 @@ def test_typed_columns_of_another_type_take_the_general_path():
     nan = pd.Series(pd.arrays.ArrowExtensionArray(pa.array([float("nan"), None], pa.float64())))
     assert convert_column(nan, "numeric(5,2)").bad.tolist() == [True, False]
     assert np.isnan(convert_column(nan, "float").values.iloc[1])
+
+
+@pytest.mark.parametrize("string_type", [pa.string(), pa.large_string()])
+def test_nul_characters_are_found_in_sliced_text(string_type):
+    from driftless.extract.transform import _with_nul
+
+    text = pa.array(["a\x00", "bc", None, "", "d\x00e", "f"], string_type)
+    assert _with_nul(text).tolist() == [True, False, False, False, True, False]
+    assert _with_nul(text.slice(1, 3)).tolist() == [False, False, False]  # the NULs lie outside the slice
+    assert _with_nul(text.slice(3, 2)).tolist() == [False, True]
+    assert _with_nul(pa.array([], string_type)).tolist() == []
+    typed = pd.Series(pd.arrays.ArrowExtensionArray(pa.chunked_array([text.slice(0, 2), text.slice(4)])))
+    conv = convert_column(typed, "text")
+    assert conv.bad.tolist() == [True, False, True, False] and conv.values.tolist()[-1] == "f"
