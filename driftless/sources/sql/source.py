@@ -69,12 +69,12 @@ def adbc_postgresql() -> Any:
 def _arrow_frame(table: pa.Table, names: list[str]) -> pd.DataFrame:
     """An Arrow chunk as a DataFrame of ``pd.ArrowDtype`` columns (no copy, NULL kept apart from NaN and '').
 
-    PostgreSQL types ADBC hands over as an extension type (numeric as ``arrow.opaque`` over its text, jsonb)
-    are replaced by their storage (the text).
+    A column ADBC hands over as an extension type (``arrow.opaque`` or ``arrow.json`` over text) is replaced by
+    its storage (the text).
     """
     columns = []
     for col in table.columns:
-        if isinstance(col.type, pa.ExtensionType) or isinstance(col.type, pa.BaseExtensionType):
+        if isinstance(col.type, pa.BaseExtensionType):
             col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
         columns.append(pd.Series(pd.arrays.ArrowExtensionArray(col), copy=False))
     return pd.DataFrame(dict(zip(names, columns, strict=True)), copy=False)
@@ -258,8 +258,8 @@ class SqlSource:
 
         bigint/integer/smallint arrive as int64/int32/int16, timestamptz as ``timestamp[us, UTC]``, timestamp as
         ``timestamp[us]`` (its wall time), date as ``date32``, text/varchar/char as strings (NULL apart from ''),
-        double as float64 (a NaN kept apart from NULL), boolean as bool, and numeric as its exact text (ADBC's
-        decimal text: PostgreSQL's, except 'nan'/'inf' for NaN/Infinity, which no rule reads as a number).
+        double as float64 (a NaN kept apart from NULL), boolean as bool, and numeric as PostgreSQL's exact text
+        (CAST in the SELECT; 'NaN' and 'Infinity' are refused by conversion as on the other paths).
         Each chunk is a DataFrame of ``pd.ArrowDtype`` columns: ``driftless.extract.transform`` checks a column
         that already has its spec type without going through text (``_convert_arrow``).
         """
@@ -282,7 +282,7 @@ class SqlSource:
         # rows fits a few batches), so memory stays bounded by the chunk as on the other paths.
         hint = min(max(self.spec.chunk_size * 64, 1 << 16), 1 << 24)
         try:
-            with adbc.connect(url) as conn, conn.cursor() as cursor:
+            with adbc.connect(url) as connection, connection.cursor() as cursor:
                 for setting in ("TimeZone = 'UTC'", "client_encoding = 'UTF8'"):
                     cursor.execute(f"SET {setting}")  # UTC: a naive cursor column compares with UTC bounds
                 cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(hint)})
@@ -308,12 +308,6 @@ class SqlSource:
         """
         import psycopg
 
-        # numeric as PostgreSQL's own text: ADBC's decoding of binary numeric into text cost 0.46 s of client CPU per
-        # 1M values, the server's text output a fifth of that (and the text is the exact value either way).
-        numeric = {i for i, code in enumerate(_type_codes(conn, stmt)) if code == NUMERIC_OID}
-        if numeric:
-            stmt = stmt.with_only_columns(*[cast(c.element, Text).label(c.name) if i in numeric else c
-                                            for i, c in enumerate(stmt.selected_columns)])
         compiled = stmt.compile(dialect=conn.dialect)
         params = compiled.construct_params()
         for setting in ("TimeZone = 'UTC'", "DateStyle = 'ISO, YMD'", "extra_float_digits = 1",
