@@ -8,7 +8,7 @@ with the driver's objects (ints, Decimals, strs, datetimes, None), and to refuse
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import numpy as np
@@ -41,9 +41,10 @@ TABLE = pa.table({
     "flag": pa.array([True, None, False, True, False], pa.bool_()),
 })
 COLUMNS = [
-    {"name": "id", "type": "bigint", "nullable": False}, {"name": "updated_at", "type": "timestamptz",
-                                                          "nullable": False},
-    {"name": "small", "type": "smallint"}, {"name": "big", "type": "bigint"}, {"name": "amount", "type": "numeric(10,2)"},
+    {"name": "id", "type": "bigint", "nullable": False},
+    {"name": "updated_at", "type": "timestamptz", "nullable": False},
+    {"name": "small", "type": "smallint"}, {"name": "big", "type": "bigint"},
+    {"name": "amount", "type": "numeric(10,2)"},
     {"name": "amount_text", "type": "numeric(10,2)"}, {"name": "naive", "type": "timestamptz"},
     {"name": "ms_zone", "type": "timestamp"}, {"name": "day", "type": "date"}, {"name": "name", "type": "text"},
     {"name": "code", "type": "varchar(3)"}, {"name": "ratio", "type": "double"}, {"name": "flag", "type": "boolean"},

@@ -344,8 +344,10 @@ def read_jsonl(opened: OpenFile, spec: FileSourceSpec, needed: list[str], text_c
 
 
 def _typed_kind(kind: pa.DataType) -> bool:
-    """Whether a Parquet column of this Arrow type is handed over typed (``driftless.extract.transform``'s
-    ``_convert_arrow`` checks it without Python objects or text)."""
+    """Whether a Parquet column of this Arrow type is handed over typed (as ``pd.ArrowDtype``).
+
+    ``driftless.extract.transform._convert_arrow`` checks such a column without Python objects or text.
+    """
     return (pa.types.is_integer(kind) or pa.types.is_decimal128(kind) or pa.types.is_string(kind)
             or pa.types.is_large_string(kind) or pa.types.is_boolean(kind) or pa.types.is_date32(kind)
             or pa.types.is_float64(kind) or (pa.types.is_timestamp(kind) and kind.unit != "ns"))

@@ -60,7 +60,7 @@ def adbc_postgresql() -> Any:
     if os.environ.get("DRIFTLESS_SQL_ADBC", "1").strip().lower() in ("0", "false", "no", "off"):
         return None
     try:
-        import adbc_driver_postgresql.dbapi as dbapi
+        import adbc_driver_postgresql.dbapi as dbapi  # type: ignore[import-untyped]
     except ImportError:
         return None
     return dbapi
