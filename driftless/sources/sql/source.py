@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,10 +15,11 @@ from sqlalchemy import Engine, Text, cast, column, func, select, table, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from driftless.connections import resolve_url
-from driftless.errors import SourceError, error_detail
+from driftless.errors import SourceError, connect_timeout_s, error_detail
 from driftless.extract.transform import DEFAULT_PARSING, Parsing
 from driftless.redact import redact_url
 from driftless.schema import read_type, sql_type
+from driftless.settings import settings
 from driftless.sources.sql.spec import SqlSourceSpec
 from driftless.spec import PipelineSpec
 from driftless.targets import capabilities, engine_for
@@ -57,7 +57,7 @@ def adbc_postgresql() -> Any:
 
     ``DRIFTLESS_SQL_ADBC=0`` turns it off: windows are then read through psycopg's text COPY.
     """
-    if os.environ.get("DRIFTLESS_SQL_ADBC", "1").strip().lower() in ("0", "false", "no", "off"):
+    if (settings().sql_adbc or "").lower() in ("0", "false", "no", "off"):
         return None
     try:
         import adbc_driver_postgresql.dbapi as dbapi  # type: ignore[import-untyped]
@@ -277,12 +277,15 @@ class SqlSource:
         compiled = stmt.compile(dialect=conn.dialect)
         with psycopg.ClientCursor(conn.connection.driver_connection) as quoting:
             query = quoting.mogrify(compiled.string, compiled.construct_params())
-        url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        url = self.engine.url.set(drivername="postgresql")
+        if "connect_timeout" not in url.query:  # the timeout every engine gets (driftless.targets.connect_args)
+            url = url.update_query_dict({"connect_timeout": str(connect_timeout_s(url))})
+        uri = url.render_as_string(hide_password=False)
         # ADBC reads in batches of about this many bytes; the hint follows chunk_size (a chunk of the widest
         # rows fits a few batches), so memory stays bounded by the chunk as on the other paths.
         hint = min(max(self.spec.chunk_size * 64, 1 << 16), 1 << 24)
         try:
-            with adbc.connect(url) as connection, connection.cursor() as cursor:
+            with adbc.connect(uri) as connection, connection.cursor() as cursor:
                 for setting in ("TimeZone = 'UTC'", "client_encoding = 'UTF8'"):
                     cursor.execute(f"SET {setting}")  # UTC: a naive cursor column compares with UTC bounds
                 cursor.adbc_statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(hint)})
