@@ -44,6 +44,9 @@ class Settings:
     textfile_dir: str | None = _setting(
         "DRIFTLESS_TEXTFILE_DIR", "Write the latest run's metrics as a Prometheus textfile into this directory "
         "(node_exporter's textfile collector). Default: none.")
+    sql_adbc: str | None = _setting(
+        "DRIFTLESS_SQL_ADBC", "0/off/false/no: read PostgreSQL sources through psycopg's text COPY instead of "
+        "ADBC's binary COPY into typed Arrow (default: ADBC, where adbc-driver-postgresql is installed).")
     pool_slots: str | None = _setting(
         "DRIFTLESS_POOL_SLOTS", "Slots of each target's Airflow pool when make airflow / tools create it (default 4).")
     alerts_conn_id: str | None = _setting(

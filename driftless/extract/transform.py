@@ -615,6 +615,157 @@ def _to_json(series: pd.Series) -> Conversion:
                       "value that encodes as JSON; no NaN or Infinity)")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Typed Arrow columns
+# ---------------------------------------------------------------------------------------------------------
+#
+# Sources that read typed data (PostgreSQL through ADBC, Parquet files) hand over ``pd.ArrowDtype`` columns. A
+# column whose Arrow type already is its spec type (or widens to it exactly) is checked by Arrow's kernels and
+# passed on as it is: integers for their range, timestamps and dates for years 1-9999, doubles for NaN and
+# infinity, decimals by an exact cast (one that would round or overflow refuses, and the per-value path names
+# the values). Any other combination becomes the driver's Python objects and goes the general way.
+
+#: years 1 to 9999 in microseconds and days since 1970-01-01 UTC (PostgreSQL and Parquet hold wider ranges)
+_US_RANGE = (-62135596800_000000, 253402300800_000000)
+_DAY_RANGE = (-719162, 2932897)
+
+
+def _arrow_array(series: pd.Series) -> pa.Array:
+    values = series.array._pa_array  # the ChunkedArray behind an ArrowExtensionArray (no copy)
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _outside(numbers: pa.Array, bounds: tuple[int, int]) -> np.ndarray:
+    """Which values (ints, or temporal values as their ints) lie outside ``[lo, hi)``; NULL is not outside."""
+    lo, hi = bounds
+    low, high = pc.min_max(numbers).values()
+    if low.as_py() is None or (low.as_py() >= lo and high.as_py() < hi):
+        return np.zeros(len(numbers), dtype=bool)
+    return pc.fill_null(pc.or_(pc.less(numbers, lo), pc.greater_equal(numbers, hi)), False).to_numpy(
+        zero_copy_only=False)
+
+
+def _with_nul(text: pa.Array) -> np.ndarray:
+    """Which values of a string array hold a NUL character (no database's text stores one)."""
+    offsets, data = text.buffers()[1:3]
+    if data is not None and len(text):
+        width = 8 if pa.types.is_large_string(text.type) else 4
+        bounds = np.frombuffer(offsets, dtype=np.int64 if width == 8 else np.int32, count=len(text) + 1,
+                               offset=text.offset * width)
+        if not (np.frombuffer(data, dtype=np.uint8)[bounds[0]:bounds[-1]] == 0).any():
+            return np.zeros(len(text), dtype=bool)  # one pass over the bytes: the usual case
+    return pc.fill_null(pc.match_substring(text, "\x00"), False).to_numpy(zero_copy_only=False)
+
+
+def _typed(values: pa.Array, bad: np.ndarray, index: pd.Index, reason: str, mapper: Any = None) -> Conversion:
+    """A Conversion of typed Arrow ``values`` (bad ones set to NULL), with the pandas values downstream uses."""
+    if bad.any():
+        values = pc.if_else(pa.array(bad), pa.scalar(None, values.type), values)
+    series = pd.Series(values.to_pandas(types_mapper=mapper), index=index) if mapper != "arrow" else pd.Series(
+        pd.arrays.ArrowExtensionArray(values), index=index)
+    return Conversion(series, bad, reason, None if bad.any() else values)
+
+
+def _convert_arrow(series: pd.Series, type_name: str, parsing: Parsing) -> Conversion | None:
+    """A typed Arrow column converted without Python objects; None when its type needs the general path."""
+    if parsing != DEFAULT_PARSING:
+        return None
+    m = TYPE_PATTERN.match(type_name)
+    assert m, type_name
+    values = _arrow_array(series)
+    t = values.type
+    none = np.zeros(len(values), dtype=bool)
+    kind = m["simple"]
+    if m["numeric"]:
+        precision, scale = int(m["precision"]), int(m["scale"])
+        reason = (f"expected numeric({precision},{scale}): at most {precision - scale} digits before and {scale} "
+                  f"after the decimal point, exactly{_separators(parsing)}")
+        target = pa.decimal128(precision, scale)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):  # numeric as its exact text (ADBC)
+            try:
+                # Arrow's decimal parser reads exactly _NUMBER_RE2's grammar (sign, ASCII digits, '.', exponent;
+                # no whitespace, NaN or Infinity) and refuses rounding: when it reads every value, all are good.
+                return _typed(pc.cast(values, target), none, series.index, reason, "arrow")
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                numbers, bad = _matching(pc.utf8_trim_whitespace(values), _NUMBER_RE2)
+        elif pa.types.is_decimal(t) or pa.types.is_integer(t):
+            numbers, bad = values, none
+        else:
+            return None
+        try:  # refuses a value that would need rounding or more digits than the precision
+            decimals = pc.cast(numbers, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+        return _typed(decimals, bad, series.index, reason, "arrow")  # Decimal objects would cost ~0.7 us each
+    if m["varchar"] or kind == "text":
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            return None
+        bad = _with_nul(values)
+        return _typed(values.cast(pa.string()), bad, series.index,
+                      f"expected {type_name if m['varchar'] else kind}: text (or a finite number) in valid UTF-8 "
+                      "without NUL characters", {pa.string(): _STR}.get)
+    if kind in INT_BOUNDS:
+        if not pa.types.is_integer(t) or (pa.types.is_unsigned_integer(t) and t.bit_width == 64):
+            return None
+        lo, hi = INT_BOUNDS[kind]
+        bad = _outside(values, (lo, hi + 1))
+        return _typed(values.cast(_INT_ARROW[kind], safe=False) if not bad.any() else values.cast(pa.int64()),
+                      bad, series.index, f"expected {kind} (whole number in [{lo}, {hi}]{_separators(parsing)})",
+                      {t: pd.Int64Dtype() for t in (pa.int16(), pa.int32(), pa.int64())}.get)
+    if kind in ("timestamp", "timestamptz"):
+        if not (pa.types.is_timestamp(t) and t.unit in ("s", "ms", "us")):
+            return None  # nanoseconds would need a check for what microseconds lose
+        try:
+            micros = values.cast(pa.timestamp("us", tz=t.tz))
+        except pa.ArrowInvalid:  # seconds or milliseconds past what microseconds hold
+            return None
+        bad = _outside(micros.cast(pa.int64()), _US_RANGE)
+        # A value without a zone is UTC (as for text); a timestamp column keeps the UTC wall time.
+        stamps = micros.cast(pa.int64()).cast(pa.timestamp("us", tz="UTC") if kind == "timestamptz" else
+                                              pa.timestamp("us"))
+        return _typed(stamps, bad, series.index, f"expected a {kind} (ISO 8601; values without a zone are UTC)")
+    if kind == "date":
+        if not pa.types.is_date32(t):
+            return None
+        bad = _outside(values.cast(pa.int32()), _DAY_RANGE)
+        conv = _typed(values, bad, series.index, "expected a date (YYYY-MM-DD, no time of day)")
+        days = pc.if_else(pa.array(bad), pa.scalar(None, pa.int64()), values.cast(pa.int32()).cast(pa.int64()))
+        midnight = pd.Series(pc.multiply(days, 86_400_000_000).cast(pa.timestamp("us")).to_pandas(),
+                             index=series.index)  # as the other paths give dates: midnight, datetime64[us]
+        return Conversion(midnight, bad, conv.reason, conv.arrow)
+    if kind == "double":
+        if not pa.types.is_float64(t):
+            return None
+        bad = pc.fill_null(pc.invert(pc.is_finite(values)), False).to_numpy(zero_copy_only=False)
+        return _typed(values, bad, series.index, f"expected a finite {kind} number{_separators(parsing)}")
+    if kind == "boolean":
+        if not pa.types.is_boolean(t):
+            return None
+        return _typed(values, none, series.index, "expected a boolean", {pa.bool_(): pd.BooleanDtype()}.get)
+    return None
+
+
+def _arrow_objects(series: pd.Series) -> pd.Series:
+    """A typed Arrow column as the Python objects a driver hands over (int, Decimal, str, datetime, None...).
+
+    Timestamps and dates outside years 1-9999 have no Python object: they become a float NaN, which every
+    type refuses (the row is quarantined), never a NULL.
+    """
+    values = _arrow_array(series)
+    t = values.type
+    outside = None
+    if pa.types.is_timestamp(t):
+        outside = _outside(values.cast(pa.timestamp("us", tz=t.tz), safe=False).cast(pa.int64()), _US_RANGE)
+    elif pa.types.is_date32(t):
+        outside = _outside(values.cast(pa.int32()), _DAY_RANGE)
+    if outside is not None and outside.any():
+        values = pc.if_else(pa.array(outside), pa.scalar(None, t), values)
+    objects = pd.Series(values.to_pylist(), index=series.index, dtype=object)
+    if outside is not None and outside.any():
+        objects[outside] = float("nan")
+    return objects
+
+
 EPOCH_UNITS = {"epoch_s": "s", "epoch_ms": "ms"}
 
 
@@ -628,6 +779,10 @@ def convert_column(series: pd.Series, type_name: str, parsing: Parsing = DEFAULT
     text/varchar ``str``; boolean ``boolean``; timestamptz ``datetime64[us, UTC]``; timestamp
     ``datetime64[us]`` (UTC); date ``datetime64[us]`` at midnight; json ``object`` of JSON text.
     """
+    if isinstance(series.dtype, pd.ArrowDtype):  # typed data (ADBC, Parquet): see _convert_arrow
+        if (typed := _convert_arrow(series, type_name, parsing)) is not None:
+            return typed
+        series = _arrow_objects(series)
     m = TYPE_PATTERN.match(type_name)
     assert m, type_name
     if m["numeric"]:

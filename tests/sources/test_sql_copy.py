@@ -1,8 +1,10 @@
-"""PostgreSQL sources read through ``COPY (SELECT ...) TO STDOUT`` as text: the same values as the driver's path.
+"""PostgreSQL sources read through COPY: the same values as the driver's path.
 
-Each test reads one window both ways (COPY, and the server-side cursor the COPY path replaces) and requires the
-converted chunks (loaded rows and quarantined rows) to be identical: NULL apart from '', unicode, quotes,
-newlines, microseconds, exact decimals, big integers, doubles, booleans, JSON as written.
+Two COPY paths: ADBC's (binary COPY into typed Arrow, ``SqlSource._adbc_frames``) where ``adbc-driver-postgresql``
+is installed, and psycopg's text COPY (``_copy_frames``) otherwise (``DRIFTLESS_SQL_ADBC=0``). Each test reads one
+window each way and through the server-side cursor the COPY paths replace, and requires the converted chunks
+(loaded rows and quarantined rows) to be identical: NULL apart from '', unicode, quotes, newlines, microseconds,
+exact decimals, big integers, doubles, booleans, JSON as written.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from driftless.extract.validate import Validator
-from driftless.sources.sql.source import SqlSource
+from driftless.sources.sql.source import SqlSource, adbc_postgresql
 from driftless.spec import parse_spec
 from driftless.window import Window
 
@@ -67,12 +69,24 @@ def hostile(pg_url, connections):
     }, "test")
 
 
-def _read(spec, copy: bool, monkeypatch) -> tuple[pa.Table, list]:
+PATHS = ["adbc", "text_copy"]
+
+
+def _use(path: str, patch) -> None:
+    """Read through ``path``: ADBC, psycopg's text COPY, or the server-side cursor."""
+    if path == "adbc":
+        assert adbc_postgresql() is not None, "adbc-driver-postgresql is a dependency"
+    else:
+        patch.setenv("DRIFTLESS_SQL_ADBC", "0")
+    if path == "cursor":
+        patch.setattr(SqlSource, "_copy_columns", lambda self, conn, stmt: False)
+
+
+def _read(spec, path: str, monkeypatch, window: Window = WINDOW) -> tuple[pa.Table, list]:
     with monkeypatch.context() as patch:
-        if not copy:
-            patch.setattr(SqlSource, "_copy_columns", lambda self, conn, stmt: False)
+        _use(path, patch)
         source = SqlSource(spec)
-        frames = list(source.read(WINDOW))
+        frames = list(source.read(window))
         source.engine.dispose()
     validator = Validator(spec)
     results = [validator.validate(f) for f in frames]
@@ -81,13 +95,15 @@ def _read(spec, copy: bool, monkeypatch) -> tuple[pa.Table, list]:
     return good, rejects, [len(f) for f in frames]
 
 
-def test_copy_reads_exactly_what_the_cursor_reads(hostile, monkeypatch):
+@pytest.mark.parametrize("path", PATHS)
+def test_copy_reads_exactly_what_the_cursor_reads(hostile, monkeypatch, path):
     calls = []
-    original = SqlSource._copy_frames
-    monkeypatch.setattr(SqlSource, "_copy_frames", lambda self, *a: calls.append(1) or original(self, *a))
-    good_copy, rejects_copy, sizes = _read(hostile, True, monkeypatch)
-    assert calls, "the COPY path was not taken"
-    good_cursor, rejects_cursor, _ = _read(hostile, False, monkeypatch)
+    method = "_adbc_frames" if path == "adbc" else "_copy_frames"
+    original = getattr(SqlSource, method)
+    monkeypatch.setattr(SqlSource, method, lambda self, *a: calls.append(1) or original(self, *a))
+    good_copy, rejects_copy, sizes = _read(hostile, path, monkeypatch)
+    assert calls, f"the {path} path was not taken"
+    good_cursor, rejects_cursor, _ = _read(hostile, "cursor", monkeypatch)
     assert sizes == [3, 3, 2]  # chunk_size rows per chunk; row 9 lies outside the window
     assert good_copy.schema == good_cursor.schema
     copied = {r["id"]: r for r in good_copy.to_pylist()}
@@ -116,18 +132,22 @@ def test_copy_reads_exactly_what_the_cursor_reads(hostile, monkeypatch):
 def test_copy_is_not_used_when_raw_values_feed_a_transform(hostile, monkeypatch):
     spec = hostile.model_copy(update={"transforms": hostile.transforms.model_copy(update={"cast": {"a": "text"}})})
     monkeypatch.setattr(SqlSource, "_copy_frames", lambda *a: pytest.fail("COPY used"))
+    monkeypatch.setattr(SqlSource, "_adbc_frames", lambda *a: pytest.fail("ADBC used"))
     source = SqlSource(spec)
     assert sum(len(f) for f in source.read(WINDOW)) == 8
     source.engine.dispose()
 
 
-def test_an_empty_window_reads_nothing(hostile):
+@pytest.mark.parametrize("path", PATHS)
+def test_an_empty_window_reads_nothing(hostile, monkeypatch, path):
+    _use(path, monkeypatch)
     source = SqlSource(hostile)
     assert list(source.read(Window.parse("2030-01-01", "2030-02-01"))) == []
     source.engine.dispose()
 
 
-def test_stopping_a_copy_read_early_ends_it(pg_url, connections):
+@pytest.mark.parametrize("path", PATHS)
+def test_stopping_a_copy_read_early_ends_it(pg_url, connections, monkeypatch, path):
     # Arrow reads the COPY ahead on a thread of its own; a consumer that stops after the first chunk (or fails)
     # closes the generator, which cancels the COPY. That used to leave two threads waiting on one connection
     # forever. Closed from a thread here, so that a hang fails the test instead of blocking the run.
@@ -146,14 +166,49 @@ def test_stopping_a_copy_read_early_ends_it(pg_url, connections):
         "columns": [{"name": "id", "type": "bigint", "nullable": False},
                     {"name": "updated_at", "type": "timestamptz", "nullable": False}, {"name": "pad", "type": "text"}],
     }, "test")
+    _use(path, monkeypatch)
     source = SqlSource(spec)
     for _ in range(3):
         chunks = source.read(WINDOW)
         first = next(chunks)
-        assert len(first) == 1000 and first["id"].tolist()[:2] == ["1", "2"]
+        assert len(first) == 1000 and first["id"].tolist()[:2] == ([1, 2] if path == "adbc" else ["1", "2"])
         closer = threading.Thread(target=chunks.close, daemon=True)
         closer.start()
         closer.join(120)
         assert not closer.is_alive(), "closing the COPY read hung"
     assert source.count(WINDOW) == 100000  # the source's connections are still usable
     source.engine.dispose()
+
+
+@pytest.mark.parametrize("path", [*PATHS, "cursor"])
+@pytest.mark.parametrize("cursor", ["ts", "day"])
+def test_window_bounds_hold_on_every_path_whatever_the_session_zone(pg_url, connections, monkeypatch, path, cursor):
+    # The database's own TimeZone is not UTC: a naive timestamp cursor is UTC wall time on every path (and a date
+    # cursor a calendar day), so the window [2025-01-01, 2025-01-02) holds rows 2 and 3, not 1 or 4.
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'ALTER DATABASE "{pg_url.database}" SET TimeZone = \'Asia/Kolkata\''))
+    engine.dispose()
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bounds (id bigint PRIMARY KEY, ts timestamp NOT NULL, day date NOT NULL, "
+                          "note text)"))
+        conn.execute(text("INSERT INTO bounds VALUES (1, '2024-12-31 23:59:59.999999', '2024-12-31', 'before'), "
+                          "(2, '2025-01-01 00:00:00', '2025-01-01', 'first'), "
+                          "(3, '2025-01-01 23:59:59.999999', '2025-01-01', ''), "
+                          "(4, '2025-01-02 00:00:00', '2025-01-02', NULL)"))
+    engine.dispose()
+    connections(src=pg_url)
+    spec = parse_spec({
+        "name": "bounds", "chunk_size": 10,
+        "source": {"type": "sql", "connection": "src", "table": "bounds", "primary_key": ["id"], "cursor": cursor},
+        "target": {"connection": "src", "table": "bounds_target"},
+        "columns": [{"name": "id", "type": "bigint", "nullable": False},
+                    {"name": "ts", "type": "timestamp", "nullable": False},
+                    {"name": "day", "type": "date", "nullable": False}, {"name": "note", "type": "text"}],
+    }, "test")
+    good, rejects, _ = _read(spec, path, monkeypatch, Window.parse("2025-01-01", "2025-01-02"))
+    assert rejects == []
+    rows = sorted(good.to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in rows] == [2, 3] and rows[1]["ts"].microsecond == 999999
+    assert rows[0]["note"] == "first" and rows[1]["note"] == "" and str(rows[1]["day"]) == "2025-01-01"

@@ -363,12 +363,28 @@ def read_jsonl(opened: OpenFile, spec: FileSourceSpec, needed: list[str], text_c
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _series(column: pa.ChunkedArray | pa.Array) -> pd.Series:
-    """A Parquet column as raw values, keeping a NaN apart from a NULL and large integers exact."""
+def _typed_kind(kind: pa.DataType) -> bool:
+    """Whether a Parquet column of this Arrow type is handed over typed (as ``pd.ArrowDtype``).
+
+    ``driftless.extract.transform._convert_arrow`` checks such a column without Python objects or text.
+    """
+    return (pa.types.is_integer(kind) or pa.types.is_decimal128(kind) or pa.types.is_string(kind)
+            or pa.types.is_large_string(kind) or pa.types.is_boolean(kind) or pa.types.is_date32(kind)
+            or pa.types.is_float64(kind) or (pa.types.is_timestamp(kind) and kind.unit != "ns"))
+
+
+def _series(column: pa.ChunkedArray | pa.Array, typed: bool = False) -> pd.Series:
+    """A Parquet column as raw values, keeping a NaN apart from a NULL and large integers exact.
+
+    ``typed``: columns of the types ``_typed_kind`` names are kept as ``pd.ArrowDtype`` (no copy; NULL apart from
+    NaN), for conversion to check as they are.
+    """
     kind = column.type
     if pa.types.is_dictionary(kind):
         column = column.dictionary_decode()
         kind = column.type
+    if typed and _typed_kind(kind):
+        return pd.Series(pd.arrays.ArrowExtensionArray(column), copy=False)
     if pa.types.is_floating(kind) and column.null_count < len(column) and pc.any(pc.is_nan(column)).as_py():
         return pd.Series(column.to_pylist(), dtype=object)  # NaN is a value (refused later), NULL stays NULL
     if (pa.types.is_integer(kind) and column.null_count) or pa.types.is_nested(kind):
@@ -377,8 +393,12 @@ def _series(column: pa.ChunkedArray | pa.Array) -> pd.Series:
 
 
 def read_parquet(opened: OpenFile, spec: FileSourceSpec, needed: list[str],
-                 batch_rows: int) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
-    """A Parquet file's rows in batches of ``batch_rows``, the needed columns only; lines are row numbers."""
+                 batch_rows: int, typed: bool = False) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """A Parquet file's rows in batches of ``batch_rows``, the needed columns only; lines are row numbers.
+
+    ``typed``: the columns ``_typed_kind`` names come as ``pd.ArrowDtype`` columns (only where no transform reads
+    the raw values: a derive expression or function expects the values as other readers give them).
+    """
     handle = opened.hashed.raw
     try:
         opened.digest()  # Parquet is read from its end: hash it in one pass first
@@ -395,7 +415,7 @@ def read_parquet(opened: OpenFile, spec: FileSourceSpec, needed: list[str],
     try:
         for batch in parquet.iter_batches(batch_size=batch_rows, columns=needed, use_threads=False):
             n = batch.num_rows
-            frame = pd.DataFrame({name: _series(batch.column(name)) for name in needed},
+            frame = pd.DataFrame({name: _series(batch.column(name), typed) for name in needed},
                                  index=pd.RangeIndex(n))
             yield frame, np.arange(row, row + n, dtype=np.int64)
             row += n

@@ -189,7 +189,8 @@ class FileSource:
             return read_csv(opened, self.source, needed, size)
         if fmt == "jsonl":
             return read_jsonl(opened, self.source, needed, self.text_columns, size)
-        return read_parquet(opened, self.source, needed, size)
+        t = self.spec.transforms
+        return read_parquet(opened, self.source, needed, size, typed=not (t.cast or t.derive or t.function))
 
     def _frame(self, raw: pd.DataFrame, lines: np.ndarray, info: FileInfo, home: datetime) -> pd.DataFrame:
         frame = raw[[f for f, _ in self.read_columns]]
