@@ -59,7 +59,7 @@ def main() -> None:
 
         setattr(cls, name, wrapper)
 
-    from driftless.load import loader_for  # noqa: F401 - imports every loader class
+    from driftless.targets.loaders import loader_for  # noqa: F401 - imports every loader class
     for cls in {*Loader.__subclasses__()}:
         for name in ("stage", "merge", "ensure_tables"):
             if name in vars(cls) or name == "ensure_tables":

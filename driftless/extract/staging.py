@@ -25,6 +25,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -227,13 +228,28 @@ class Manifest:
         return cls.from_dict(json.loads(path.read_text()))
 
     def tables(self) -> Iterator[pa.Table]:
-        """The staged chunks, one Arrow table per file, in extraction order."""
-        for name in self.files:
-            path = Path(self.directory) / name
-            try:
-                yield pq.read_table(path)
-            except (OSError, pa.ArrowException) as exc:
-                raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from exc
+        """The staged chunks, one Arrow table per file, in extraction order.
+
+        The next file is read in a thread while the caller works on the current one (a loader's COPY
+        waits on the server; Arrow's Parquet reader releases the GIL): at most two chunks are held.
+        """
+        paths = [Path(self.directory) / name for name in self.files]
+        if not paths:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="driftless-staged") as pool:
+            ahead = pool.submit(_read_staged, paths[0])
+            for following in [*paths[1:], None]:
+                table = ahead.result()
+                if following is not None:
+                    ahead = pool.submit(_read_staged, following)
+                yield table
+
+
+def _read_staged(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from exc
 
 
 class StagingWriter:

@@ -73,6 +73,11 @@ class Loader(ABC):
         self.row_digest: list[DigestColumn] | None = None
         #: where a bulk path writes its load files (the run's private staging directory); None: the temp dir
         self.scratch_dir: str | None = None
+        #: this load writes straight into the target, which was empty and is locked against other writers
+        #: (``claim_empty``); None: not decided yet (at the first chunk)
+        self.direct: bool | None = None
+        #: rows written straight into the target so far (counted by ``merge``)
+        self.direct_rows = 0
 
     @abstractmethod
     def create_engine(self, url: URL) -> Engine:
@@ -137,6 +142,8 @@ class Loader(ABC):
         self.mode = mode
         self.staged = 0
         self.deleted = 0
+        self.direct = None
+        self.direct_rows = 0
         with self._transaction(target, setup) as conn:
             yield conn
             self.fill_digest(conn, target)
@@ -145,6 +152,15 @@ class Loader(ABC):
     @contextmanager
     def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
         """Begin, take the load lock, run ``setup``, create what the load stages into; commit or roll back."""
+
+    def claim_empty(self, conn: Connection, target: Table) -> bool:
+        """Whether the target is empty and locked against other writers until the load's transaction ends.
+
+        True lets the load skip staging and merging: the first load into an empty target writes its rows
+        straight into it (the fast path of a loader that has one; it must give exactly what the staged
+        path gives, repeated keys included). Default: no fast path.
+        """
+        return False
 
     @abstractmethod
     def stage(self, conn: Connection, target: Table, chunk: pa.Table) -> int:

@@ -17,7 +17,6 @@ from driftless.pipeline import load_window
 from tests.loadkit import DAY1, DAY2, order, orders_spec, read_target, stage_rows, state_of
 
 RUNNER = Path(__file__).resolve().parents[1] / "load_runner.py"
-LOCK_NAME = "driftless:orders"
 
 
 
@@ -82,7 +81,8 @@ def _backend_of_load(url: URL) -> tuple[str, object]:
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
             killed = ("pg_terminate_backend", pid)
         else:
-            cid = conn.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": LOCK_NAME}).scalar_one()
+            # The load lock is named after the database and table (named locks are server-wide).
+            cid = conn.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": f"driftless:{url.database}.orders"}).scalar_one()
             conn.exec_driver_sql(f"KILL {int(cid)}")
             killed = ("KILL", cid)
     engine.dispose()

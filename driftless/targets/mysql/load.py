@@ -15,6 +15,10 @@ with one key the later, i.e. newer, wins) or ``IGNORE`` (append: the first wins)
   swap tables inside a transaction (``RENAME TABLE`` commits implicitly, which would separate the data
   from its watermark), so the swap is InnoDB's MVCC: readers see the old rows until commit.
 
+First load into an empty target: a locking read finds the target empty and locks its key range (other
+writers wait until commit; ``claim_empty``), then ``LOAD DATA`` writes straight into it, with the same
+``REPLACE`` / ``IGNORE`` that deduplicates the staging table, skipping staging and merge.
+
 The whole load runs inside a ``GET_LOCK`` section, so concurrent loads of one table serialize. When the
 server (or the URL's ``local_infile=0``) forbids ``LOCAL``, staging falls back to multi-row INSERTs.
 """
@@ -133,7 +137,9 @@ class MySqlLoader(Loader):
 
     @contextmanager
     def _transaction(self, target: Table, setup: Setup | None = None) -> Iterator[Connection]:
-        name = f"driftless:{target.fullname}"[:64]
+        # Named locks are server-wide: the name holds the database (loads of one table name in two databases
+        # do not wait for each other).
+        name = f"driftless:{target.schema or self.url.database or ''}.{target.name}"[:64]
         self._local = True
         self._stage_rows: int | None = 0  # rows in the staging table, counted from LOAD DATA's replies
         with self.engine.connect() as conn:
@@ -159,12 +165,31 @@ class MySqlLoader(Loader):
                 except OperationalError:  # the connection died: its lock and temp table died with it
                     conn.invalidate()
 
+    def claim_empty(self, conn: Connection, target: Table) -> bool:
+        """Whether the target is empty, with its whole key range locked against other writers until commit.
+
+        A locking read of an empty InnoDB table locks the gap to the index's end (``supremum``): another
+        transaction's insert waits until this one ends, and one that inserted first (not yet committed)
+        makes this read wait for it and then see its row. Gap locks exist under REPEATABLE READ and
+        SERIALIZABLE only; under another isolation level there is no fast path.
+        """
+        tgt = self.quote_table(target)
+        if conn.exec_driver_sql(f"SELECT 1 FROM {tgt} LIMIT 1").first() is not None:
+            return False
+        if conn.get_isolation_level() not in ("REPEATABLE READ", "SERIALIZABLE"):
+            return False
+        return conn.exec_driver_sql(f"SELECT 1 FROM {tgt} LIMIT 1 FOR UPDATE").first() is None
+
     def stage(self, conn: Connection, target: Table, chunk: pa.Table) -> int:
         if self.mode is not None:
             chunk = self.mode.prepare(chunk, target)
         if chunk.num_rows == 0:
             return 0
-        stage = self.quote(self._stage_table(target).name)
+        if self.direct is None:
+            self.direct = self.mode is not None and self.claim_empty(conn, target)
+        # Into an empty target the rows go straight in, deduplicated as staging does (REPLACE / IGNORE),
+        # so the target ends as the staged path would leave it.
+        stage = self.quote_table(target) if self.direct else self.quote(self._stage_table(target).name)
         columns = ", ".join(self.quote(n) for n in chunk.column_names)
         texts = [as_text(chunk[n]) for n in chunk.column_names]
         raw = conn.connection.driver_connection
@@ -237,6 +262,8 @@ class MySqlLoader(Loader):
     def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
         stage = self._stage_table(target)
         tgt, stg = self.quote_table(target), self.quote(stage.name)
+        if self.direct:  # the rows are in the (formerly empty) target: every one of them was written
+            return self._staged_rows(conn, tgt) + self.apply_deletes(conn, target, mode, None)
         key_names = [c.name for c in target.primary_key.columns]
         q = self.quote
         cols = ", ".join(q(c.name) for c in target.columns)
@@ -276,7 +303,7 @@ class MySqlLoader(Loader):
         return int(found["matched"]), int(found["changed"])
 
     def _staged_rows(self, conn: Connection, stage: str) -> int:
-        """Rows in the staging table (one per key: LOAD DATA REPLACE/IGNORE deduplicated them)."""
+        """Rows in the staging table, or the target loaded directly (one per key: REPLACE/IGNORE deduplicated them)."""
         if self._stage_rows is not None:
             return self._stage_rows
         return int(conn.exec_driver_sql(f"SELECT COUNT(*) FROM {stage}").scalar_one())

@@ -8,6 +8,13 @@
 * replace: the staged rows go into a new table that replaces the target inside the transaction
   (``DROP`` + ``RENAME``, transactional in PostgreSQL): readers keep the old table until commit.
 
+First load into an empty target: the load locks the target ``SHARE ROW EXCLUSIVE`` (other writers wait
+until commit) and, if it is still empty, COPYs the rows straight into it, skipping staging and merge
+(about half the time of a first load). The result is what the staged path gives: into an empty table
+every mode inserts every record, and delete detection finds nothing. A repeated key fails its chunk's
+COPY on the primary key; that chunk is rolled back to its savepoint, the rows copied so far move to the
+staging table, and the load goes on the staged way (which keeps the latest record of each key).
+
 A large window's staging table gets a unique index on the key; when that succeeds the window has no
 repeated keys and the merge skips the ``DISTINCT ON`` sort of all staged rows (of two records with one
 key the latest cursor value wins, or the first for append, whatever order they were staged in).
@@ -94,21 +101,67 @@ class PostgresLoader(Loader):
             )
             yield conn
 
+    def claim_empty(self, conn: Connection, target: Table) -> bool:
+        """Whether the target is empty, and stays so for other writers until this transaction ends.
+
+        A cheap look first (a table with rows needs no lock); an empty one is locked ``SHARE ROW
+        EXCLUSIVE`` (other writers wait until commit, readers do not), then looked at again: a writer
+        that committed rows in between is seen by the second look (READ COMMITTED: a new snapshot).
+        """
+        tgt = self.quote_table(target)
+        empty = f"SELECT NOT EXISTS (SELECT 1 FROM {tgt})"
+        if not conn.exec_driver_sql(empty).scalar():
+            return False
+        conn.exec_driver_sql(f"LOCK TABLE {tgt} IN SHARE ROW EXCLUSIVE MODE")
+        return bool(conn.exec_driver_sql(empty).scalar())
+
     def stage(self, conn: Connection, target: Table, chunk: pa.Table) -> int:
         if self.mode is not None:
             chunk = self.mode.prepare(chunk, target)
         if chunk.num_rows == 0:
             return 0
-        # Arrow writes CSV in C: NULL as an unquoted empty field, '' as "" (what COPY's csv expects).
         # Timestamps go as naive UTC text (fast to format); the transaction's TimeZone is UTC.
         chunk = naive_timestamps(chunk)
+        if self.direct is None:
+            self.direct = self.mode is not None and self.claim_empty(conn, target)
+        if self.direct:
+            # Straight into the (empty, locked) target. A repeated key fails this chunk's COPY on the
+            # primary key: the chunk is rolled back to its savepoint and the load goes the staged way.
+            try:
+                with conn.begin_nested():
+                    self._copy(conn, target, self.quote_table(target), chunk)
+            except LoadError as exc:
+                if not isinstance(exc.__cause__, pg_errors.UniqueViolation):
+                    raise
+                self._leave_direct(conn, target)
+            else:
+                self.direct_rows += chunk.num_rows
+                return 0
+        self._copy(conn, target, self.quote(self._stage_name(target)), chunk)
+        self.staged += chunk.num_rows
+        return 0
+
+    def _leave_direct(self, conn: Connection, target: Table) -> None:
+        """Move the rows copied straight into the target so far into staging; the load goes on staged.
+
+        Under the load's lock the target held nothing but this load's rows since ``claim_empty``.
+        """
+        cols = ", ".join(self.quote(c.name) for c in target.columns)
+        tgt, stage = self.quote_table(target), self.quote(self._stage_name(target))
+        moved = conn.exec_driver_sql(f"INSERT INTO {stage} ({cols}) SELECT {cols} FROM {tgt}").rowcount
+        conn.exec_driver_sql(f"DELETE FROM {tgt}")
+        self.staged += max(moved, 0)
+        self.direct, self.direct_rows = False, 0
+
+    def _copy(self, conn: Connection, target: Table, into: str, chunk: pa.Table) -> None:
+        """COPY a chunk (timestamps naive UTC) into ``into`` (the staging table or the target)."""
+        # Arrow writes CSV in C: NULL as an unquoted empty field, '' as "" (what COPY's csv expects).
         columns = ", ".join(self.quote(name) for name in chunk.column_names)
         raw = conn.connection.driver_connection
         assert raw is not None  # a connection inside a transaction is checked out, never detached
         cursor = raw.cursor()
-        stage = self.quote(self._stage_name(target))
         try:
-            with cursor.copy(f"COPY {stage} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
+            with cursor.copy(f"COPY {into} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
                 # Arrow hands over each batch of CSV rows as it formats them: the chunk's CSV text is
                 # never held whole (it was the load's largest allocation).
                 pacsv.write_csv(chunk, _CopySink(copy), pacsv.WriteOptions(
@@ -116,8 +169,6 @@ class PostgresLoader(Loader):
         except psycopg.Error as exc:  # the raw driver's errors: say what failed, keep the server's words
             detail = error_detail(exc, self.url)
             raise LoadError(f"staging rows for {target.fullname!r} (COPY) failed: {detail}") from exc
-        self.staged += chunk.num_rows
-        return 0
 
     def _index_stage(self, conn: Connection, target: Table, analyze: bool) -> bool:
         """Index the staging table on the key; True when the keys are unique (no dedup needed).
@@ -144,6 +195,8 @@ class PostgresLoader(Loader):
         return (conn.dialect.server_version_info or (0,)) >= MERGE_VERSION
 
     def merge(self, conn: Connection, target: Table, mode: WriteMode) -> int:
+        if self.direct:  # the rows are in the target already; a replace has nothing to swap
+            return self.direct_rows + self.apply_deletes(conn, target, mode, None)
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{MERGE_WORK_MEM}'")
         key_names = [c.name for c in target.primary_key.columns]
         keys = [self.quote(k) for k in key_names]
