@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import URL, create_engine
 
 from driftless.reconcile import table_fingerprint
@@ -57,6 +58,12 @@ def fingerprint(url: URL, spec: PipelineSpec) -> dict[str, Any]:
 
 
 REPORT_DAG = "consistency_report"
+
+# The mark of every test module that starts a live Airflow stack (all components, task processes, Celery workers):
+# each stack wants most of the 2 cores. `make test` runs pytest with `-n 2 --dist loadgroup`, which puts the tests
+# of one xdist_group into one worker, one after another: one stack at a time, while the other worker takes the rest
+# of the suite.
+LIVE_STACK = pytest.mark.xdist_group("airflow_stack")
 
 
 @contextmanager
