@@ -23,8 +23,8 @@ from sqlalchemy import create_engine, text
 
 from tests.airflow.test_airflow_live import metadata_db  # noqa: F401 - the fixture
 from tests.conftest import unavailable
-from tests.helpers import LIVE_STACK, running_airflow
-from tools.airflow_local import LocalAirflow, airflow_env, free_port
+from tests.helpers import LIVE_STACK
+from tools.airflow_local import LocalAirflow, airflow_env, free_port, setup
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration, LIVE_STACK]
 
@@ -90,13 +90,32 @@ def events_stack(tmp_path_factory, metadata_db, redis_names):  # noqa: F811 - th
                  # The triggerer looks for new triggers every few seconds (default 5).
                  "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2"})
     env = airflow_env(root / "airflow", port, base=base, metadata_db=metadata_db)
-    # report=False: the consistency report (unpaused at creation) would run after every load here: CPU this test
-    # needs. The stack's DAG set is parsed once (no spec changes while it runs).
-    with running_airflow(env, port, specs, {DAG_ID, FILES_DAG_ID}, report=False) as stack:
-        token = stack.token()
-        for dag_id in (DAG_ID, FILES_DAG_ID):  # registered (running_airflow waited for them): listen from now on
-            stack.api("PATCH", f"/dags/{dag_id}", token, json={"is_paused": False})
+    # Not tests.helpers.running_airflow: the dag-processor registers a DAG's asset watchers (the triggerer's
+    # subscriptions) when it parses the DAG unpaused, so this stack needs the periodic re-parse that running_airflow
+    # turns off (with it, the triggerer ran 0 watchers for 3 minutes).
+    setup(env, specs)
+    stack = LocalAirflow(env, port)
+    stack.start()
+    try:
+        stack.wait_ready(timeout=240)
+        deadline = time.monotonic() + 180
+        while stack.unpause({DAG_ID, FILES_DAG_ID}):  # waits for the dag-processor to register the DAGs
+            if time.monotonic() > deadline:
+                pytest.fail(f"the dag-processor did not register the DAGs within 180 s; logs in {stack.logs}")
+            stack.check_alive()
+            time.sleep(2)
+        # The consistency report (unpaused at creation) would run after every load here: CPU this test needs.
+        while True:
+            try:
+                stack.api("PATCH", "/dags/consistency_report", stack.token(), json={"is_paused": True})
+                break
+            except RuntimeError:  # not registered yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
         yield {"stack": stack, "warehouse": warehouse, "drops": drops, "files_warehouse": files_warehouse}
+    finally:
+        stack.stop(timeout=5)  # nothing to finish cleanly (the triggerer would wait 10 s for its watchers)
 
 
 def _notify_until_heard(stack: LocalAirflow, client, channel: str, timeout: float = 180) -> None:
@@ -124,7 +143,7 @@ def _wait_success(stack: LocalAirflow, count: int, timeout: float = 240, dag_id:
             pytest.fail(f"{count} run(s) of {dag_id} not finished within {timeout:.0f} s: "
                         f"{[(r['dag_run_id'], r['state']) for r in runs]}; logs in {stack.logs}")
         stack.check_alive()
-        time.sleep(1)
+        time.sleep(2)
 
 
 def _rows(warehouse, table: str = "orders") -> dict[int, Decimal]:
