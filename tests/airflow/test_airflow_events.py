@@ -90,9 +90,8 @@ def events_stack(tmp_path_factory, metadata_db, redis_names):  # noqa: F811 - th
                  # The triggerer looks for new triggers every few seconds (default 5).
                  "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2"})
     env = airflow_env(root / "airflow", port, base=base, metadata_db=metadata_db)
-    # Not tests.helpers.running_airflow: the dag-processor registers a DAG's asset watchers (the triggerer's
-    # subscriptions) when it parses the DAG unpaused, so this stack needs the periodic re-parse that running_airflow
-    # turns off (with it, the triggerer ran 0 watchers for 3 minutes).
+    # Not tests.helpers.running_airflow, which has the DAG folder parsed only once: tried, the triggerer then ran
+    # 0 watchers for 3 minutes (the asset watchers appear to be registered by a parse after the unpause).
     setup(env, specs)
     stack = LocalAirflow(env, port)
     stack.start()
