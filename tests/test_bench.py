@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # Both tests run benchmarks/run.py, whose databases (driftless_bench_*) and data files (bench-results/) have fixed
-# names: under `make test`'s pytest-xdist they run in one worker, one after the other.
+# names: under `make test`'s pytest-xdist they are meant to run in one worker (see LIVE_STACK in tests/helpers.py).
 pytestmark = pytest.mark.xdist_group("bench")
 
 
