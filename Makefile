@@ -42,12 +42,16 @@ browser-deps:
 	@command -v npm >/dev/null || { $(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends nodejs npm; }
 	@test -f tests/browser/node_modules/.package-lock.json || npm ci --prefix tests/browser --no-audit --no-fund
 
+# pytest-xdist: TEST_WORKERS processes (default 2, one per core here); TEST_WORKERS=0: one process. --dist loadgroup
+# is meant to keep the tests of one xdist_group in one worker (see LIVE_STACK in tests/helpers.py: with pytest 9.2 and
+# pytest-xdist 3.8.0 the groups are ignored for now and it distributes like --dist load).
+TEST_WORKERS ?= 2
 # The browser deps come first: under CI=true the UI test must run, so failing to install them fails here;
 # elsewhere the UI test skips (saying why) when they could not be installed.
 test: install
 	@$(MAKE) --no-print-directory browser-deps || case "$${CI,,}" in 1|true|yes) exit 1;; \
 	  *) echo "make test: browser deps not installed; the headless-browser test will skip" >&2;; esac
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

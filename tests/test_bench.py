@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+# Both tests run benchmarks/run.py, whose databases (driftless_bench_*) and data files (bench-results/) have fixed
+# names: under `make test`'s pytest-xdist they are meant to run in one worker (see LIVE_STACK in tests/helpers.py).
+pytestmark = pytest.mark.xdist_group("bench")
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:

@@ -27,10 +27,10 @@ from driftless.state import read_runs
 from driftless.window import Window
 from tests.airflow.test_airflow_live import metadata_db  # noqa: F401 - the fixture
 from tests.conftest import MARIADB_ADMIN, PG_ADMIN, airflow_uri, unavailable
-from tests.helpers import INVOICES, fingerprint, running_airflow
+from tests.helpers import INVOICES, LIVE_STACK, fingerprint, running_airflow
 from tools.airflow_local import LocalAirflow, airflow_env, free_port
 
-pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration, LIVE_STACK]
 
 BROKER = os.environ.get("DRIFTLESS_CELERY_BROKER", "redis://127.0.0.1:6379/0")
 WINDOW = Window.parse("2025-11-03T00:00:00+00:00", "2025-11-09T00:00:00+00:00")  # 6 days: 6 slices

@@ -23,9 +23,10 @@ from sqlalchemy import create_engine, text
 
 from tests.airflow.test_airflow_live import metadata_db  # noqa: F401 - the fixture
 from tests.conftest import unavailable
+from tests.helpers import LIVE_STACK
 from tools.airflow_local import LocalAirflow, airflow_env, free_port, setup
 
-pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration, LIVE_STACK]
 
 REDIS = os.environ.get("DRIFTLESS_TEST_REDIS", "redis://127.0.0.1:6379/0")
 DAG_ID = "orders_events"
@@ -89,6 +90,8 @@ def events_stack(tmp_path_factory, metadata_db, redis_names):  # noqa: F811 - th
                  # The triggerer looks for new triggers every few seconds (default 5).
                  "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2"})
     env = airflow_env(root / "airflow", port, base=base, metadata_db=metadata_db)
+    # Not tests.helpers.running_airflow, which has the DAG folder parsed only once: tried, the triggerer then ran
+    # 0 watchers for 3 minutes (the asset watchers appear to be registered by a parse after the unpause).
     setup(env, specs)
     stack = LocalAirflow(env, port)
     stack.start()

@@ -25,10 +25,10 @@ from driftless.spec import load_spec
 from driftless.state import read_state
 from driftless.window import Window
 from tests.conftest import PG_ADMIN, unavailable
-from tests.helpers import INVOICES, running_airflow
+from tests.helpers import INVOICES, LIVE_STACK, running_airflow
 from tools.airflow_local import LocalAirflow, airflow_env, free_port
 
-pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration, LIVE_STACK]
 
 REPO = Path(__file__).resolve().parents[2]
 BROWSER_DIR = REPO / "tests" / "browser"

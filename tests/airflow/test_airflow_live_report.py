@@ -22,10 +22,10 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from tests.airflow.test_airflow_live import BROWSER_DIR, metadata_db  # noqa: F401 - the fixture
-from tests.helpers import INVOICES, running_airflow
+from tests.helpers import INVOICES, LIVE_STACK, running_airflow
 from tools.airflow_local import UNPAUSED, LocalAirflow, airflow_env, free_port
 
-pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration]
+pytestmark = [pytest.mark.airflow, pytest.mark.slow, pytest.mark.integration, LIVE_STACK]
 
 FULL = {"start": "2021-01-01T00:00:00+00:00", "end": "2026-01-01T00:00:00+00:00"}
 LATE = {"start": "2025-12-01T00:00:00+00:00", "end": "2025-12-02T00:00:00+00:00"}
