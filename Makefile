@@ -43,8 +43,7 @@ browser-deps:
 	@test -f tests/browser/node_modules/.package-lock.json || npm ci --prefix tests/browser --no-audit --no-fund
 
 # pytest-xdist: TEST_WORKERS processes (default 2, one per core here); TEST_WORKERS=0: one process. --dist loadgroup
-# is meant to keep the tests of one xdist_group in one worker (see LIVE_STACK in tests/helpers.py: with pytest 9.2 and
-# pytest-xdist 3.8.0 the groups are ignored for now and it distributes like --dist load).
+# keeps the tests of one xdist_group in one worker (LIVE_STACK in tests/helpers.py: one Airflow stack at a time).
 TEST_WORKERS ?= 2
 # The browser deps come first: under CI=true the UI test must run, so failing to install them fails here;
 # elsewhere the UI test skips (saying why) when they could not be installed.

@@ -60,10 +60,9 @@ def fingerprint(url: URL, spec: PipelineSpec) -> dict[str, Any]:
 REPORT_DAG = "consistency_report"
 
 # The mark of every test module that starts a live Airflow stack (all components, task processes, Celery workers):
-# each stack wants most of the 2 cores. Meant for `make test`'s `-n 2 --dist loadgroup` (one stack at a time, in one
-# worker). NOT EFFECTIVE YET: pytest-xdist 3.8.0 tags grouped tests by setting `item._nodeid`, which pytest 9.2 no
-# longer reads (it keeps the id in `_id`), so loadgroup acts as `load` and two stacks may run at once (the suite
-# passed so, 2026-11-26). Until xdist follows pytest 9, `--dist loadfile` would at least keep each module in one worker.
+# each stack wants most of the 2 cores. With `make test`'s `-n 2 --dist loadgroup` the tests of one group run in one
+# worker, so one stack at a time (the group is put into the node id by tests/conftest.py's
+# `pytest_collection_modifyitems`: pytest-xdist 3.8.0's own tagging does not reach pytest 9.2's node ids).
 LIVE_STACK = pytest.mark.xdist_group("airflow_stack")
 
 
