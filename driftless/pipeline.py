@@ -209,7 +209,7 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     if resumable is not None:
         resumable.resume_from(progress.get("source"), writer.manifest.tables)
     try:
-        for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
+        for frame in source.read(window) if source is not None else cast("Iterable[pd.DataFrame]", frames):
             transformed = transform_chunk(frame, spec)  # transform: rename, cast, derive, function, drop
             checked = validator.check(transformed)  # validate: spec types and checks; rows to load, rows rejected
             parts = writer.stage(checked.good, checked.rejects, checked.reasons)  # stage: part-*, quarantine-*
