@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("driftless", "tools", "dags")
 
@@ -239,14 +241,22 @@ print(json.dumps(seen))
 """
 
 
-def test_the_load_path_imports_neither_pandas_nor_pandera(tmp_path):
-    """A load (``load_window``, ``load_rows``, the loaders, state, the checks after it) runs without pandas."""
+@pytest.mark.parametrize("db", ["sqlite_url", "pg_url", "mariadb_url"])
+def test_the_load_path_imports_neither_pandas_nor_pandera(db, request, tmp_path):
+    """A load (``load_window``, ``load_rows``, the loaders, state, the checks after it) runs without pandas.
+
+    pyarrow 26 imports pandas the first time it turns a Python value into Arrow (``pa.scalar``, ``pa.array``, a
+    Python value given to a ``pyarrow.compute`` function), so each database's loader is run.
+    """
     import json
     import os
     import subprocess
     import sys
 
+    from tests.conftest import airflow_uri
     from tests.loadkit import ALL, ORDERS, order, orders_spec, stage_rows
+
+    url = request.getfixturevalue(db)
 
     spec = orders_spec()
     staged = [stage_rows(tmp_path, spec, ALL, rows, tag=tag).directory for tag, rows in (
@@ -254,7 +264,7 @@ def test_the_load_path_imports_neither_pandas_nor_pandera(tmp_path):
         ("b", [order(i, version=1) if i % 5 == 0 else order(i) for i in range(60)]),
         ("c", [order(i, version=2) for i in range(3)]))]
     code = LOAD_WITHOUT_PANDAS.format(modules=", ".join(LOAD_PATH_MODULES))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_CONN_WH": f"sqlite:///{tmp_path / 'warehouse.db'}"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_CONN_WH": airflow_uri(url)}
     done = subprocess.run([sys.executable, "-c", code, json.dumps(ORDERS), ALL.start.isoformat(),
                            ALL.end.isoformat(), *map(str, staged)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
