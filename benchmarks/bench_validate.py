@@ -36,9 +36,8 @@ import pandas as pd  # noqa: E402
 from sqlalchemy import URL, create_engine, text  # noqa: E402
 
 import driftless.pipeline as pipeline  # noqa: E402
-from driftless.extract.transform import convert_for  # noqa: E402
+from driftless.extract.transform import convert_for, frame_to_arrow  # noqa: E402
 from driftless.extract.validate import ChunkResult, Validator  # noqa: E402
-from driftless.schema import frame_to_arrow  # noqa: E402
 from driftless.spec import parse_spec  # noqa: E402
 from driftless.window import Window  # noqa: E402
 

@@ -17,13 +17,12 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import pandas as pd
 import pyarrow.compute as pc
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,10 +30,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from driftless import metrics
 from driftless.connections import resolve_url
 from driftless.errors import DriftlessError, LoadError, error_detail
-from driftless.extract.dedup import WindowDedup
-from driftless.extract.staging import Manifest, StagingWriter, owned_run_dir, prune_stale, staging_root
-from driftless.extract.transform import transform_chunk
-from driftless.extract.validate import Validator, check_reject_ratio
+from driftless.extract.rejects import check_reject_ratio
+from driftless.extract.staging import Manifest, owned_run_dir, prune_stale, staging_root
 from driftless.failpoints import failpoint
 from driftless.load.entry import LoadResult, RunRecord, load_rows
 from driftless.logs import event
@@ -43,29 +40,44 @@ from driftless.reconcile.checks import ChecksFailed, run_window_checks, staged_s
 from driftless.redact import redact_url
 from driftless.schema import target_table
 from driftless.sources.base import Acknowledges, Closable, CountsWindow, KeepsTargetState, Metered, Resumable, Source
-from driftless.sources.files.source import FileSource
-from driftless.sources.queues.source import QueueSource
-from driftless.sources.rest.source import RestSource
-from driftless.sources.sql.source import SqlSource
+from driftless.sources.files.manifest import FilesTargetState
 from driftless.spec import PipelineSpec
 from driftless.state import ensure_state_tables, record_run
 from driftless.status import Run
 from driftless.targets.loaders import loader_for
 from driftless.window import Window
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
 
-SOURCES: dict[str, Callable[[PipelineSpec], Source]] = {"sql": SqlSource, "rest": RestSource, "file": FileSource,
-                                                    "queue": QueueSource}
+#: What a load asks of a source type without a connector instance, and without importing the connector (the
+#: connectors read with pandas; a load, as in an Airflow load task, never does): the class keeping the type's state in
+#: the target (``KeepsTargetState``). ``tests/test_architecture.py`` checks these against the connectors.
+TARGET_STATE: dict[str, type[KeepsTargetState]] = {"file": FilesTargetState}
+#: Source types whose connector ``Acknowledges``: loaded only by the instance that consumed the messages.
+ACKNOWLEDGING = frozenset({"queue"})
 
 
 def new_run_id() -> str:
     return f"cli__{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
 
 
+def source_classes() -> dict[str, type]:
+    """The connector class of each source type (``driftless.sources.base.Source``, with its capabilities)."""
+    # Imported here: the connectors read with pandas; importing this module (a load task) stays without it.
+    from driftless.sources.files.source import FileSource
+    from driftless.sources.queues.source import QueueSource
+    from driftless.sources.rest.source import RestSource
+    from driftless.sources.sql.source import SqlSource
+
+    return {"sql": SqlSource, "rest": RestSource, "file": FileSource, "queue": QueueSource}
+
+
 def source_for(spec: PipelineSpec) -> Source:
     """The connector for the spec's ``source.type`` (``driftless.sources.base.Source``, with its capabilities)."""
-    return SOURCES[spec.source.type](spec)
+    return cast(Source, source_classes()[spec.source.type](spec))
 
 
 def staging_dir(spec: PipelineSpec, window: Window, run_id: str, root: Path | None = None) -> Path:
@@ -176,6 +188,12 @@ def _fixed_mmap_threshold() -> None:
 def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
              frames: Iterable[pd.DataFrame] | None, started_at: datetime, source: Any = None) -> Manifest:
     """Read -> transform -> validate -> stage, chunk by chunk; then dedup over the window's staged rows."""
+    # Imported here: the extract's steps work on pandas (and pandera); a load imports this module without them.
+    from driftless.extract.dedup import WindowDedup
+    from driftless.extract.staging import StagingWriter
+    from driftless.extract.transform import transform_chunk
+    from driftless.extract.validate import Validator
+
     started = time.monotonic()
     _fixed_mmap_threshold()
     if source is None and frames is None:
@@ -191,7 +209,7 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
     if resumable is not None:
         resumable.resume_from(progress.get("source"), writer.manifest.tables)
     try:
-        for frame in source.read(window) if source is not None else cast(Iterable[pd.DataFrame], frames):
+        for frame in source.read(window) if source is not None else cast("Iterable[pd.DataFrame]", frames):
             transformed = transform_chunk(frame, spec)  # transform: rename, cast, derive, function, drop
             checked = validator.check(transformed)  # validate: spec types and checks; rows to load, rows rejected
             parts = writer.stage(checked.good, checked.rejects, checked.reasons)  # stage: part-*, quarantine-*
@@ -244,13 +262,13 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
     # A window ending after the source was read (etl run --allow-future) moves the watermark only that far.
     read_at = datetime.fromisoformat(manifest.read_at) if manifest.read_at else None
     until = read_at if read_at is not None and read_at < window.end else None
-    # Sources that keep state of their own in the target (file sources: etl_files) write it in the load's transaction.
-    source_class = SOURCES[spec.source.type]
-    keeps_state = isinstance(source_class, type) and issubclass(source_class, KeepsTargetState)
+    # Sources that keep state of their own in the target (file sources: etl_files; queues: etl_messages, the
+    # instance's) write it in the load's transaction.
+    keeper = source if isinstance(source, KeepsTargetState) else TARGET_STATE.get(spec.source.type)
     # Sources that acknowledge messages (queues) load in the process that consumed them, and load whatever
     # share of a window validation rejects: holding the messages back would redeliver them forever.
-    acknowledges = isinstance(source_class, type) and issubclass(source_class, Acknowledges)
-    if acknowledges and not isinstance(source, cast(type, source_class)):
+    acknowledges = spec.source.type in ACKNOWLEDGING
+    if acknowledges and not isinstance(source, Acknowledges):
         raise LoadError(f"pipeline {spec.name!r}: a {spec.source.type} pipeline loads in the process that consumed "
                         "its messages (etl run; in Airflow its one sync task), not from staging files alone")
 
@@ -265,9 +283,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
                 f"extracted {extracted} records but loaded {load.loaded} + quarantined "
                 f"{result.quarantined} + deduplicated {result.deduplicated}; re-run the extract step"
             )
-        if keeps_state:  # queue sources record the messages this instance consumed; file sources need no instance
-            cast(KeepsTargetState, source if source is not None else source_class).record_loaded(
-                conn, spec, window, run_id, manifest)
+        if keeper is not None:  # queue sources record the messages this instance consumed; file sources need none
+            keeper.record_loaded(conn, spec, window, run_id, manifest)
         return {"quarantined": result.quarantined}
 
     run = RunRecord(run_id, window, Run.SUCCESS, started_at, advance_watermark=advance_watermark,
@@ -278,8 +295,8 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest, run_id: 
         if not acknowledges:  # queues quarantine what fails, however much (see above)
             check_reject_ratio(spec, window, manifest)  # above max_reject_ratio, or all rejected: no write
         ensure_quarantine_table(loader.engine, schema)
-        if keeps_state:
-            cast(KeepsTargetState, source_class).prepare_target(loader.engine, schema)
+        if keeper is not None:
+            keeper.prepare_target(loader.engine, schema)
         load = load_rows(spec, manifest.tables(), window=window, run=run, then=then, loader=loader)
     except (DriftlessError, SQLAlchemyError) as exc:
         message = str(exc)
@@ -355,9 +372,8 @@ def run_window(spec: PipelineSpec, window: Window, run_id: str | None = None) ->
     # Staged under $DRIFTLESS_STAGING_DIR, locked by this process: removed at the end, or by a later
     # run's prune when this process is killed.
     # A source that acknowledges (queues) lives from its first message to the acknowledgement after the commit.
-    source_class = SOURCES[spec.source.type]
     consumer: Acknowledges | None = None
-    if isinstance(source_class, type) and issubclass(source_class, Acknowledges):
+    if spec.source.type in ACKNOWLEDGING:
         consumer = cast(Acknowledges, source_for(spec))
     try:
         with owned_run_dir(staging_dir(spec, window, run_id)):

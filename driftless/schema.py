@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 from sqlalchemy import (
     JSON,
@@ -32,9 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.types import TypeEngine
 
-from driftless.canonical import normalized_json
-from driftless.errors import SourceError
-from driftless.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
+from driftless.spec import TYPE_PATTERN, PipelineSpec
 
 # A UTC timestamp column on every dialect (MySQL/MariaDB DATETIME keeps microseconds only with fsp=6);
 # driftless's own tables (state, runs, quarantine, checks) and ``_deleted_at`` use it.
@@ -133,37 +130,3 @@ def target_table(spec: PipelineSpec, metadata: MetaData | None = None) -> Table:
         PrimaryKeyConstraint(*spec.source.primary_key, name=f"pk_{spec.target.table}"[:63]),
         schema=spec.target.db_schema,
     )
-
-
-def _column_to_arrow(series: pd.Series, column: ColumnSpec) -> pa.Array:
-    kind = column.type
-    if kind == "timestamptz":
-        series = pd.to_datetime(series, utc=True)
-    elif kind == "timestamp":
-        series = pd.to_datetime(series, utc=True).dt.tz_convert(None)
-    elif kind == "json":
-        # stored normalized (sorted keys, literal unicode, numbers as written): see driftless.canonical
-        series = series.map(lambda v: None if v is None or v is pd.NA else normalized_json(v))
-    return pa.array(series, type=arrow_type(kind), from_pandas=True)
-
-
-def frame_to_arrow(frame: pd.DataFrame, spec: PipelineSpec, ready: dict[str, pa.Array] | None = None) -> pa.Table:
-    """A chunk as an Arrow table with exactly the spec's column types; names the column that does not fit.
-
-    ``ready``: columns already in Arrow (the same values as the frame's, of the column's Arrow type), used as
-    they are instead of converting the frame's column.
-    """
-    arrays = []
-    for column in spec.columns:
-        if ready and column.name in ready:
-            arrays.append(ready[column.name])
-            continue
-        try:
-            arrays.append(_column_to_arrow(frame[column.name], column))
-        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
-            sample = frame[column.name].dropna().head(3).tolist()
-            raise SourceError(
-                f"pipeline {spec.name!r}: column {column.name!r} does not fit type {column.type!r} "
-                f"({exc}); first values: {sample!r}"
-            ) from exc
-    return pa.Table.from_arrays(arrays, schema=arrow_schema(spec))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("driftless", "tools", "dags")
 
@@ -191,3 +193,96 @@ def test_the_dialect_branch_finder_finds_branches():
     assert dialect_branches(ast.parse(code)) == ["url.get_backend_name() == 'postgresql'",
                                                  "dialect.name in ('mysql', 'mariadb')",
                                                  "name.startswith('sqlite')", "backend not in BACKENDS"]
+
+
+#: Imported by a load and the checks after it; none of them may bring in pandas or pandera (issue 13: a load's
+#: peak memory; pandas alone is ~48 MB of it). The extract imports them where it runs.
+LOAD_PATH_MODULES = ("driftless.pipeline", "driftless.load.entry", "driftless.targets.loaders", "driftless.state",
+                     "driftless.reconcile.checks", "driftless.quarantine.store", "driftless.extract.staging")
+
+#: In a fresh interpreter: import the load path, load staged windows (made by the test: pyarrow's
+#: ``Table.from_pylist`` imports pandas when it is installed) into SQLite with ``load_window`` (a first load,
+#: then an upsert of changed rows), once more with ``load_rows``, run the window's checks (a source that
+#: counts), and report which of pandas/pandera got imported at each step.
+LOAD_WITHOUT_PANDAS = """
+import json, sys
+import {modules}
+from driftless.extract.staging import Manifest
+from driftless.load.entry import RunRecord, load_rows
+from driftless.pipeline import load_window
+from driftless.reconcile.checks import run_window_checks
+from driftless.spec import parse_spec
+from driftless.status import Run
+from driftless.window import Window
+
+def heavy():
+    return sorted(m for m in ("pandas", "pandera") if m in sys.modules)
+
+seen = {{"imports": heavy()}}
+spec = parse_spec(json.loads(sys.argv[1]), "test")
+window = Window.parse(sys.argv[2], sys.argv[3])
+first = load_window(spec, window, Manifest.read(sys.argv[4]), "run_a")
+second = load_window(spec, window, Manifest.read(sys.argv[5]), "run_b")
+seen["load_window"] = heavy()
+
+class Counts:  # a source that counts the window (CountsWindow), as the SQL source does
+    def count(self, window):
+        return 60
+    def sums(self, window, columns):
+        return {{}}
+
+run_window_checks(spec, second, Counts())
+seen["checks"] = heavy()
+load = load_rows(spec, Manifest.read(sys.argv[6]).tables(), window=window,
+                 run=RunRecord("run_c", window, Run.SUCCESS, window.start))
+seen["load_rows"] = heavy()
+seen["rows"] = [first.loaded, second.loaded, second.written, load.loaded, second.status]
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("db", ["sqlite_url", "pg_url", "mariadb_url"])
+def test_the_load_path_imports_neither_pandas_nor_pandera(db, request, tmp_path):
+    """A load (``load_window``, ``load_rows``, the loaders, state, the checks after it) runs without pandas.
+
+    pyarrow 26 imports pandas the first time it turns a Python value into Arrow (``pa.scalar``, ``pa.array``, a
+    Python value given to a ``pyarrow.compute`` function), so each database's loader is run.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import airflow_uri
+    from tests.loadkit import ALL, ORDERS, order, orders_spec, stage_rows
+
+    url = request.getfixturevalue(db)
+
+    spec = orders_spec()
+    staged = [stage_rows(tmp_path, spec, ALL, rows, tag=tag).directory for tag, rows in (
+        ("a", [order(i) for i in range(50)]),
+        ("b", [order(i, version=1) if i % 5 == 0 else order(i) for i in range(60)]),
+        ("c", [order(i, version=2) for i in range(3)]))]
+    code = LOAD_WITHOUT_PANDAS.format(modules=", ".join(LOAD_PATH_MODULES))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "AIRFLOW_CONN_WH": airflow_uri(url)}
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(ORDERS), ALL.start.isoformat(),
+                           ALL.end.isoformat(), *map(str, staged)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["rows"] == [50, 60, 20, 3, "success"]  # the loads really ran: 10 new rows + 10 changed ones
+    assert seen == {**seen, "imports": [], "load_window": [], "checks": [], "load_rows": []}
+
+
+def test_the_load_asks_what_the_connectors_declare():
+    """``pipeline.TARGET_STATE`` and ``ACKNOWLEDGING`` (read by the load instead of importing the connectors)
+    agree with the connectors' capability protocols."""
+    from driftless.pipeline import ACKNOWLEDGING, TARGET_STATE, source_classes
+    from driftless.sources.base import Acknowledges, KeepsTargetState
+
+    connectors = source_classes()
+    assert {name for name, cls in connectors.items() if issubclass(cls, Acknowledges)} == ACKNOWLEDGING
+    keeps = {name for name, cls in connectors.items() if issubclass(cls, KeepsTargetState)}
+    assert keeps == set(TARGET_STATE) | ACKNOWLEDGING  # queues keep theirs on the consuming instance
+    for name, keeper in TARGET_STATE.items():
+        assert issubclass(connectors[name], keeper), name  # the connector's target side is the class the load asks

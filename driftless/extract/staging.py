@@ -29,14 +29,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from driftless.errors import LoadError
 from driftless.settings import settings
+
+if TYPE_CHECKING:  # the load reads manifests and staged files; only the extract hands over DataFrames
+    import pandas as pd
 
 MANIFEST = "_manifest.json"
 PROGRESS = "_progress.json"
@@ -102,6 +105,16 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
     """
     with private_file(path) as fh:
         pq.write_table(table, fh, compression="lz4", use_dictionary=False, write_statistics=False)
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read one staged file (or some of its columns).
+
+    Through ``ParquetFile``, not ``pq.read_table``: that goes through ``pyarrow.dataset``, whose import also
+    imports pandas (pyarrow 26), some 48 MB that a load has no other use for.
+    """
+    with pq.ParquetFile(path) as parquet:
+        return parquet.read(columns=columns)
 
 
 def _write_text_atomically(path: Path, text: str) -> None:
@@ -247,7 +260,7 @@ class Manifest:
 
 def _read_staged(path: Path) -> pa.Table:
     try:
-        return pq.read_table(path)
+        return read_parquet(path)
     except (OSError, pa.ArrowException) as exc:
         raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from exc
 
@@ -341,7 +354,7 @@ class StagingWriter:
         for (good, part), rows in gone.groupby(["_good", "_part"]):
             names = m.files if good else m.quarantine_files
             path = self.directory / names[int(part)]
-            table = pq.read_table(path)
+            table = read_parquet(path)
             keep = np.ones(table.num_rows, dtype=bool)
             keep[rows["_pos"].to_numpy(dtype=int)] = False
             pq.write_table(table.filter(pa.array(keep)), path)
@@ -375,7 +388,7 @@ def _reasons_of(directory: Path, files: list[str]) -> dict[str, int]:
     """Rejected rows per ``"column: check"``, counted from the staged quarantine files."""
     reasons: Counter = Counter()
     for name in files:
-        for errors in pq.read_table(directory / name, columns=["errors"]).column("errors").to_pylist():
+        for errors in read_parquet(directory / name, columns=["errors"]).column("errors").to_pylist():
             for e in json.loads(errors):
                 reasons[f"{e['column'] or '(row)'}: {e['check']}"] += 1
     return dict(reasons)

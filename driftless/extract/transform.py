@@ -32,7 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from driftless.canonical import normalized_json
-from driftless.errors import SpecError
+from driftless.errors import SourceError, SpecError
+from driftless.schema import arrow_schema, arrow_type
 from driftless.spec import TYPE_PATTERN, ColumnSpec, PipelineSpec
 
 INT_BOUNDS = {"smallint": (-(2**15), 2**15 - 1), "integer": (-(2**31), 2**31 - 1), "bigint": (-(2**63), 2**63 - 1)}
@@ -117,7 +118,7 @@ class Conversion:
         arrow: the same values as an Arrow array of the column's Arrow type (``driftless.schema.arrow_type``),
             when the conversion made one on the way (text converted by Arrow's kernels, decimals Arrow
             accepted) and no value was bad; lets the chunk's Arrow table skip converting ``values`` back
-            (``driftless.schema.frame_to_arrow``).
+            (``frame_to_arrow``).
     """
 
     def __init__(self, values: pd.Series | Callable[[], pd.Series], bad: np.ndarray, reason: str,
@@ -1060,3 +1061,40 @@ def transform_chunk(frame: pd.DataFrame, spec: PipelineSpec) -> Transformed:
 @cache
 def _expression(name: str, expr: str) -> DeriveExpression:
     return DeriveExpression(name, expr)
+
+
+# ---- a converted chunk as Arrow (the staging files' types) --------------------------------------------
+
+
+def _column_to_arrow(series: pd.Series, column: ColumnSpec) -> pa.Array:
+    kind = column.type
+    if kind == "timestamptz":
+        series = pd.to_datetime(series, utc=True)
+    elif kind == "timestamp":
+        series = pd.to_datetime(series, utc=True).dt.tz_convert(None)
+    elif kind == "json":
+        # stored normalized (sorted keys, literal unicode, numbers as written): see driftless.canonical
+        series = series.map(lambda v: None if v is None or v is pd.NA else normalized_json(v))
+    return pa.array(series, type=arrow_type(kind), from_pandas=True)
+
+
+def frame_to_arrow(frame: pd.DataFrame, spec: PipelineSpec, ready: dict[str, pa.Array] | None = None) -> pa.Table:
+    """A chunk as an Arrow table with exactly the spec's column types; names the column that does not fit.
+
+    ``ready``: columns already in Arrow (the same values as the frame's, of the column's Arrow type), used as
+    they are instead of converting the frame's column.
+    """
+    arrays = []
+    for column in spec.columns:
+        if ready and column.name in ready:
+            arrays.append(ready[column.name])
+            continue
+        try:
+            arrays.append(_column_to_arrow(frame[column.name], column))
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+            sample = frame[column.name].dropna().head(3).tolist()
+            raise SourceError(
+                f"pipeline {spec.name!r}: column {column.name!r} does not fit type {column.type!r} "
+                f"({exc}); first values: {sample!r}"
+            ) from exc
+    return pa.Table.from_arrays(arrays, schema=arrow_schema(spec))

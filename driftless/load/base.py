@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -234,6 +235,16 @@ def rows_for_core(chunk: pa.Table, target: Table) -> list[dict[str, Any]]:
 
 def json_columns(target: Table) -> set[str]:
     return {c.name for c in target.columns if c.type.__class__.__name__ == "JSON"}
+
+
+def text_scalar(text: str) -> pa.StringScalar:
+    """``pa.scalar(text)``, built from its bytes.
+
+    pyarrow (26) imports pandas the first time it converts any Python value (``pa.scalar``, ``pa.array``, a
+    Python value given to a compute function); a load has no other use for pandas.
+    """
+    data = text.encode()
+    return pa.StringArray.from_buffers(1, pa.py_buffer(struct.pack("<ii", 0, len(data))), pa.py_buffer(data))[0]
 
 
 def as_text(array: pa.ChunkedArray | pa.Array) -> pa.Array:

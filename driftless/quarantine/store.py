@@ -20,9 +20,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -46,8 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 
 from driftless.errors import LoadError
-from driftless.extract.staging import Manifest
-from driftless.extract.transform import convert_column, convert_for
+from driftless.extract.staging import Manifest, read_parquet
 from driftless.schema import UTC_TIMESTAMP
 from driftless.spec import PipelineSpec
 from driftless.window import Window
@@ -94,7 +91,7 @@ def quarantined_rows(manifest: Manifest) -> list[dict[str, Any]]:
     for name in manifest.quarantine_files:
         path = Path(manifest.directory) / name
         try:
-            rows += pq.read_table(path).to_pylist()
+            rows += read_parquet(path).to_pylist()
         except (OSError, pa.ArrowException) as exc:
             raise LoadError(f"staging file {path} is unreadable ({exc}); re-run the extract step") from exc
     return rows
@@ -161,24 +158,12 @@ def resolve_loaded(conn: Connection, spec: PipelineSpec, manifest: Manifest) -> 
         log.warning("pipeline %s: %d quarantined records; not checking which of them this window resolved",
                     spec.name, count)
         return 0
-    keys, cursor = list(spec.source.primary_key), spec.source.cursor
-    types = {c.name: c.type for c in spec.columns}
     entries = conn.execute(select(q.c.id, q.c.record_key, q.c.record).where(has_key)).all()
-    wanted = pd.DataFrame([json.loads(e.record_key) for e in entries], columns=keys)
-    wanted["_id"] = [e.id for e in entries]
-    wanted["_cursor"] = [json.loads(e.record).get(cursor) for e in entries]
-    for name in keys:
-        wanted[name] = convert_column(wanted[name].astype(object), types[name]).values
-    wanted["_cursor"] = convert_for(spec.column(cursor), wanted["_cursor"].astype(object)).values  # as extracted
-    resolved: set[int] = set()
-    for name in manifest.files:
-        staged = pq.read_table(Path(manifest.directory) / name, columns=list(dict.fromkeys([*keys, cursor])))
-        frame = staged.to_pandas()
-        loaded = pd.DataFrame({k: convert_column(frame[k], types[k]).values for k in keys})
-        loaded["_loaded_cursor"] = convert_column(frame[cursor], types[cursor]).values
-        hits = wanted.merge(loaded, on=keys, how="inner")
-        newer = hits["_cursor"].isna() | (hits["_loaded_cursor"] >= hits["_cursor"])
-        resolved.update(int(i) for i in hits.loc[newer.fillna(False), "_id"])
+    # Imported here: the comparison converts with the extract's rules (pandas), needed only when entries exist;
+    # the load path stays free of pandas (the load's memory, an Airflow load task's import time).
+    from driftless.quarantine.resolve import resolved_entries
+
+    resolved = resolved_entries(spec, manifest, entries)
     if resolved:
         conn.execute(delete(q).where(q.c.id.in_(sorted(resolved))))
     return len(resolved)

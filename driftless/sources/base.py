@@ -25,10 +25,11 @@ import re
 import string
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import pandas as pd
-import pyarrow as pa
+if TYPE_CHECKING:  # the load path imports this module and never needs pandas or Arrow here
+    import pandas as pd
+    import pyarrow as pa
 
 
 class Bounded(Protocol):

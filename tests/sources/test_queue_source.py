@@ -432,10 +432,11 @@ def test_dag_of_a_queue_pipeline_is_one_sync_task_that_loads_and_acknowledges(ai
 
 def test_only_queue_sources_acknowledge():
     """The engine asks ``Acknowledges`` (load in the consuming process, no reject ratio), never an attribute."""
-    from driftless.pipeline import SOURCES
+    from driftless.pipeline import ACKNOWLEDGING, source_classes
     from driftless.sources.base import Acknowledges
 
-    assert {name for name, cls in SOURCES.items() if issubclass(cls, Acknowledges)} == {"queue"}
+    assert {name for name, cls in source_classes().items() if issubclass(cls, Acknowledges)} == {"queue"}
+    assert ACKNOWLEDGING == {"queue"}
 @pytest.mark.parametrize("db", ["sqlite_url", "pg_url", "mariadb_url"])
 def test_ids_another_run_recorded_meanwhile_are_named_and_none_of_this_run_written(db, request):
     """record_processed finds ids recorded meanwhile by the primary key (in a savepoint), not by a lookup."""

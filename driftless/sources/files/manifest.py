@@ -30,10 +30,12 @@ from sqlalchemy import (
     select,
 )
 
+from driftless.errors import LoadError
 from driftless.state import UTC_TIMESTAMP, as_utc
 
 FILES_TABLE = "etl_files"
 BATCH = 500
+SHOWN = 5  # files named in a message before "and N more"
 
 
 def files_table(schema: str | None = None) -> Table:
@@ -137,3 +139,28 @@ def write_loaded(conn: Connection, pipeline: str, files: Iterable[dict[str, Any]
             "records": f["records"], "run_id": run_id, "loaded_at": now,
         } for key, f in zip(keys, part, strict=True)])
     return conflicts
+
+
+class FilesTargetState:
+    """A file source's state in the target (``KeepsTargetState``): ``etl_files``, written in the load's transaction.
+
+    ``FileSource`` is one; the load (``driftless.pipeline.load_window``) asks this class directly when it has no
+    source instance, so that a load never imports the connector (which reads with pandas).
+    """
+
+    @staticmethod
+    def prepare_target(engine: Any, schema: str | None) -> None:
+        """Create ``etl_files`` before the load's transaction (DDL commits implicitly on MariaDB)."""
+        ensure_files_table(engine, schema)
+
+    @staticmethod
+    def record_loaded(conn: Any, spec: Any, window: Any, run_id: str, manifest: Any) -> None:
+        """Record the window's files in ``etl_files``, in the load's transaction (with the data and watermark)."""
+        files = (manifest.metrics or {}).get("files") or []
+        conflicts = write_loaded(conn, spec.name, files, window.start, window.end, run_id, spec.target.db_schema)
+        if conflicts:
+            shown = ", ".join(conflicts[:SHOWN]) + (f" and {len(conflicts) - SHOWN} more"
+                                                    if len(conflicts) > SHOWN else "")
+            raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {len(conflicts)} file(s) were loaded by "
+                            f"another run meanwhile: {shown}; nothing was written. Run the "
+                            "window again: it reads the files as recorded now")

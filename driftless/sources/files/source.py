@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 
 from driftless.connections import resolve_url
-from driftless.errors import LoadError, SourceError
+from driftless.errors import SourceError
 from driftless.sources.files.listing import FileInfo, filesystem, list_files
 from driftless.sources.files.manifest import (
+    SHOWN,
+    FilesTargetState,
     LoadedFile,
-    ensure_files_table,
     read_loaded,
     recorded_by_run,
-    write_loaded,
 )
 from driftless.sources.files.readers import (
     FILE_ERRORS,
@@ -54,7 +54,6 @@ from driftless.targets.loaders import loader_for
 from driftless.window import Window
 
 log = logging.getLogger(__name__)
-SHOWN = 5  # files named in a message before "and N more"
 
 
 @dataclass
@@ -72,7 +71,7 @@ def _names(items: list[Any], key: str = "path") -> str:
     return shown + (f" and {len(items) - SHOWN} more" if len(items) > SHOWN else "")
 
 
-class FileSource:
+class FileSource(FilesTargetState):
     """The records of the files a window holds, as DataFrames of at most ``chunk_size`` rows of raw values.
 
     Every record carries ``_file`` (path relative to ``location``), ``_line`` (the line it starts on; row
@@ -107,22 +106,7 @@ class FileSource:
         self.cursor_frame_column = next((frame_col for _, frame_col in self.read_columns
                                          if rename.get(frame_col, frame_col) == cursor.name), None)
 
-    # ---- target side: etl_files, in the load's transaction -------------------------------------------------
-
-    @staticmethod
-    def prepare_target(engine: Any, schema: str | None) -> None:
-        """Create ``etl_files`` before the load's transaction (DDL commits implicitly on MariaDB)."""
-        ensure_files_table(engine, schema)
-
-    @staticmethod
-    def record_loaded(conn: Any, spec: PipelineSpec, window: Window, run_id: str, manifest: Any) -> None:
-        """Record the window's files in ``etl_files``, in the load's transaction (with the data and watermark)."""
-        files = (manifest.metrics or {}).get("files") or []
-        conflicts = write_loaded(conn, spec.name, files, window.start, window.end, run_id, spec.target.db_schema)
-        if conflicts:
-            raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {len(conflicts)} file(s) were loaded by "
-                            f"another run meanwhile: {_names(conflicts, '')}; nothing was written. Run the "
-                            "window again: it reads the files as recorded now")
+    # The target side (etl_files, written in the load's transaction) is inherited from FilesTargetState.
 
     def _engine(self) -> Any:
         return loader_for(resolve_url(self.spec.target.connection)).engine

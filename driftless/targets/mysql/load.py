@@ -40,7 +40,7 @@ from sqlalchemy import URL, Column, Connection, Engine, MetaData, PrimaryKeyCons
 from sqlalchemy.exc import OperationalError
 
 from driftless.errors import LoadError, error_detail
-from driftless.load.base import Loader, Setup, as_text, sibling_table
+from driftless.load.base import Loader, Setup, as_text, sibling_table, text_scalar
 from driftless.load.evolution import evolve, plan_changes
 from driftless.load.modes import WriteMode
 from driftless.targets.mysql import engine as engine_for
@@ -61,6 +61,8 @@ _ESCAPES = [("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r"), ("\x00"
 _UPDATE_INFO = re.compile(r"Rows matched: (?P<matched>\d+)\s+Changed: (?P<changed>\d+)")
 _LOAD_INFO = re.compile(r"Records: (?P<records>\d+)\s+Deleted: (?P<deleted>\d+)\s+Skipped: (?P<skipped>\d+)")
 _SPECIAL_BYTES = np.array([ord(raw) for raw, _ in _ESCAPES], dtype=np.uint8)
+# LOAD DATA's NULL, field and line separators, as Arrow scalars made without converting Python values (text_scalar)
+NULL_TEXT, TAB, NEWLINE = text_scalar("\\N"), text_scalar("\t"), text_scalar("\n")
 
 
 def _needs_escape(array: pa.Array) -> bool:
@@ -226,9 +228,9 @@ class MySqlLoader(Loader):
             if pa.types.is_string(t.type) and _needs_escape(t):
                 for raw, escaped in _ESCAPES:
                     t = pc.replace_substring(t, raw, escaped)
-            fields.append(pc.fill_null(t, "\\N"))
-        lines = pc.binary_join_element_wise(*fields, "\t")
-        lines = pc.binary_join_element_wise(lines, pa.scalar(""), "\n")  # a newline after each row
+            fields.append(pc.fill_null(t, NULL_TEXT))
+        lines = pc.binary_join_element_wise(*fields, TAB)
+        lines = pc.binary_join_element_wise(lines, text_scalar(""), NEWLINE)  # a newline after each row
         # The value buffer of a string array is the rows back to back: exactly the file's bytes.
         _, offsets_buf, data = lines.buffers()
         offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
