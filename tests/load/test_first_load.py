@@ -205,7 +205,8 @@ def test_first_load_beside_a_concurrent_writer(wh, monkeypatch):
 
             thread = threading.Thread(target=load)
             thread.start()
-            with other.connect() as watcher:
+            # Autocommit: each poll its own transaction (PostgreSQL keeps a transaction's pg_stat_activity snapshot).
+            with other.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
                 deadline = time.monotonic() + 60
                 while not _lock_waits(watcher, backend) and thread.is_alive():
                     assert time.monotonic() < deadline, "the load never waited for the writer"
@@ -219,3 +220,20 @@ def test_first_load_beside_a_concurrent_writer(wh, monkeypatch):
     assert read_target(wh, spec) == {r["id"]: r for r in rows}
     result: LoadResult = outcome["result"]
     assert (result.loaded, result.deleted) == (100, 1)
+
+
+@pytest.mark.parametrize("wh", ["postgresql"], indirect=True)
+def test_no_fast_path_when_the_server_defaults_to_repeatable_read(wh, monkeypatch):
+    """Under REPEATABLE READ the first look at the target fixes the snapshot, so the look after the lock could
+    miss a writer's committed rows: PostgreSQL's fast path is off there, and the load is the staged one."""
+    admin = create_engine(wh, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{wh.database}" SET default_transaction_isolation = \'repeatable read\''))
+    admin.dispose()
+    spec = orders_spec()
+    rows = [order(i) for i in range(1, 41)]
+    spy = Spy(monkeypatch)
+    result = load_rows(spec, chunks_of(spec, rows, 15), window=DAY1, run=run_record("rr"))
+    assert spy.answers == [False]
+    assert result.loaded == 40
+    assert read_target(wh, spec) == {r["id"]: r for r in rows}

@@ -106,11 +106,15 @@ class PostgresLoader(Loader):
 
         A cheap look first (a table with rows needs no lock); an empty one is locked ``SHARE ROW
         EXCLUSIVE`` (other writers wait until commit, readers do not), then looked at again: a writer
-        that committed rows in between is seen by the second look (READ COMMITTED: a new snapshot).
+        that committed rows in between is seen by the second look (READ COMMITTED: a new snapshot). Under a
+        stricter isolation level (a server's ``default_transaction_isolation``) the first look fixes the
+        snapshot, so the second could miss such rows: no fast path there.
         """
         tgt = self.quote_table(target)
         empty = f"SELECT NOT EXISTS (SELECT 1 FROM {tgt})"
-        if not conn.exec_driver_sql(empty).scalar():
+        first = (f"SELECT current_setting('transaction_isolation') = 'read committed' "
+                 f"AND NOT EXISTS (SELECT 1 FROM {tgt})")
+        if not conn.exec_driver_sql(first).scalar():
             return False
         conn.exec_driver_sql(f"LOCK TABLE {tgt} IN SHARE ROW EXCLUSIVE MODE")
         return bool(conn.exec_driver_sql(empty).scalar())
