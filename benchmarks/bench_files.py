@@ -117,6 +117,8 @@ def measure(case: str, n: int) -> dict:
     from driftless.pipeline import run_window  # imports are not timed
     from driftless.window import Window
 
+    if not case.startswith("raw_copy"):
+        rss.import_window_modules()
     baseline = rss.baseline_mb()
     started = time.perf_counter()
     if case.startswith("raw_copy"):

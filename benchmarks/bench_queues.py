@@ -218,6 +218,7 @@ def measure(kind: str, case: str, n: int, name: str) -> dict:
 
     if case == "driftless":
         import driftless.pipeline as _imported  # noqa: F401 - imports before the timing
+        rss.import_window_modules()
     broker = _attach(kind, name)
     db = PG.set(database=DB)
     baseline = rss.baseline_mb()

@@ -207,6 +207,8 @@ def measure(case: str, n: int) -> dict:
     import driftless.pipeline  # noqa: F401
     import driftless.targets.sqlite.load  # noqa: F401 - imports are not what is measured
 
+    if "window" in case:
+        rss.import_window_modules()
     baseline = rss.baseline_mb()
     t0 = time.perf_counter()
     if case in ("pg_upsert_first", "pg_upsert_nightly"):
