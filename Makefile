@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 N ?= 1000000
+REPS ?= 3
 EXECUTOR ?= local
 WORKERS ?= 2
 
@@ -59,7 +60,7 @@ typecheck: install
 	$(BIN)/mypy driftless --ignore-missing-imports
 
 bench: install
-	$(BIN)/python benchmarks/run.py --n $(N)
+	$(BIN)/python benchmarks/run.py --n $(N) --reps $(REPS)
 
 # dlt (compared against in the benchmarks) lives in its own venv: its pins may conflict with Airflow's.
 bench-deps:
