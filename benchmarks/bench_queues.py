@@ -44,7 +44,7 @@ from benchmarks import rss  # noqa: E402
 from benchmarks.bench_files import case_env  # noqa: E402
 
 PG = URL.create("postgresql+psycopg", username="postgres", host="127.0.0.1", port=5432)
-DB = "driftless_bench_queues"
+DB = f"{os.environ.get('BENCH_DB_PREFIX', 'driftless_bench')}_queues"  # BENCH_DB_PREFIX as in cases.py
 QUEUE_MAX = 100_000  # messages per queue whatever N make bench passes (its N is rows, 1,000,000)
 NAIVE_MAX = 10_000
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"

@@ -48,7 +48,7 @@ MARIADB_ADMIN = URL.create("mysql+pymysql", username=os.environ.get("DRIFTLESS_M
                            host=os.environ.get("DRIFTLESS_MARIADB_HOST", "127.0.0.1"),
                            port=int(os.environ.get("DRIFTLESS_MARIADB_PORT", "3306")), database="test",
                            query={"charset": "utf8mb4"})
-DB = "driftless_bench_recon"
+DB = f"{os.environ.get('BENCH_DB_PREFIX', 'driftless_bench')}_recon"  # BENCH_DB_PREFIX as in cases.py
 PLANTED = 150
 
 

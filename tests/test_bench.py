@@ -6,19 +6,47 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import MARIADB_ADMIN, PG_ADMIN
 
 REPO = Path(__file__).resolve().parent.parent
-# Both tests run benchmarks/run.py, whose databases (driftless_bench_*) and data files (bench-results/) have fixed
-# names: under `make test`'s pytest-xdist they are meant to run in one worker (see LIVE_STACK in tests/helpers.py).
+# Both tests run benchmarks/run.py, whose data files (bench-results/) have fixed names: under `make test`'s
+# pytest-xdist they run in one worker (see LIVE_STACK in tests/helpers.py). Their databases are named by a
+# BENCH_DB_PREFIX of their own, so a `make bench` running beside the tests cannot drop them, and are dropped after.
 pytestmark = pytest.mark.xdist_group("bench")
+PREFIX = f"driftless_bench_t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_bench_databases():
+    yield
+    pg = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    maria = create_engine(MARIADB_ADMIN)
+    try:
+        with pg.connect() as conn:
+            names = conn.execute(text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                                 {"p": f"{PREFIX}%"}).scalars().all()
+            for name in names:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        with maria.connect() as conn:
+            names = conn.execute(text("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE :p"),
+                                 {"p": f"{PREFIX}%"}).scalars().all()
+            for name in names:
+                conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+    finally:
+        pg.dispose()
+        maria.dispose()
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), *args], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=1200)
+                          text=True, cwd=REPO, timeout=1200,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "BENCH_DB_PREFIX": PREFIX})
 
 
 @pytest.mark.slow
