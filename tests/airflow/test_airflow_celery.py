@@ -240,7 +240,10 @@ def test_partition_slices_run_on_both_workers_and_load_exactly_once(celery, data
         assert [t["try_number"] for t in tis] == [1] * len(tis)
         mapped = _check_exact(celery, databases, expected, name, run_id, tis)
         hosts_seen[name] = [t["hostname"] for t in mapped]
-        assert set(hosts_seen[name]) == set(stack.workers), hosts_seen  # the slices ran on both workers
+    # The slices spread over both workers. Which worker takes which slice is Celery's choice: each worker reserves
+    # at most `concurrency` (2) tasks at a time, so the 12 slices queued at once cannot all go to one worker, but
+    # one run's 6 can (seen once under a loaded machine), so the spread is asserted over both runs' slices.
+    assert {h for hosts in hosts_seen.values() for h in hosts} == set(stack.workers), hosts_seen
     print(f"\ncelery: {len(runs)} partitioned runs of {len(split_window(WINDOW, 'day'))} slices in {elapsed:.1f}s; "
           f"slice hosts {hosts_seen}")
 
