@@ -231,6 +231,21 @@ def _numeric_source(series: pd.Series, parsing: Parsing) -> tuple[pd.Series, np.
     return series, wrong
 
 
+#: years 1 to 9999 in microseconds and days since 1970-01-01 UTC (PostgreSQL and Parquet hold wider ranges)
+_US_RANGE = (-62135596800_000000, 253402300800_000000)
+_DAY_RANGE = (-719162, 2932897)
+
+
+def _outside(numbers: pa.Array, bounds: tuple[int, int]) -> np.ndarray:
+    """Which values (ints, or temporal values as their ints) lie outside ``[lo, hi)``; NULL is not outside."""
+    lo, hi = bounds
+    low, high = pc.min_max(numbers).values()
+    if low.as_py() is None or (low.as_py() >= lo and high.as_py() < hi):
+        return np.zeros(len(numbers), dtype=bool)
+    return pc.fill_null(pc.or_(pc.less(numbers, lo), pc.greater_equal(numbers, hi)), False).to_numpy(
+        zero_copy_only=False)
+
+
 _INTEGER_RE2 = r"^-?[0-9]+$"  # the fast path's rule (checked without a regex): what Arrow's cast reads as pd.to_numeric
 _INT_ARROW = {"smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64()}
 
@@ -254,13 +269,9 @@ def _integers_from_text(series: pd.Series, kind: str, reason: str) -> Conversion
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     lo, hi = INT_BOUNDS[kind]
-    bounds = pc.min_max(ints)
-    if ints.null_count == len(ints) or (lo <= bounds["min"].as_py() and bounds["max"].as_py() <= hi):
-        bad = np.zeros(len(ints), dtype=bool)
-    else:
-        outside = pc.or_(pc.less(ints, lo), pc.greater(ints, hi))
-        bad = pc.fill_null(outside, False).to_numpy(zero_copy_only=False)
-        ints = pc.if_else(outside, pa.scalar(None, pa.int64()), ints)
+    bad = _outside(ints, (lo, hi + 1))
+    if bad.any():
+        ints = pc.if_else(pa.array(bad), pa.scalar(None, pa.int64()), ints)
     values = pd.Series(ints.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get).array, index=series.index)
     return Conversion(values, bad, reason, None if bad.any() else ints.cast(_INT_ARROW[kind]))
 
@@ -493,10 +504,6 @@ def _stamps_from_epoch(numbers: pd.Series, fmt: str) -> pd.Series:
     return pd.to_datetime(num, unit=EPOCH_UNITS[fmt], utc=True, errors="coerce")
 
 
-_FIRST_MICROS = -62_135_596_800 * 10**6  # 0001-01-01T00:00:00Z in microseconds since the epoch
-_PAST_LAST_MICROS = 253_402_300_800 * 10**6  # 10000-01-01T00:00:00Z
-
-
 def _arrow_stamps(stamps: pa.Array, missing: np.ndarray, kind: str, index: pd.Index) -> Conversion | None:
     """ISO 8601 text Arrow read (timestamp[us, UTC]; NULL where the text did not match) when every value is good.
 
@@ -504,12 +511,8 @@ def _arrow_stamps(stamps: pa.Array, missing: np.ndarray, kind: str, index: pd.In
     a year outside 1..9999 (once in UTC) is no timestamp a target stores. None when any value is bad: then
     ``_to_timestamp`` goes on and names each.
     """
-    if stamps.null_count != int(missing.sum()):
+    if stamps.null_count != int(missing.sum()) or _outside(stamps.cast(pa.int64()), _US_RANGE).any():
         return None
-    if stamps.null_count < len(stamps):
-        micros = pc.min_max(stamps.cast(pa.int64()))  # microseconds since 1970-01-01 UTC
-        if micros["min"].as_py() < _FIRST_MICROS or micros["max"].as_py() >= _PAST_LAST_MICROS:
-            return None
     if kind == "timestamp":
         stamps = stamps.cast(pa.timestamp("us"))  # the UTC wall time
     values = pd.Series(stamps.to_pandas().array, index=index)  # .array: the index is set, not aligned to
@@ -626,24 +629,11 @@ def _to_json(series: pd.Series) -> Conversion:
 # infinity, decimals by an exact cast (one that would round or overflow refuses, and the per-value path names
 # the values). Any other combination becomes the driver's Python objects and goes the general way.
 
-#: years 1 to 9999 in microseconds and days since 1970-01-01 UTC (PostgreSQL and Parquet hold wider ranges)
-_US_RANGE = (-62135596800_000000, 253402300800_000000)
-_DAY_RANGE = (-719162, 2932897)
 
 
 def _arrow_array(series: pd.Series) -> pa.Array:
     values = series.array._pa_array  # the ChunkedArray behind an ArrowExtensionArray (no copy)
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
-def _outside(numbers: pa.Array, bounds: tuple[int, int]) -> np.ndarray:
-    """Which values (ints, or temporal values as their ints) lie outside ``[lo, hi)``; NULL is not outside."""
-    lo, hi = bounds
-    low, high = pc.min_max(numbers).values()
-    if low.as_py() is None or (low.as_py() >= lo and high.as_py() < hi):
-        return np.zeros(len(numbers), dtype=bool)
-    return pc.fill_null(pc.or_(pc.less(numbers, lo), pc.greater_equal(numbers, hi)), False).to_numpy(
-        zero_copy_only=False)
 
 
 def _with_nul(text: pa.Array) -> np.ndarray:
