@@ -101,12 +101,15 @@ def test_stale_pipeline_shows_as_stale(tmp_path, wh):
 
 
 def test_failing_and_never_run_and_unreadable(tmp_path, sqlite_url):
-    specs, env = setup(tmp_path, sqlite_url, dict(SPEC, max_reject_ratio=0.01))
+    # Started three days ago: more than 2 intervals + 1 h grace whatever the time of day (two days ago was not
+    # stale before 01:00 UTC).
+    start = (TODAY - timedelta(days=3)).date().isoformat()
+    specs, env = setup(tmp_path, sqlite_url, dict(SPEC, max_reject_ratio=0.01, start_date=start))
     code, [row] = status(env)
-    assert code == 2 and row["health"] == "stale" and row["last_run_status"] is None  # never ran, due for 2 days
+    assert code == 2 and row["health"] == "stale" and row["last_run_status"] is None  # never ran, due for 3 days
     assert "no watermark, start_date" in row["reasons"][0]
 
-    run = etl(["run", "events", "--start", SPEC["start_date"], "--end", TODAY.isoformat()], env)
+    run = etl(["run", "events", "--start", start, "--end", TODAY.isoformat()], env)
     assert run.returncode == 1  # one bad row of 10 is above 1%: the window fails, nothing committed
     code, [row] = status(env)
     assert code == 2 and row["health"] == "failing" and row["last_run_status"] == "failed"
