@@ -47,6 +47,9 @@ class Settings:
     sql_adbc: str | None = _setting(
         "DRIFTLESS_SQL_ADBC", "0/off/false/no: read PostgreSQL sources through psycopg's text COPY instead of "
         "ADBC's binary COPY into typed Arrow (default: ADBC, where adbc-driver-postgresql is installed).")
+    overlap: str | None = _setting(
+        "DRIFTLESS_OVERLAP", "0/off/false/no: etl run loads a window into a PostgreSQL or MariaDB target only after "
+        "the whole window is extracted, instead of beside the extract (default: beside it; see run_window).")
     pool_slots: str | None = _setting(
         "DRIFTLESS_POOL_SLOTS", "Slots of each target's Airflow pool when make airflow / tools create it (default 4).")
     alerts_conn_id: str | None = _setting(
@@ -87,6 +90,11 @@ class Settings:
             raw = (environ.get(f.metadata["env"]) or "").strip()
             values[f.name] = raw or None
         return cls(**values)
+
+
+def is_off(value: str | None) -> bool:
+    """Whether a switch setting says off: ``0``, ``off``, ``false`` or ``no`` (any case); unset means on."""
+    return (value or "").strip().lower() in ("0", "off", "false", "no")
 
 
 _overrides: dict[str, Any] = {}

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import URL
 
-from driftless.settings import settings
+from driftless.settings import is_off, settings
 from driftless.spec import PipelineSpec
 from driftless.targets import capabilities
 
@@ -51,7 +51,7 @@ def configured() -> bool:
 
 def enabled() -> bool:
     """True only when the provider is installed, configured, and not switched off for driftless."""
-    if (settings().lineage or "").lower() in ("0", "off", "false", "no"):
+    if is_off(settings().lineage):
         return False
     return provider_installed() and configured()
 

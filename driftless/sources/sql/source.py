@@ -19,7 +19,7 @@ from driftless.errors import SourceError, connect_timeout_s, error_detail
 from driftless.extract.transform import DEFAULT_PARSING, Parsing
 from driftless.redact import redact_url
 from driftless.schema import read_type, sql_type
-from driftless.settings import settings
+from driftless.settings import is_off, settings
 from driftless.sources.sql.spec import SqlSourceSpec
 from driftless.spec import PipelineSpec
 from driftless.targets import capabilities, engine_for
@@ -57,7 +57,7 @@ def adbc_postgresql() -> Any:
 
     ``DRIFTLESS_SQL_ADBC=0`` turns it off: windows are then read through psycopg's text COPY.
     """
-    if (settings().sql_adbc or "").lower() in ("0", "false", "no", "off"):
+    if is_off(settings().sql_adbc):
         return None
     try:
         import adbc_driver_postgresql.dbapi as dbapi  # type: ignore[import-untyped]
