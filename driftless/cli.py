@@ -138,13 +138,16 @@ def _cmd_discover(args: argparse.Namespace) -> int:
 
 
 def _plain_json(value: Any) -> Any:
-    """A value for a JSON line: NaN/NA as null (never ``NaN``/``nan``), datetimes as ISO-8601 UTC."""
+    """A value for a JSON line (strict JSON): a NaN as the text ``"NaN"``, datetimes as ISO-8601 UTC.
+
+    A quarantined record holds a NaN only where one came in as a value (``to_json_value``), never for a NULL.
+    """
     if isinstance(value, dict):
         return {k: _plain_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain_json(v) for v in value]
     if isinstance(value, float) and math.isnan(value):
-        return None
+        return "NaN"
     if isinstance(value, datetime):
         return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
     return value

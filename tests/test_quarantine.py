@@ -442,3 +442,42 @@ def test_resumed_extraction_keeps_counts_and_deduplicates(tmp_path):
     assert (manifest.extracted, manifest.records, manifest.quarantined, manifest.deduplicated) == (5, 3, 1, 1)
     assert sorted(manifest.tables().__next__().column("id").to_pylist()) == [1]
     assert manifest.reasons == {"amount: type(numeric(10,2))": 1}
+
+
+def test_a_nan_value_stays_a_nan_in_quarantine_and_is_never_replayed_as_null(any_url, tmp_path, capsys):
+    """A NaN that came in as a value is a bad value, not a NULL: replay refuses it again (it used to load NULL)."""
+    capped = [dict(c, checks={"max": 5}) if c["name"] == "amount" else c for c in MESSY["columns"]]
+    spec = messy_spec("nans", columns=capped)
+    values = good_rows(2, amount="1.00")
+    values["qty"] = pd.Series([1, float("nan")], dtype=object)  # id 2: a NaN as a value (an object column)
+    nulls = good_rows(1, start=3)  # id 3: amount 10 fails the cap; its qty is NULL, in a float column
+    nulls["qty"] = pd.Series([float("nan")], dtype="float64")
+    assert load_frames(spec, [values, nulls], tmp_path / "a").quarantined == 2
+    engine = create_engine(any_url)
+    try:
+        entries = {e["record_key"][0]: e for e in list_quarantine(engine, spec)}
+    finally:
+        engine.dispose()
+    assert isinstance(entries[2]["record"]["qty"], float) and entries[2]["record"]["qty"] != entries[2]["record"]["qty"]
+    assert entries[3]["record"]["qty"] is None
+    assert main(["quarantine", "list", str(_spec_path(tmp_path, spec.name, capped))]) == 0
+    records = [json.loads(line)["record"] for line in capsys.readouterr().out.splitlines()]
+    listed = {record["id"]: record for record in records}
+    assert (listed[2]["qty"], listed[3]["qty"]) == ("NaN", None)  # strict JSON on stdout: the NaN as text
+    result = replay(messy_spec("nans"))  # the cap lifted: id 3 passes, id 2's NaN is refused again
+    assert (result.considered, result.loaded) == (2, 1)
+    engine = create_engine(any_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id, qty FROM nans ORDER BY id")).all() == [(1, 1), (3, None)]
+        assert [e["record_key"] for e in list_quarantine(engine, spec)] == [[2]]
+    finally:
+        engine.dispose()
+
+
+def _spec_path(tmp_path: Path, name: str, columns: list) -> Path:
+    data = json.loads(json.dumps(MESSY)) | {"name": name, "columns": columns}
+    data["target"]["table"] = name
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path

@@ -817,12 +817,17 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def to_json_value(value: Any) -> Any:
-    """A raw value as something JSON can hold (decimals and times as text, NaN/NaT as null)."""
+def to_json_value(value: Any, nan_is_value: bool = False) -> Any:
+    """A raw value as something JSON can hold (decimals and times as text, NA/NaT as null).
+
+    A float NaN is null where it is how pandas marks a NULL (a float column), and stays a NaN where it is a
+    value (``nan_is_value``: an object or Arrow column, see ``_missing``); Python's ``json`` writes it as
+    ``NaN`` and reads it back, so a replayed record is refused again instead of loading a NULL.
+    """
     if value is None or value is pd.NA or value is pd.NaT:
         return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return (float("nan") if nan_is_value else None) if math.isnan(value) else str(float(value))
     if isinstance(value, str | int | bool | float):
         return value
     if isinstance(value, dict | list):

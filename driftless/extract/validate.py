@@ -292,13 +292,17 @@ class Validator:
             if f.index is not None:
                 per_row[int(f.index)].append({"column": f.column, "check": f.check, "message": f.message})
         records = raw.iloc[bad_rows].to_dict("records")
+        # NaN means NULL only in a float column (pandas' NULL there); elsewhere it is the value that came in.
+        nan_is_value = {c: isinstance(t, pd.ArrowDtype) or not pd.api.types.is_float_dtype(t)
+                        for c, t in raw.dtypes.items()}
         out_keys, out_entries, out_records, out_errors, idents = [], [], [], [], []
         for i, record in zip(bad_rows, records, strict=True):
             errors = per_row[int(i)] + [{"column": f.column, "check": f.check, "message": f.message}
                                         for f in everyone]
             for e in errors:
                 reasons[f"{e['column'] or '(row)'}: {e['check']}"] += 1
-            record_json = json.dumps({k: to_json_value(v) for k, v in record.items()}, sort_keys=True, default=str)
+            record_json = json.dumps({k: to_json_value(v, nan_is_value[k]) for k, v in record.items()}, sort_keys=True,
+                                     default=str)
             if keys_valid[i]:
                 key_json = json.dumps([to_json_value(typed.at[i, k]) for k in self.keys], default=str)
                 entry = hashlib.sha256(("k" + key_json).encode()).hexdigest()

@@ -72,6 +72,17 @@ def newer_in_target(conn: Connection, target: Table, spec: PipelineSpec, good: p
     return newer
 
 
+def records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """Quarantined records as a chunk of object columns, as a source hands them over.
+
+    ``pd.DataFrame.from_records`` would make a column of numbers and nulls a float column, where a NULL and
+    a NaN that was quarantined as a value (``to_json_value``) both become NaN, and NaN there means NULL.
+    """
+    columns = list(dict.fromkeys(name for record in records for name in record))
+    return pd.DataFrame({name: pd.Series([record.get(name) for record in records], dtype=object)
+                         for name in columns})
+
+
 def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
     """Re-validate the pipeline's quarantined records under the current spec and load those that pass.
 
@@ -90,7 +101,7 @@ def replay(spec: PipelineSpec, run_id: str | None = None) -> ReplayResult:
         result.considered = len(entries)
         if not entries:
             return result
-        frame = pd.DataFrame.from_records([e["record"] for e in entries])
+        frame = records_frame([e["record"] for e in entries])
         checked = Validator(spec).validate(frame)
         index = checked.index.copy()
         index["_seq"] = np.arange(len(index))
