@@ -460,6 +460,7 @@ def test_a_nan_value_stays_a_nan_in_quarantine_and_is_never_replayed_as_null(any
         engine.dispose()
     assert isinstance(entries[2]["record"]["qty"], float) and entries[2]["record"]["qty"] != entries[2]["record"]["qty"]
     assert entries[3]["record"]["qty"] is None
+    assert [e["message"].rsplit("; ", 1)[-1] for e in entries[2]["errors"]] == ["got NaN"]  # not "got null"
     assert main(["quarantine", "list", str(_spec_path(tmp_path, spec.name, capped))]) == 0
     records = [json.loads(line)["record"] for line in capsys.readouterr().out.splitlines()]
     listed = {record["id"]: record for record in records}

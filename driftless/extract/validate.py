@@ -183,9 +183,10 @@ class Validator:
             if conv.bad.any():
                 conv_bad[column.name] = conv.bad
                 source = transformed[column.name]
+                nan_is_value = _nan_is_value(source.dtype)
                 failures += [
                     RowFailure(i, column.name, f"type({column.type})",
-                               f"{conv.reason}; got {_show(source.iat[i])}")
+                               f"{conv.reason}; got {_show(source.iat[i], nan_is_value)}")
                     for i in np.flatnonzero(conv.bad)
                 ]
         typed = pd.DataFrame(converted, index=raw.index)
@@ -293,8 +294,7 @@ class Validator:
                 per_row[int(f.index)].append({"column": f.column, "check": f.check, "message": f.message})
         records = raw.iloc[bad_rows].to_dict("records")
         # NaN means NULL only in a float column (pandas' NULL there); elsewhere it is the value that came in.
-        nan_is_value = {c: isinstance(t, pd.ArrowDtype) or not pd.api.types.is_float_dtype(t)
-                        for c, t in raw.dtypes.items()}
+        nan_is_value = {c: _nan_is_value(t) for c, t in raw.dtypes.items()}
         out_keys, out_entries, out_records, out_errors, idents = [], [], [], [], []
         for i, record in zip(bad_rows, records, strict=True):
             errors = per_row[int(i)] + [{"column": f.column, "check": f.check, "message": f.message}
@@ -324,9 +324,16 @@ class Validator:
         return ChunkResult(good, rejects, index, reasons)
 
 
-def _show(value: Any) -> str:
+def _nan_is_value(dtype: Any) -> bool:
+    """Whether a NaN in a column of this dtype is a value: everywhere but a pandas float column (its NULL)."""
+    return isinstance(dtype, pd.ArrowDtype) or not pd.api.types.is_float_dtype(dtype)
+
+
+def _show(value: Any, nan_is_value: bool = False) -> str:
+    if nan_is_value and isinstance(value, float | np.floating) and np.isnan(value):
+        return "NaN"
     if value is None or (not isinstance(value, str | list | dict | tuple) and pd.isna(value) is True):
-        return "null"  # None, NaN, NA and NaT all mean NULL here
+        return "null"  # None, NA and NaT (and a float column's NaN) mean NULL here
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, Decimal | datetime | date):
