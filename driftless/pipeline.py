@@ -367,7 +367,15 @@ class Handoff:
     handed over, no row deduplicated (dedup may drop a row already copied), the share of rejects within
     ``max_reject_ratio``. Otherwise it rolls back before commit (``GaveWay``) and ``run_window`` loads the
     staged files as it would have without overlap: the same result, later. A failed extract rolls it back too.
+
+    The load's transaction stays open while the extract runs. A slow source (a REST API paging for an hour)
+    would keep it idle in transaction, holding the target's load lock and, on PostgreSQL, vacuum's horizon,
+    and a server's ``idle_in_transaction_session_timeout`` could end it: when no chunk comes for
+    ``idle_limit_s`` seconds the load gives way too, and the window loads after its extract.
     """
+
+    #: Seconds the load waits for the next chunk before it gives way (rolls back; the window loads after the extract).
+    idle_limit_s: float = 30.0
 
     def __init__(self, spec: PipelineSpec, window: Window, run_id: str, directory: Path) -> None:
         self.spec, self.window, self.run_id, self.directory = spec, window, run_id, directory
@@ -411,7 +419,10 @@ class Handoff:
     def chunks(self) -> Iterator[pa.Table]:
         """What the load copies: each chunk as it is staged; ends (or gives way) once the extract has ended."""
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.idle_limit_s)
+            except queue.Empty:
+                raise GaveWay(f"no chunk for {self.idle_limit_s:g} s: the source is slower than the load") from None
             if item is _DONE:
                 break
             if item is None:

@@ -200,3 +200,27 @@ def test_a_failed_load_fails_the_run_and_the_extract_still_ends(server, tmp_path
         handoff.finish(manifest)
     assert target_rows(server) == 1  # the first run's row, nothing of this one
     assert [r[0] for r in runs_of(server, spec)] == ["success", "failed"]
+
+
+def test_a_slow_source_makes_the_load_give_way_instead_of_idling_in_its_transaction(server, tmp_path,
+                                                                                    monkeypatch):
+    """No chunk for ``idle_limit_s``: the load rolls back at once (its lock and transaction released), and
+    the window loads after the extract, as it would without overlap."""
+    monkeypatch.setattr(Handoff, "idle_limit_s", 0.3)
+    spec = spec_of()
+    released: list[bool] = []
+
+    def frames():
+        rows = [order(i, qty=1) for i in range(1, 31)]
+        yield pd.DataFrame(rows[:10])
+        time.sleep(1.5)  # a slow page: the load gives way meanwhile
+        released.append(not any(t.name == "driftless-load" for t in threading.enumerate()))
+        yield pd.DataFrame(rows[10:20])
+        yield pd.DataFrame(rows[20:])
+
+    handoff, manifest = overlapped(spec, frames(), tmp_path)
+    assert released == [True]  # the load had ended while the source was still being read
+    assert handoff.finish(manifest) is None and handoff.handed == 10
+    assert not target_rows(server)
+    result = load_window(spec, DAY1, manifest, "overlap")
+    assert result.loaded == 30 and runs_of(server, spec) == [("success", 30, 30, 0, 0)]
