@@ -169,6 +169,15 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float | Decimal | np.integer | np.floating) and not _is_bool(value)
 
 
+def nan_is_value(dtype: Any) -> bool:
+    """Whether a float NaN in a column of this dtype is a value rather than a NULL (``_missing``).
+
+    In an object column (or an Arrow one, which keeps NULL apart from NaN) it is a value; in a pandas float or
+    string column NaN is how pandas marks a NULL.
+    """
+    return pd.api.types.is_object_dtype(dtype) or isinstance(dtype, pd.ArrowDtype)
+
+
 def _missing(series: pd.Series) -> np.ndarray:
     """Which values are NULL. In an object column a NaN (float or Decimal) is a value (a bad one), not a NULL.
 
@@ -176,7 +185,7 @@ def _missing(series: pd.Series) -> np.ndarray:
     keeps a float column with a real NaN as objects), so only a typed float column's NaN means NULL.
     """
     missing = series.isna().to_numpy().copy()
-    if series.dtype == object and missing.any():
+    if series.dtype == object and missing.any():  # (Arrow columns: isna is already NULL only)
         where = np.flatnonzero(missing)
         values = series.array
         nan = np.fromiter((isinstance(values[i], float | np.floating | Decimal) for i in where), dtype=bool,

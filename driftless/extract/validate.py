@@ -36,6 +36,7 @@ from driftless.extract.transform import (
     convert_for,
     frame_to_arrow,
     load_reference,
+    nan_is_value,
     to_json_value,
     transform_chunk,
 )
@@ -183,10 +184,10 @@ class Validator:
             if conv.bad.any():
                 conv_bad[column.name] = conv.bad
                 source = transformed[column.name]
-                nan_is_value = _nan_is_value(source.dtype)
+                nan_value = nan_is_value(source.dtype)
                 failures += [
                     RowFailure(i, column.name, f"type({column.type})",
-                               f"{conv.reason}; got {_show(source.iat[i], nan_is_value)}")
+                               f"{conv.reason}; got {_show(source.iat[i], nan_value)}")
                     for i in np.flatnonzero(conv.bad)
                 ]
         typed = pd.DataFrame(converted, index=raw.index)
@@ -294,14 +295,14 @@ class Validator:
                 per_row[int(f.index)].append({"column": f.column, "check": f.check, "message": f.message})
         records = raw.iloc[bad_rows].to_dict("records")
         # NaN means NULL only in a float column (pandas' NULL there); elsewhere it is the value that came in.
-        nan_is_value = {c: _nan_is_value(t) for c, t in raw.dtypes.items()}
+        nan_values = {c: nan_is_value(t) for c, t in raw.dtypes.items()}
         out_keys, out_entries, out_records, out_errors, idents = [], [], [], [], []
         for i, record in zip(bad_rows, records, strict=True):
             errors = per_row[int(i)] + [{"column": f.column, "check": f.check, "message": f.message}
                                         for f in everyone]
             for e in errors:
                 reasons[f"{e['column'] or '(row)'}: {e['check']}"] += 1
-            record_json = json.dumps({k: to_json_value(v, nan_is_value[k]) for k, v in record.items()}, sort_keys=True,
+            record_json = json.dumps({k: to_json_value(v, nan_values[k]) for k, v in record.items()}, sort_keys=True,
                                      default=str)
             if keys_valid[i]:
                 key_json = json.dumps([to_json_value(typed.at[i, k]) for k in self.keys], default=str)
@@ -322,11 +323,6 @@ class Validator:
                                 "record": pd.Series(out_records, dtype=object),
                                 "errors": pd.Series(out_errors, dtype=object)})
         return ChunkResult(good, rejects, index, reasons)
-
-
-def _nan_is_value(dtype: Any) -> bool:
-    """Whether a NaN in a column of this dtype is a value: everywhere but a pandas float column (its NULL)."""
-    return isinstance(dtype, pd.ArrowDtype) or not pd.api.types.is_float_dtype(dtype)
 
 
 def _show(value: Any, nan_is_value: bool = False) -> str:
