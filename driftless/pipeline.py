@@ -440,8 +440,8 @@ class Handoff:
             raise GaveWay("too many rejects: the load from staging says so") from exc
 
     def abandon(self) -> None:
-        """The extract failed: roll the load back (nothing was committed) and wait for it."""
-        if self._thread is not None:
+        """The extract failed: roll the load back (nothing was committed) and wait for it (once is enough)."""
+        if self._thread is not None and not self._ended.is_set():
             self._give(None)
             self._thread.join()
 
@@ -535,7 +535,12 @@ def run_window(spec: PipelineSpec, window: Window, run_id: str | None = None) ->
     handoff = Handoff(spec, window, run_id, directory) if overlaps(spec) else None
     try:
         with owned_run_dir(directory):
-            manifest = extract_window(spec, window, run_id, source=consumer, handoff=handoff)
+            try:
+                manifest = extract_window(spec, window, run_id, source=consumer, handoff=handoff)
+            except BaseException:
+                if handoff is not None:
+                    handoff.abandon()  # (done already where the chunks failed; not after them, as in dedup)
+                raise
             loaded = handoff.finish(manifest) if handoff is not None and handoff.started else None
             if loaded is None:
                 if handoff is None or not handoff.started:  # (a load beside the extract passed it already)

@@ -224,3 +224,20 @@ def test_a_slow_source_makes_the_load_give_way_instead_of_idling_in_its_transact
     assert not target_rows(server)
     result = load_window(spec, DAY1, manifest, "overlap")
     assert result.loaded == 30 and runs_of(server, spec) == [("success", 30, 30, 0, 0)]
+
+
+def test_a_failure_after_the_last_chunk_rolls_the_load_back_at_once(server, tmp_path, monkeypatch, connections):
+    """The extract fails in its window-wide dedup, after handing over every chunk: ``run_window`` ends the load
+    before it raises (it does not leave it waiting for a chunk that will never come)."""
+    from driftless.extract.dedup import WindowDedup
+
+    def broken(self):
+        raise OSError("No space left on device")
+
+    connections(src=source_db(tmp_path / "src.db", [order(i, qty=1) for i in range(1, 31)]))
+    monkeypatch.setattr(WindowDedup, "apply", broken)
+    with pytest.raises(OSError, match="No space left"):
+        run_window(spec_of(), DAY1)
+    assert not any(t.name == "driftless-load" for t in threading.enumerate())
+    assert not target_rows(server)
+    assert [r[0] for r in runs_of(server, spec_of())] == ["failed"]
