@@ -165,7 +165,11 @@ def extract_window(spec: PipelineSpec, window: Window, run_id: str, root: Path |
     started_at, t0 = datetime.now(UTC), time.monotonic()
     try:
         manifest = _extract(spec, window, run_id, root, frames, started_at, source, handoff)
-    except (DriftlessError, SQLAlchemyError, OSError) as exc:
+    except BaseException as exc:
+        if handoff is not None:
+            handoff.abandon()  # the load beside it rolls back (nothing committed) before the failure is recorded
+        if not isinstance(exc, DriftlessError | SQLAlchemyError | OSError):
+            raise
         detail = str(exc) if isinstance(exc, DriftlessError) else error_detail(exc)
         _record_failure(spec, window, run_id, started_at, f"extract failed: {detail}")
         metrics.emit_failure(spec.name)
@@ -235,8 +239,6 @@ def _extract(spec: PipelineSpec, window: Window, run_id: str, root: Path | None,
                   chunks=len(writer.manifest.files), elapsed_s=round(time.monotonic() - started, 2))
     except BaseException:
         dedup.abandon()
-        if handoff is not None:
-            handoff.abandon()  # its transaction rolls back before this extract records its failure
         raise
     dedup.apply()  # dedup: one row per key stays in the staged files (the latest by dedup.order_by)
     writer.manifest.read_at = started_at.isoformat()
@@ -334,13 +336,12 @@ def load_window(spec: PipelineSpec, window: Window, manifest: Manifest | None, r
                        f"{error_detail(exc, url)}")
         _record_failure(spec, window, run_id, started_at, message, loader, extracted=result.extracted,
                         quarantined=manifest.quarantined if manifest is not None else 0)
-        loader.dispose()
         metrics.emit_failure(spec.name)
         if isinstance(exc, DriftlessError):
             raise
         raise LoadError(f"pipeline {spec.name!r}, window {window.key}: {message}") from exc
     finally:
-        loader.dispose()  # (again after a failure: disposing twice is harmless)
+        loader.dispose()
     result.loaded, result.written, result.schema_changes = load.loaded, load.written, load.schema_changes
     result.watermark, result.duration_s = load.watermark, load.duration_s
     event(log, "load done", pipeline=spec.name, window=window.key, loaded=result.loaded, written=result.written)
@@ -440,8 +441,8 @@ class Handoff:
             raise GaveWay("too many rejects: the load from staging says so") from exc
 
     def abandon(self) -> None:
-        """The extract failed: roll the load back (nothing was committed) and wait for it (once is enough)."""
-        if self._thread is not None and not self._ended.is_set():
+        """The extract failed: roll the load back (nothing was committed) and wait for it."""
+        if self._thread is not None:
             self._give(None)
             self._thread.join()
 
@@ -535,12 +536,7 @@ def run_window(spec: PipelineSpec, window: Window, run_id: str | None = None) ->
     handoff = Handoff(spec, window, run_id, directory) if overlaps(spec) else None
     try:
         with owned_run_dir(directory):
-            try:
-                manifest = extract_window(spec, window, run_id, source=consumer, handoff=handoff)
-            except BaseException:
-                if handoff is not None:
-                    handoff.abandon()  # (done already where the chunks failed; not after them, as in dedup)
-                raise
+            manifest = extract_window(spec, window, run_id, source=consumer, handoff=handoff)
             loaded = handoff.finish(manifest) if handoff is not None and handoff.started else None
             if loaded is None:
                 if handoff is None or not handoff.started:  # (a load beside the extract passed it already)

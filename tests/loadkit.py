@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -105,3 +106,15 @@ def state_of(url: URL, spec: PipelineSpec) -> tuple[Any, list[str]]:
         return (state.watermark if state else None), runs
     finally:
         engine.dispose()
+
+
+def source_db(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """A SQLite source with the orders table (values as text, as a messy source would hold them)."""
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, qty INTEGER, status TEXT, amount TEXT, "
+                   "currency TEXT, created_at TEXT, updated_at TEXT, note TEXT, is_deleted INTEGER)")
+        for r in rows:
+            db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (r["id"], r["qty"], r["status"], str(r["amount"]), r["currency"], r["created_at"].isoformat(),
+                        r["updated_at"].isoformat(), r["note"], int(r["is_deleted"])))
+    return path

@@ -23,8 +23,7 @@ from driftless.pipeline import Handoff, extract_window, load_window, overlaps, r
 from driftless.spec import PipelineSpec, parse_spec
 from driftless.state import read_runs
 from tests.helpers import fingerprint
-from tests.load.test_load_entry import source_db
-from tests.loadkit import DAY1, ORDERS, order, read_target, stage_rows
+from tests.loadkit import DAY1, ORDERS, order, read_target, source_db, stage_rows
 
 pytestmark = pytest.mark.integration
 

@@ -639,7 +639,6 @@ def _to_json(series: pd.Series) -> Conversion:
 # the values). Any other combination becomes the driver's Python objects and goes the general way.
 
 
-
 def _arrow_array(series: pd.Series) -> pa.Array:
     values = series.array._pa_array  # the ChunkedArray behind an ArrowExtensionArray (no copy)
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values

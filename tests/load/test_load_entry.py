@@ -23,7 +23,7 @@ from driftless.reconcile.run import reconcile_pipeline
 from driftless.spec import PipelineSpec, parse_spec
 from driftless.state import read_runs
 from driftless.window import Window
-from tests.loadkit import ALL, DAY1, DAY2, ORDERS, order, read_target, stage_rows
+from tests.loadkit import ALL, DAY1, DAY2, ORDERS, order, read_target, source_db, stage_rows
 
 
 def spec_of(qty_check: bool = True, **target: Any) -> PipelineSpec:
@@ -42,16 +42,6 @@ def load_frames(spec: PipelineSpec, window: Window, rows: list[dict[str, Any]], 
     return load_window(spec, window, manifest, run_id)
 
 
-def source_db(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """A SQLite source with the orders table (values as text, as a messy source would hold them)."""
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, qty INTEGER, status TEXT, amount TEXT, "
-                   "currency TEXT, created_at TEXT, updated_at TEXT, note TEXT, is_deleted INTEGER)")
-        for r in rows:
-            db.execute("INSERT OR REPLACE INTO orders VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (r["id"], r["qty"], r["status"], str(r["amount"]), r["currency"], r["created_at"].isoformat(),
-                        r["updated_at"].isoformat(), r["note"], int(r["is_deleted"])))
-    return path
 
 
 # --- replay ---------------------------------------------------------------------------------------------
